@@ -1,0 +1,5 @@
+"""peerflow: event-driven workflows that run across machines."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

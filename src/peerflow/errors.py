@@ -1,0 +1,309 @@
+"""The one exception tree of peerflow.
+
+Every error peerflow raises on purpose is a :class:`PeerflowError`::
+
+    PeerflowError
+    ├── ValidationError            bad arguments, bad address, serve twice, closed client
+    │                              (also a builtin ValueError)
+    ├── WorkflowError              a step failed (step_id, attempts, cause; remote=True if from a peer)
+    │   ├── WorkflowTimeoutError   the run exceeded its deadline (also a builtin TimeoutError)
+    │   └── WorkflowCancelledError the run was cancelled
+    ├── PeerError                  .kind (PeerErrorKind), .address, .code (gRPC status name)
+    │   ├── TransportError         connection refused/reset, deadline, unreachable peer
+    │   ├── UnknownStepError       the peer has no step with a requested id
+    │   ├── UnknownWorkflowError   the peer has no workflow of that name
+    │   ├── EnvelopeVersionError   the envelope version is newer than supported
+    │   ├── EncodeError            bytes that are not valid postcard / JSON
+    │   ├── TlsError               bad PEM, missing file, handshake failure
+    │   ├── AuthError              missing or wrong token
+    │   ├── RefNotFoundError       no session ref with that key
+    │   ├── RefPermissionError     the ref belongs to another principal
+    │   └── ResourceExhaustedError a limit was hit (concurrent runs, sizes, ref budget)
+    └── UnsupportedError           the peer lacks an extension this call needs
+
+Lower-layer exceptions (``grpc.RpcError``, ``OSError``, pydantic's errors) are translated
+at one boundary each and chained as ``__cause__``; they never reach a user unwrapped.
+``asyncio.CancelledError`` is never swallowed.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import ClassVar
+
+__all__ = [
+    "AuthError",
+    "EncodeError",
+    "EnvelopeVersionError",
+    "PeerError",
+    "PeerErrorKind",
+    "PeerflowError",
+    "RefNotFoundError",
+    "RefPermissionError",
+    "ResourceExhaustedError",
+    "TlsError",
+    "TransportError",
+    "UnknownStepError",
+    "UnknownWorkflowError",
+    "UnsupportedError",
+    "ValidationError",
+    "WorkflowCancelledError",
+    "WorkflowError",
+    "WorkflowTimeoutError",
+]
+
+
+class PeerflowError(Exception):
+    """Base class of every error peerflow raises."""
+
+
+class ValidationError(PeerflowError, ValueError):
+    """Bad arguments, a bad address, a server served twice, a closed client."""
+
+
+class UnsupportedError(PeerflowError):
+    """The peer (or this installation) lacks a feature the call needs."""
+
+
+class WorkflowError(PeerflowError):
+    """A workflow run failed.
+
+    Attributes:
+        step_id: the step that failed, when one did.
+        attempts: how many times that step was tried (1 + retries used).
+        cause: the step's exception (also ``__cause__``), when local.
+        remote: True when the failure happened on a peer and crossed the wire.
+        run_id: the run that failed, when known.
+        workflow: the workflow's name, when known.
+        kind: a short machine-readable reason: ``step_failed``, ``timeout``,
+            ``cancelled``, ``stalled``.
+    """
+
+    default_kind: ClassVar[str] = "step_failed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step_id: str | None = None,
+        attempts: int = 0,
+        cause: BaseException | None = None,
+        remote: bool = False,
+        run_id: str | None = None,
+        workflow: str | None = None,
+        kind: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self._step_id = step_id
+        self._attempts = attempts
+        self._cause = cause
+        self._remote = remote
+        self._run_id = run_id
+        self._workflow = workflow
+        self._kind = kind or self.default_kind
+        if cause is not None:
+            self.__cause__ = cause
+
+    @property
+    def step_id(self) -> str | None:
+        """The failing step's id, when a step failed."""
+        return self._step_id
+
+    @property
+    def attempts(self) -> int:
+        """How many attempts the failing step made."""
+        return self._attempts
+
+    @property
+    def cause(self) -> BaseException | None:
+        """The step's own exception (local runs only)."""
+        return self._cause
+
+    @property
+    def remote(self) -> bool:
+        """True when the failure came from a peer."""
+        return self._remote
+
+    @property
+    def run_id(self) -> str | None:
+        """The failed run's id, when known."""
+        return self._run_id
+
+    @property
+    def workflow(self) -> str | None:
+        """The failed workflow's name, when known."""
+        return self._workflow
+
+    @property
+    def kind(self) -> str:
+        """``step_failed``, ``timeout``, ``cancelled`` or ``stalled``."""
+        return self._kind
+
+
+class WorkflowTimeoutError(WorkflowError, TimeoutError):
+    """A run exceeded its deadline; its steps were cancelled."""
+
+    default_kind: ClassVar[str] = "timeout"
+
+
+class WorkflowCancelledError(WorkflowError):
+    """A run was cancelled; its steps were cancelled."""
+
+    default_kind: ClassVar[str] = "cancelled"
+
+
+class PeerErrorKind(enum.StrEnum):
+    """What went wrong between peers (``PeerError.kind``)."""
+
+    TRANSPORT = "Transport"
+    UNKNOWN_STEP = "UnknownStep"
+    UNKNOWN_WORKFLOW = "UnknownWorkflow"
+    ENVELOPE_VERSION = "EnvelopeVersion"
+    ENCODE = "Encode"
+    TLS = "Tls"
+    AUTH = "Auth"
+    REF_NOT_FOUND = "RefNotFound"
+    PERMISSION = "Permission"
+    RESOURCE_EXHAUSTED = "ResourceExhausted"
+
+
+class PeerError(PeerflowError):
+    """A failure talking to (or inside the protocol layer of) a peer.
+
+    Catch a subclass (``TransportError``, ``UnknownStepError``, ...) or inspect ``kind``.
+
+    Attributes:
+        kind: the :class:`PeerErrorKind`.
+        address: the peer's address, when known.
+        code: the gRPC status code name (``"NOT_FOUND"``), when one was involved.
+    """
+
+    default_peer_kind: ClassVar[PeerErrorKind] = PeerErrorKind.TRANSPORT
+
+    def __new__(
+        cls,
+        message: str = "",
+        *,
+        kind: PeerErrorKind | None = None,
+        address: str | None = None,
+        code: str | None = None,
+    ) -> PeerError:
+        # ``PeerError(kind=...)`` builds the matching subclass, so ``except UnknownStepError``
+        # catches it whichever way it was built.
+        if cls is PeerError and kind is not None:
+            cls = _SUBCLASS_BY_KIND.get(kind, PeerError)
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        kind: PeerErrorKind | None = None,
+        address: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self._kind = PeerErrorKind(kind) if kind is not None else self.default_peer_kind
+        self._address = address
+        self._code = code
+
+    @property
+    def kind(self) -> PeerErrorKind:
+        """What kind of peer failure this is."""
+        return self._kind
+
+    @property
+    def address(self) -> str | None:
+        """The peer's address, when known."""
+        return self._address
+
+    @property
+    def code(self) -> str | None:
+        """The gRPC status code name, when a status was involved."""
+        return self._code
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_peer_error, (type(self), str(self), self._kind, self._address, self._code))
+
+
+def _rebuild_peer_error(
+    cls: type[PeerError], message: str, kind: PeerErrorKind, address: str | None, code: str | None
+) -> PeerError:
+    return cls(message, kind=kind, address=address, code=code)
+
+
+class TransportError(PeerError):
+    """The peer could not be reached, or the connection failed mid-call."""
+
+    default_peer_kind = PeerErrorKind.TRANSPORT
+
+
+class UnknownStepError(PeerError):
+    """The peer has no step registered under a requested id."""
+
+    default_peer_kind = PeerErrorKind.UNKNOWN_STEP
+
+
+class UnknownWorkflowError(PeerError):
+    """The peer has no workflow registered under the requested name."""
+
+    default_peer_kind = PeerErrorKind.UNKNOWN_WORKFLOW
+
+
+class EnvelopeVersionError(PeerError):
+    """The envelope version is newer than the receiver supports."""
+
+    default_peer_kind = PeerErrorKind.ENVELOPE_VERSION
+
+
+class EncodeError(PeerError):
+    """Bytes could not be encoded or decoded (postcard, JSON, a serializer)."""
+
+    default_peer_kind = PeerErrorKind.ENCODE
+
+
+class TlsError(PeerError):
+    """TLS configuration failed (bad PEM, missing file) or a handshake failed."""
+
+    default_peer_kind = PeerErrorKind.TLS
+
+
+class AuthError(PeerError):
+    """The peer refused the call: missing or wrong token."""
+
+    default_peer_kind = PeerErrorKind.AUTH
+
+
+class RefNotFoundError(PeerError):
+    """No session ref exists under that key (never existed, released or expired)."""
+
+    default_peer_kind = PeerErrorKind.REF_NOT_FOUND
+
+
+class RefPermissionError(PeerError):
+    """The session ref belongs to another principal."""
+
+    default_peer_kind = PeerErrorKind.PERMISSION
+
+
+class ResourceExhaustedError(PeerError):
+    """A limit was hit: concurrent runs, message or input size, ref byte budget."""
+
+    default_peer_kind = PeerErrorKind.RESOURCE_EXHAUSTED
+
+
+_SUBCLASS_BY_KIND: dict[PeerErrorKind, type[PeerError]] = {
+    cls.default_peer_kind: cls
+    for cls in (
+        TransportError,
+        UnknownStepError,
+        UnknownWorkflowError,
+        EnvelopeVersionError,
+        EncodeError,
+        TlsError,
+        AuthError,
+        RefNotFoundError,
+        RefPermissionError,
+        ResourceExhaustedError,
+    )
+}
