@@ -1,5 +1,116 @@
-"""peerflow: event-driven workflows that run across machines."""
+"""peerflow: event-driven workflows that run across machines.
+
+The engine (events, steps, workflows, context, session refs) is imported eagerly; the peer
+layer (``PeerServer``, ``PeerClient``, ``PeerPool``, ``remote_step``, TLS loaders) is
+imported on first use so that ``import peerflow`` stays light for local workflows.
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from peerflow._version import __version__
+from peerflow.context import Context
+from peerflow.errors import (
+    AuthError,
+    EncodeError,
+    EnvelopeVersionError,
+    PeerError,
+    PeerErrorKind,
+    PeerflowError,
+    RefNotFoundError,
+    RefPermissionError,
+    ResourceExhaustedError,
+    TlsError,
+    TransportError,
+    UnknownStepError,
+    UnknownWorkflowError,
+    UnsupportedError,
+    ValidationError,
+    WorkflowCancelledError,
+    WorkflowError,
+    WorkflowTimeoutError,
+)
+from peerflow.events import Event, HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent
+from peerflow.refs import RefLifetime, RegistryKey, SessionRefRegistry, register_serializer
+from peerflow.registry import register_step, register_workflow
+from peerflow.result import WorkflowResult
+from peerflow.runtime import WorkflowHandler
+from peerflow.step import step
+from peerflow.workflow import Workflow
+
+if TYPE_CHECKING:
+    from peerflow.peer.client import PeerClient, RemoteRef
+    from peerflow.peer.compose import remote_step
+    from peerflow.peer.pool import PeerPool
+    from peerflow.peer.security import load_client_tls, load_server_tls
+    from peerflow.peer.server import PeerServer
+
+__all__ = [
+    "AuthError",
+    "Context",
+    "EncodeError",
+    "EnvelopeVersionError",
+    "Event",
+    "HumanResponseEvent",
+    "InputRequiredEvent",
+    "PeerClient",
+    "PeerError",
+    "PeerErrorKind",
+    "PeerPool",
+    "PeerServer",
+    "PeerflowError",
+    "RefLifetime",
+    "RefNotFoundError",
+    "RefPermissionError",
+    "RegistryKey",
+    "RemoteRef",
+    "ResourceExhaustedError",
+    "SessionRefRegistry",
+    "StartEvent",
+    "StopEvent",
+    "TlsError",
+    "TransportError",
+    "UnknownStepError",
+    "UnknownWorkflowError",
+    "UnsupportedError",
+    "ValidationError",
+    "Workflow",
+    "WorkflowCancelledError",
+    "WorkflowError",
+    "WorkflowHandler",
+    "WorkflowResult",
+    "WorkflowTimeoutError",
+    "__version__",
+    "load_client_tls",
+    "load_server_tls",
+    "register_serializer",
+    "register_step",
+    "register_workflow",
+    "remote_step",
+    "step",
+]
+
+_LAZY = {
+    "PeerClient": "peerflow.peer.client",
+    "RemoteRef": "peerflow.peer.client",
+    "PeerServer": "peerflow.peer.server",
+    "PeerPool": "peerflow.peer.pool",
+    "remote_step": "peerflow.peer.compose",
+    "load_client_tls": "peerflow.peer.security",
+    "load_server_tls": "peerflow.peer.security",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'peerflow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

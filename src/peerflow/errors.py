@@ -5,7 +5,7 @@ Every error peerflow raises on purpose is a :class:`PeerflowError`::
     PeerflowError
     ├── ValidationError            bad arguments, bad address, serve twice, closed client
     │                              (also a builtin ValueError)
-    ├── WorkflowError              a step failed (step_id, attempts, cause; remote=True if from a peer)
+    ├── WorkflowError              a step failed (step_id, attempts, cause, remote, run_id)
     │   ├── WorkflowTimeoutError   the run exceeded its deadline (also a builtin TimeoutError)
     │   └── WorkflowCancelledError the run was cancelled
     ├── PeerError                  .kind (PeerErrorKind), .address, .code (gRPC status name)
@@ -188,8 +188,10 @@ class PeerError(PeerflowError):
         address: str | None = None,
         code: str | None = None,
     ) -> PeerError:
-        # ``PeerError(kind=...)`` builds the matching subclass, so ``except UnknownStepError``
-        # catches it whichever way it was built.
+        """Build the subclass matching ``kind`` when called as ``PeerError(kind=...)``.
+
+        So ``except UnknownStepError`` catches it whichever way it was built.
+        """
         if cls is PeerError and kind is not None:
             cls = _SUBCLASS_BY_KIND.get(kind, PeerError)
         return super().__new__(cls)

@@ -1,0 +1,200 @@
+"""The :class:`Context` every step receives.
+
+``ctx.state`` holds JSON-serializable values that are exported with the result (and across
+the wire); ``ctx.session`` holds live objects that are never serialized; ``ctx.refs`` holds
+session refs (values that stay in this process and are handed out by key).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from peerflow.errors import ValidationError
+from peerflow.events import Event
+from peerflow.refs import RefLifetime, RegistryKey, SessionRefRegistry
+
+if TYPE_CHECKING:
+    import uuid
+
+__all__ = ["Context", "RunRefs", "Usage"]
+
+
+class _RunHooks(Protocol):
+    """What a Context needs from the run driving it (implemented in runtime.py)."""
+
+    def send_event_threadsafe(self, event: Event) -> None: ...
+
+    def write_to_stream_threadsafe(self, event: Event) -> None: ...
+
+
+class Usage:
+    """Token and cost totals of a run (thread-safe accumulation)."""
+
+    __slots__ = ("_lock", "cost_usd", "input_tokens", "output_tokens")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cost_usd = 0.0
+
+    def add(self, input_tokens: int, output_tokens: int, cost_usd: float) -> None:
+        """Add to the totals."""
+        with self._lock:
+            self.input_tokens += input_tokens
+            self.output_tokens += output_tokens
+            self.cost_usd += cost_usd
+
+
+class RunRefs:
+    """Session refs as one run sees them: inserts are owned by the run and its principal.
+
+    Refs inserted with ``UNTIL_CONTEXT_DROP`` are dropped when the run ends; the others
+    survive it and are listed in the run's result.
+    """
+
+    __slots__ = ("_owner", "_registry", "_run_id", "used")
+
+    def __init__(self, registry: SessionRefRegistry, run_id: str, owner: str) -> None:
+        self._registry = registry
+        self._run_id = run_id
+        self._owner = owner
+        self.used = False
+
+    @property
+    def registry(self) -> SessionRefRegistry:
+        """The registry behind these refs."""
+        return self._registry
+
+    def insert(
+        self,
+        value: object,
+        lifetime: RefLifetime = RefLifetime.UNTIL_CONTEXT_DROP,
+        type_tag: str | None = None,
+    ) -> RegistryKey:
+        """Store ``value`` and return its key.
+
+        Raises:
+            ResourceExhaustedError: the registry's byte budget would be exceeded.
+            ValidationError: bad lifetime or type tag.
+        """
+        if not isinstance(lifetime, RefLifetime):
+            raise ValidationError(f"lifetime must be a RefLifetime, got {lifetime!r}")
+        self.used = True
+        return self._registry.insert(
+            value, lifetime=lifetime, type_tag=type_tag, owner=self._owner, run_id=self._run_id
+        )
+
+    def get(self, key: RegistryKey | uuid.UUID | str) -> object:
+        """The value stored under ``key``.
+
+        Raises:
+            RefNotFoundError: no such ref (or it expired).
+            RefPermissionError: the ref belongs to another principal.
+            ValidationError: ``key`` is not a key.
+        """
+        return self._registry.get(RegistryKey.parse(key), owner=self._owner)
+
+    def release(self, key: RegistryKey | uuid.UUID | str) -> bool:
+        """Drop the ref; False when it was already gone.
+
+        Raises:
+            RefPermissionError: the ref belongs to another principal.
+            ValidationError: ``key`` is not a key.
+        """
+        return self._registry.release(RegistryKey.parse(key), owner=self._owner)
+
+
+class Context:
+    """What a step sees of its run.
+
+    Attributes:
+        state: JSON-serializable values, exported with the result.
+        session: live objects, identity-preserving, never serialized.
+        run_id: this run's id.
+        refs: session refs of this run.
+    """
+
+    __slots__ = ("_cancelled", "_run", "refs", "run_id", "session", "state", "usage")
+
+    def __init__(
+        self, run: _RunHooks, run_id: str, refs: RunRefs, state: dict[str, Any] | None = None
+    ) -> None:
+        self._run = run
+        self._cancelled = threading.Event()
+        self.run_id = run_id
+        self.refs = refs
+        self.state: dict[str, Any] = state if state is not None else {}
+        self.session: dict[str, Any] = {}
+        self.usage = Usage()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Read ``state[key]``, or ``default``."""
+        return self.state.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        """Set ``state[key]``; the value must be JSON-serializable.
+
+        Raises:
+            ValidationError: the key is not a string or the value is not JSON-serializable.
+        """
+        if not isinstance(key, str):
+            raise ValidationError(f"state keys are strings, got {key!r}")
+        try:
+            orjson.dumps(value)
+        except TypeError as exc:
+            raise ValidationError(
+                f"ctx.state[{key!r}] must be JSON-serializable ({exc}); keep live objects "
+                "in ctx.session or ctx.refs"
+            ) from None
+        self.state[key] = value
+
+    def send_event(self, event: Event) -> None:
+        """Route ``event`` to the steps that accept it (callable from sync steps too).
+
+        Raises:
+            ValidationError: ``event`` is not an Event.
+        """
+        if not isinstance(event, Event):
+            raise ValidationError(f"send_event takes an Event, got {event!r}")
+        self._run.send_event_threadsafe(event)
+
+    def write_event_to_stream(self, event: Event) -> None:
+        """Publish ``event`` on the run's stream only (it is not routed).
+
+        Raises:
+            ValidationError: ``event`` is not an Event.
+        """
+        if not isinstance(event, Event):
+            raise ValidationError(f"write_event_to_stream takes an Event, got {event!r}")
+        self._run.write_to_stream_threadsafe(event)
+
+    def record_usage(
+        self, *, input_tokens: int = 0, output_tokens: int = 0, cost_usd: float = 0.0
+    ) -> None:
+        """Add token and cost usage; rolled up into the run's result.
+
+        Raises:
+            ValidationError: a negative or non-numeric amount.
+        """
+        for label, amount in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
+            if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+                raise ValidationError(f"{label} must be an int >= 0, got {amount!r}")
+        if isinstance(cost_usd, bool) or not isinstance(cost_usd, int | float) or cost_usd < 0:
+            raise ValidationError(f"cost_usd must be a number >= 0, got {cost_usd!r}")
+        self.usage.add(input_tokens, output_tokens, float(cost_usd))
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run was cancelled or timed out; sync steps should poll it."""
+        return self._cancelled.is_set()
+
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Block a sync step until the run is cancelled (or ``timeout``); True if cancelled."""
+        return self._cancelled.wait(timeout)
+
+    def _mark_cancelled(self) -> None:
+        self._cancelled.set()

@@ -1,0 +1,152 @@
+"""Events: what steps accept and emit.
+
+An :class:`Event` is a pydantic model. Typed events are subclasses with annotated fields,
+validated at construction; dynamic events name their type at construction::
+
+    class Greeting(Event):
+        name: str
+
+    Greeting(name="Ada")                 # event_type == "Greeting"
+    Event("Greeting", name="Ada")        # the same type, built dynamically
+
+Every event has an ``event_type`` string: the class name for subclasses (or the
+``event_type_name`` class keyword), the given name for dynamic events, and
+``"blazen::StartEvent"`` / ``"blazen::StopEvent"`` for the two built-ins (the wire names
+Blazen uses). Extra fields are allowed on every event and read as attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+from peerflow.errors import ValidationError
+
+__all__ = [
+    "START_EVENT_TYPE",
+    "STOP_EVENT_TYPE",
+    "Event",
+    "HumanResponseEvent",
+    "InputRequiredEvent",
+    "StartEvent",
+    "StopEvent",
+    "event_from_data",
+]
+
+START_EVENT_TYPE = "blazen::StartEvent"
+STOP_EVENT_TYPE = "blazen::StopEvent"
+
+# event_type name -> class, for the built-ins and every subclass defined. Used to turn
+# wire data back into the right class; user subclasses with clashing names keep the first.
+_CLASSES: dict[str, type[Event]] = {}
+
+
+class Event(BaseModel):
+    """Base class of every event.
+
+    ``Event("Name", **fields)`` builds a dynamic event of type ``"Name"``; subclasses are
+    built with keyword fields only.
+
+    Raises:
+        ValidationError: a field fails validation, or a type name is given to a subclass.
+    """
+
+    model_config = ConfigDict(extra="allow", arbitrary_types_allowed=True, validate_default=False)
+
+    event_type_name: ClassVar[str] = "Event"
+    _dynamic_type: str | None = PrivateAttr(default=None)
+
+    def __init_subclass__(cls, *, event_type: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.event_type_name = event_type or cls.__name__
+        _CLASSES.setdefault(cls.event_type_name, cls)
+
+    def __init__(self, __event_type: str | None = None, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as exc:
+            raise ValidationError(
+                f"invalid {type(self).event_type_name}: {_pydantic_summary(exc)}"
+            ) from None
+        if __event_type is not None:
+            if type(self) is not Event:
+                raise ValidationError(
+                    f"{type(self).__name__} has a fixed event type; pass fields as keywords"
+                )
+            if not isinstance(__event_type, str) or not __event_type:
+                raise ValidationError(
+                    f"event type must be a non-empty string, got {__event_type!r}"
+                )
+            self._dynamic_type = __event_type
+
+    @property
+    def event_type(self) -> str:
+        """The routing name of this event."""
+        private = self.__pydantic_private__
+        dynamic = private.get("_dynamic_type") if private else None
+        return dynamic or type(self).event_type_name
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event's fields as a dict (values as they are, not serialized)."""
+        data = dict(self.__dict__)
+        if self.__pydantic_extra__:
+            data.update(self.__pydantic_extra__)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        # pydantic keeps extra fields in __pydantic_extra__; make a clear AttributeError.
+        try:
+            return super().__getattr__(name)  # type: ignore[misc]
+        except AttributeError:
+            raise AttributeError(f"{self.event_type} has no field {name!r}") from None
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"{type(self).__name__}[{self.event_type}]({fields})"
+
+
+class StartEvent(Event, event_type=START_EVENT_TYPE):
+    """The event every run starts with; its fields are the run's input."""
+
+
+class StopEvent(Event, event_type=STOP_EVENT_TYPE):
+    """The terminal event: the first one emitted ends the run; ``result`` is its value."""
+
+    result: Any = None
+
+
+class InputRequiredEvent(Event):
+    """A step asks a human for input; the run waits for a :class:`HumanResponseEvent`."""
+
+    prefix: str = ""
+
+
+class HumanResponseEvent(Event):
+    """A human's answer to an :class:`InputRequiredEvent`, sent with ``handler.send_event``."""
+
+    response: Any = None
+
+
+def event_from_data(event_type: str, data: dict[str, Any]) -> Event:
+    """Rebuild an event from its type name and field data (e.g. from the wire).
+
+    Known classes (built-ins and defined subclasses) are validated into their class; other
+    names become dynamic events.
+
+    Raises:
+        ValidationError: the data does not validate against the known class.
+    """
+    cls = _CLASSES.get(event_type)
+    if cls is None:
+        return Event(event_type, **data)
+    return cls(**data)
+
+
+def _pydantic_summary(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "<event>"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)

@@ -1,0 +1,140 @@
+"""The process-wide registry of steps and workflows that peers run by name.
+
+``register_step("my_app::analyze", analyze)`` makes a step runnable by id;
+``register_workflow(wf)`` registers a workflow by name and each of its steps by id.
+A :class:`~peerflow.peer.server.PeerServer` resolves requests against a registry (the
+process-wide one unless given another). Re-registering an id with a different step is an
+error; re-registering the same step is a no-op.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from peerflow.errors import ValidationError
+from peerflow.step import StepFn, StepSpec, as_step
+
+if TYPE_CHECKING:
+    from peerflow.workflow import Workflow
+
+__all__ = [
+    "Registry",
+    "default_registry",
+    "register_step",
+    "register_workflow",
+]
+
+
+class Registry:
+    """Steps by id and workflows by name. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._steps: dict[str, StepSpec] = {}
+        self._workflows: dict[str, Workflow] = {}
+
+    def register_step(self, step_id: str, fn_or_step: StepSpec | StepFn) -> StepSpec:
+        """Register a step under ``step_id`` and return the registered spec.
+
+        Raises:
+            ValidationError: a bad id or function, or the id is taken by another step.
+        """
+        spec = as_step(fn_or_step)
+        if spec.name != step_id:
+            spec = spec.with_name(step_id)
+        with self._lock:
+            self._add_step(spec)
+        return spec
+
+    def register_workflow(self, workflow: Workflow) -> Workflow:
+        """Register ``workflow`` by name and each of its steps by id.
+
+        Raises:
+            ValidationError: the name or a step id is taken by something else.
+        """
+        from peerflow.workflow import Workflow
+
+        if not isinstance(workflow, Workflow):
+            raise ValidationError(f"register_workflow takes a Workflow, got {workflow!r}")
+        with self._lock:
+            existing = self._workflows.get(workflow.name)
+            if existing is not None and existing is not workflow:
+                if not existing.same_workflow(workflow):
+                    raise ValidationError(
+                        f"workflow `{workflow.name}` is already registered with other steps"
+                    )
+                return existing
+            for spec in workflow.steps:
+                taken = self._steps.get(spec.id)
+                if taken is not None and not taken.same_step(spec):
+                    raise ValidationError(
+                        f"step id `{spec.id}` of workflow `{workflow.name}` is already "
+                        f"registered for {taken.fn!r}"
+                    )
+            for spec in workflow.steps:
+                self._steps.setdefault(spec.id, spec)
+            self._workflows[workflow.name] = workflow
+        return workflow
+
+    def _add_step(self, spec: StepSpec) -> None:
+        taken = self._steps.get(spec.id)
+        if taken is not None:
+            if taken.same_step(spec):
+                return
+            raise ValidationError(
+                f"step id `{spec.id}` is already registered for {taken.fn!r}; choose another id"
+            )
+        self._steps[spec.id] = spec
+
+    def step(self, step_id: str) -> StepSpec | None:
+        """The step registered under ``step_id``, or None."""
+        return self._steps.get(step_id)
+
+    def workflow(self, name: str) -> Workflow | None:
+        """The workflow registered under ``name``, or None."""
+        return self._workflows.get(name)
+
+    def step_ids(self) -> list[str]:
+        """Every registered step id, sorted."""
+        with self._lock:
+            return sorted(self._steps)
+
+    def workflows(self) -> dict[str, tuple[str, ...]]:
+        """Registered workflow names and their step ids, sorted by name."""
+        with self._lock:
+            return {name: wf.step_ids for name, wf in sorted(self._workflows.items())}
+
+    def unregister(self, *, step_id: str | None = None, workflow: str | None = None) -> None:
+        """Remove a step id and/or a workflow name (for tests and hot reload)."""
+        with self._lock:
+            if step_id is not None:
+                self._steps.pop(step_id, None)
+            if workflow is not None:
+                self._workflows.pop(workflow, None)
+
+
+_DEFAULT = Registry()
+
+
+def default_registry() -> Registry:
+    """The process-wide registry."""
+    return _DEFAULT
+
+
+def register_step(step_id: str, fn_or_step: StepSpec | StepFn) -> StepSpec:
+    """Register a step in the process-wide registry (see :meth:`Registry.register_step`).
+
+    Raises:
+        ValidationError: a bad id or function, or the id is taken by another step.
+    """
+    return _DEFAULT.register_step(step_id, fn_or_step)
+
+
+def register_workflow(workflow: Workflow) -> Workflow:
+    """Register a workflow and its steps in the process-wide registry.
+
+    Raises:
+        ValidationError: the name or a step id is taken by something else.
+    """
+    return _DEFAULT.register_workflow(workflow)

@@ -1,0 +1,494 @@
+"""The loop that drives one run, and :class:`WorkflowHandler`.
+
+Design (see DESIGN.md "Performance notes"): no task per event. Each step gets a small set
+of worker tasks, started lazily on its first event and living for the run; events reach
+them through a deque. The first ``StopEvent`` wins; every worker is then cancelled and
+awaited before the result is returned, so no task outlives its run. A run with nothing
+running, nothing queued and nobody waiting for human input fails at once ("stalled").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import threading
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from peerflow import telemetry
+from peerflow.context import Context, RunRefs
+from peerflow.errors import (
+    PeerflowError,
+    ValidationError,
+    WorkflowCancelledError,
+    WorkflowError,
+    WorkflowTimeoutError,
+)
+from peerflow.events import (
+    STOP_EVENT_TYPE,
+    Event,
+    HumanResponseEvent,
+    InputRequiredEvent,
+    StopEvent,
+)
+from peerflow.refs import RefDescriptor, SessionRefRegistry
+from peerflow.result import WorkflowResult
+
+if TYPE_CHECKING:
+    from peerflow.step import StepSpec
+
+__all__ = ["Run", "WorkflowHandler"]
+
+log = logging.getLogger("peerflow")
+
+Finalizer = Callable[[], Awaitable[None]]
+
+
+class _Stream:
+    """The run's event stream: a buffer with one consumer."""
+
+    __slots__ = ("_buffer", "_closed", "_loop", "_waiter", "taken")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._buffer: deque[Event] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self.taken = False
+
+    def put(self, event: Event) -> None:
+        if self._closed:
+            return
+        self._buffer.append(event)
+        self._wake()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def events(self) -> AsyncIterator[Event]:
+        while True:
+            while self._buffer:
+                yield self._buffer.popleft()
+            if self._closed:
+                return
+            self._waiter = self._loop.create_future()
+            await self._waiter
+            self._waiter = None
+
+
+class _StepRunner:
+    """One step's queue and its lazily started workers."""
+
+    __slots__ = ("idle", "queue", "run", "spec", "workers")
+
+    def __init__(self, spec: StepSpec, run: Run) -> None:
+        self.spec = spec
+        self.run = run
+        self.queue: deque[Event] = deque()
+        self.workers: list[asyncio.Task[None]] = []
+        self.idle: deque[asyncio.Future[None]] = deque()
+
+    def submit(self, event: Event) -> None:
+        self.queue.append(event)
+        idle = self.idle
+        while idle:
+            waiter = idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        if len(self.workers) < self.spec.num_workers:
+            self.workers.append(self.run.loop.create_task(self._work()))
+
+    async def _work(self) -> None:
+        run = self.run
+        queue = self.queue
+        while True:
+            while not queue:
+                waiter = run.loop.create_future()
+                self.idle.append(waiter)
+                await waiter
+            event = queue.popleft()
+            try:
+                await run.execute(self.spec, event)
+            finally:
+                run.pending -= 1
+            if run.pending == 0:
+                run.check_stalled()
+
+
+class Run:
+    """The state of one run. Created by :class:`~peerflow.workflow.Workflow`; internal."""
+
+    def __init__(
+        self,
+        *,
+        workflow_name: str,
+        routes: dict[str, Sequence[StepSpec]],
+        start_event: Event,
+        timeout: float | None,
+        session_refs: SessionRefRegistry,
+        principal: str,
+        streaming: bool,
+        run_id: str | None = None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.thread_id = threading.get_ident()
+        self.workflow_name = workflow_name
+        self.run_id = run_id or str(uuid.uuid4())
+        self.timeout = timeout
+        self.start_event = start_event
+        self.ctx = Context(self, self.run_id, RunRefs(session_refs, self.run_id, principal))
+        self.stream: _Stream | None = _Stream(self.loop) if streaming else None
+        self.pending = 0
+        self.waiting_input = 0
+        self.dropped: list[str] = []
+        self.outcome: StopEvent | Event | PeerflowError | None = None
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.finalizers: list[Finalizer] = []
+        self.survivors: list[RefDescriptor] = []
+        self._runners: dict[str, _StepRunner] = {}
+        self._routes: dict[str, list[_StepRunner]] = {}
+        for event_type, specs in routes.items():
+            runners = []
+            for spec in specs:
+                runner = self._runners.get(spec.id)
+                if runner is None:
+                    runner = self._runners[spec.id] = _StepRunner(spec, self)
+                runners.append(runner)
+            self._routes[event_type] = runners
+
+    # -- routing (loop thread only) ---------------------------------------------------
+
+    def dispatch(self, event: Event) -> None:
+        """Route ``event``: finish on StopEvent, else queue it for every accepting step."""
+        if self.outcome is not None:
+            return
+        event_type = event.event_type
+        if event_type == STOP_EVENT_TYPE:
+            self._finish(event)
+            return
+        runners = self._routes.get(event_type)
+        if isinstance(event, InputRequiredEvent):
+            self.waiting_input += 1
+            if self.stream is not None:
+                self.stream.put(event)
+        elif isinstance(event, HumanResponseEvent) and self.waiting_input:
+            self.waiting_input -= 1
+        if runners:
+            for runner in runners:
+                self.pending += 1
+                runner.submit(event)
+        elif not isinstance(event, InputRequiredEvent):
+            self.dropped.append(event_type)
+
+    def check_stalled(self) -> None:
+        """Fail the run when it can make no more progress."""
+        if self.outcome is not None or self.pending or self.waiting_input:
+            return
+        if self.dropped:
+            names = ", ".join(dict.fromkeys(self.dropped))
+            message = f"workflow `{self.workflow_name}` cannot progress: no step accepts {names}"
+        else:
+            message = (
+                f"workflow `{self.workflow_name}` cannot progress: its steps finished "
+                "without emitting a StopEvent"
+            )
+        self.fail(
+            WorkflowError(message, run_id=self.run_id, workflow=self.workflow_name, kind="stalled")
+        )
+
+    def send_external(self, event: Event) -> None:
+        """Route an event that came from outside the steps (a handler, a sync step)."""
+        self.dispatch(event)
+        if self.pending == 0:
+            self.check_stalled()
+
+    # -- thread-safe hooks used by Context --------------------------------------------
+
+    def send_event_threadsafe(self, event: Event) -> None:
+        """Route ``event`` from any thread."""
+        if threading.get_ident() == self.thread_id:
+            self.dispatch(event)
+        else:
+            self.loop.call_soon_threadsafe(self.send_external, event)
+
+    def write_to_stream_threadsafe(self, event: Event) -> None:
+        """Put ``event`` on the stream from any thread."""
+        stream = self.stream
+        if stream is None:
+            return
+        if threading.get_ident() == self.thread_id:
+            stream.put(event)
+        else:
+            self.loop.call_soon_threadsafe(stream.put, event)
+
+    # -- step execution ----------------------------------------------------------------
+
+    async def execute(self, spec: StepSpec, event: Event) -> None:
+        """Run one step on one event, with retries and timeout; route what it returns."""
+        cls = spec.accept_classes.get(event.event_type) if spec.accept_classes else None
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if cls is not None and not isinstance(event, cls):
+                    event = cls(**event.to_dict())
+                if telemetry.enabled():
+                    with telemetry.step_span(spec.id, attempt):
+                        output = await self._invoke(spec, event)
+                else:
+                    output = await self._invoke(spec, event)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if attempt <= spec.retries:
+                    await asyncio.sleep(spec.retry_backoff * (2 ** (attempt - 1)))
+                    continue
+                self.fail(self._step_error(spec, attempt, exc))
+                return
+        if output is None:
+            return
+        if isinstance(output, Event):
+            self.dispatch(output)
+            return
+        if isinstance(output, list | tuple) and all(isinstance(e, Event) for e in output):
+            for item in output:
+                self.dispatch(item)
+            return
+        self.fail(
+            WorkflowError(
+                f"step `{spec.id}` returned {type(output).__name__}; a step returns an Event, "
+                "a list of events, or None",
+                step_id=spec.id,
+                attempts=attempt,
+                run_id=self.run_id,
+                workflow=self.workflow_name,
+            )
+        )
+
+    async def _invoke(self, spec: StepSpec, event: Event) -> Any:
+        ctx = self.ctx
+        if spec.is_async:
+            if spec.timeout is None:
+                return await spec.fn(ctx, event)
+            async with asyncio.timeout(spec.timeout):
+                return await spec.fn(ctx, event)
+        call = contextvars.copy_context().run
+        future = self.loop.run_in_executor(None, call, spec.fn, ctx, event)
+        if spec.timeout is None:
+            output = await future
+        else:
+            async with asyncio.timeout(spec.timeout):
+                output = await future
+        if inspect.isawaitable(output):
+            output = await output
+        return output
+
+    def _step_error(self, spec: StepSpec, attempts: int, exc: Exception) -> WorkflowError:
+        if isinstance(exc, TimeoutError) and spec.timeout is not None:
+            what = f"timed out after {spec.timeout:g}s"
+        else:
+            what = f"raised {type(exc).__name__}: {exc}"
+        remote = isinstance(exc, WorkflowError) and exc.remote
+        return WorkflowError(
+            f"step `{spec.id}` of workflow `{self.workflow_name}` {what} "
+            f"(attempt {attempts} of {spec.retries + 1}, run {self.run_id})",
+            step_id=spec.id,
+            attempts=attempts,
+            cause=exc,
+            remote=remote,
+            run_id=self.run_id,
+            workflow=self.workflow_name,
+        )
+
+    # -- outcome -----------------------------------------------------------------------
+
+    def _finish(self, event: Event) -> None:
+        if self.outcome is None:
+            self.outcome = event
+            if self.stream is not None:
+                self.stream.put(event)
+            if not self.done.done():
+                self.done.set_result(None)
+
+    def fail(self, error: PeerflowError) -> None:
+        """End the run with ``error`` (first outcome wins)."""
+        if self.outcome is None:
+            self.outcome = error
+            if not self.done.done():
+                self.done.set_result(None)
+
+    async def drive(self) -> WorkflowResult:
+        """Start the run, wait for its outcome, stop every step, return or raise."""
+        self.dispatch(self.start_event)
+        try:
+            if self.timeout is None:
+                await self.done
+            else:
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        await self.done
+                except TimeoutError:
+                    self.fail(
+                        WorkflowTimeoutError(
+                            f"workflow `{self.workflow_name}` timed out after "
+                            f"{self.timeout:g}s (run {self.run_id})",
+                            run_id=self.run_id,
+                            workflow=self.workflow_name,
+                        )
+                    )
+        except asyncio.CancelledError:
+            self.fail(self.cancelled_error())
+            await self._shutdown()
+            raise
+        await self._shutdown()
+        return self._result()
+
+    def cancelled_error(self) -> WorkflowCancelledError:
+        """The error a cancelled run ends with."""
+        return WorkflowCancelledError(
+            f"workflow `{self.workflow_name}` was cancelled (run {self.run_id})",
+            run_id=self.run_id,
+            workflow=self.workflow_name,
+        )
+
+    async def _shutdown(self) -> None:
+        self.ctx._mark_cancelled()
+        tasks = [w for r in self._runners.values() for w in r.workers if not w.done()]
+        for task in tasks:
+            task.cancel()
+        try:
+            if tasks:
+                await asyncio.wait(tasks)
+        finally:
+            if self.ctx.refs.used:
+                self.survivors = self.ctx.refs.registry.end_run(self.run_id)
+            for finalizer in self.finalizers:
+                try:
+                    await finalizer()
+                except Exception:
+                    log.warning("run %s: finalizer failed", self.run_id, exc_info=True)
+            if self.stream is not None:
+                self.stream.close()
+
+    def _result(self) -> WorkflowResult:
+        outcome = self.outcome
+        if isinstance(outcome, PeerflowError):
+            raise outcome
+        assert isinstance(outcome, Event)
+        usage = self.ctx.usage
+        return WorkflowResult(
+            result=getattr(outcome, "result", None),
+            event=outcome,
+            event_type=outcome.event_type,
+            state=dict(self.ctx.state),
+            total_input_tokens=usage.input_tokens,
+            total_output_tokens=usage.output_tokens,
+            total_cost_usd=usage.cost_usd,
+            remote_refs={d.key: d for d in self.survivors},
+            run_id=self.run_id,
+            workflow=self.workflow_name,
+        )
+
+
+class WorkflowHandler:
+    """A run in progress: await it, stream its events, send it events, cancel it.
+
+    ``await handler`` (or ``await handler.result()``) returns the
+    :class:`~peerflow.result.WorkflowResult` or raises the run's error.
+    """
+
+    __slots__ = ("_run", "_task")
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self._task: asyncio.Task[WorkflowResult] = run.loop.create_task(run.drive())
+
+    @property
+    def run_id(self) -> str:
+        """The run's id."""
+        return self._run.run_id
+
+    @property
+    def ctx(self) -> Context:
+        """The run's context (its state, session and refs)."""
+        return self._run.ctx
+
+    def done(self) -> bool:
+        """True once the run has ended and its steps have stopped."""
+        return self._task.done()
+
+    def __await__(self) -> Generator[Any, None, WorkflowResult]:
+        return self._task.__await__()
+
+    async def result(self) -> WorkflowResult:
+        """Wait for the run's result.
+
+        Raises:
+            WorkflowError: a step failed or the run stalled.
+            WorkflowTimeoutError: the run timed out.
+            WorkflowCancelledError: the run was cancelled.
+        """
+        return await self._task
+
+    async def stream_events(self) -> AsyncIterator[Event]:
+        """Yield the run's streamed events in order, ending with the terminal event.
+
+        Streamed are: events written with ``ctx.write_event_to_stream``,
+        ``InputRequiredEvent``s, and last the ``StopEvent``. If the run fails, the iterator
+        raises its error after the events published before the failure.
+
+        Raises:
+            ValidationError: the stream was already taken (it has one consumer).
+            WorkflowError: the run failed (after the events published before).
+        """
+        stream = self._run.stream
+        if stream is None or stream.taken:
+            raise ValidationError("this run's event stream has already been consumed")
+        stream.taken = True
+        async for event in stream.events():
+            yield event
+        await asyncio.wait([self._task])
+        error = self._task.exception()
+        if error is not None:
+            raise error
+
+    def send_event(self, event: Event) -> None:
+        """Send an event into the run from outside (e.g. a ``HumanResponseEvent``).
+
+        Safe to call from any thread.
+
+        Raises:
+            ValidationError: ``event`` is not an Event, or the run has ended.
+        """
+        if not isinstance(event, Event):
+            raise ValidationError(f"send_event takes an Event, got {event!r}")
+        if self._task.done() or self._run.outcome is not None:
+            raise ValidationError(f"run {self.run_id} has ended; it accepts no more events")
+        run = self._run
+        if threading.get_ident() == run.thread_id:
+            run.send_external(event)
+        else:
+            run.loop.call_soon_threadsafe(run.send_external, event)
+
+    async def cancel(self) -> None:
+        """Cancel the run and wait until its steps have stopped (idempotent).
+
+        Awaiting the handler afterwards raises :class:`WorkflowCancelledError`.
+        """
+        run = self._run
+        run.fail(run.cancelled_error())
+        await asyncio.wait([self._task])
+        if not self._task.cancelled():
+            self._task.exception()  # retrieved: the caller asked for this outcome

@@ -1,0 +1,294 @@
+"""``@step``: turn a function into a workflow step.
+
+A step is ``async def f(ctx, ev)`` or a plain ``def f(ctx, ev)`` (run in a worker thread so
+it never blocks the event loop). It returns an event, a list of events (fan-out), or
+``None`` (it used ``ctx.send_event``)::
+
+    @step
+    async def greet(ctx: Context, ev: StartEvent) -> StopEvent:
+        return StopEvent(result=f"hello {ev.name}")
+
+    @step(accepts=["Analyze"], name="my_app::analyze", num_workers=4, retries=2, timeout=30)
+    def analyze(ctx, ev): ...
+
+What a step accepts comes from ``accepts=[...]`` (event classes or event-type strings),
+else from the annotation of its event parameter (a class or a union of classes), else
+``StartEvent``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, overload
+
+from peerflow.errors import ValidationError
+from peerflow.events import STOP_EVENT_TYPE, Event, StartEvent
+
+__all__ = ["StepSpec", "as_step", "step"]
+
+StepFn = Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class StepSpec:
+    """A step: its function and options. Built by :func:`step`; immutable.
+
+    Attributes:
+        fn: the user's function ``(ctx, ev)``.
+        name: the explicit step id, or None (see :attr:`id`).
+        accepts: event-type names this step accepts.
+        accept_classes: for accepted types given as classes, the class (events of that type
+            that arrive as another class, e.g. from the wire, are converted).
+        emits: event-type names the step declares it emits (optional; checked at build time).
+        num_workers: how many events this step may process at once.
+        retries: extra attempts after a failure.
+        retry_backoff: seconds before the first retry; doubled for each further retry.
+        timeout: seconds one attempt may take, or None.
+        is_async: whether ``fn`` is a coroutine function.
+    """
+
+    fn: StepFn
+    name: str | None
+    accepts: tuple[str, ...]
+    accept_classes: types.MappingProxyType[str, type[Event]]
+    emits: tuple[str, ...]
+    num_workers: int
+    retries: int
+    retry_backoff: float
+    timeout: float | None
+    is_async: bool
+
+    @property
+    def id(self) -> str:
+        """The step id: ``name`` when given, else the function's qualified name."""
+        return self.name or _qualname(self.fn)
+
+    def with_name(self, name: str) -> StepSpec:
+        """A copy of this step under another id.
+
+        Raises:
+            ValidationError: the name is not a non-empty string.
+        """
+        _check_name(name)
+        return dataclasses.replace(self, name=name)
+
+    def same_step(self, other: StepSpec) -> bool:
+        """True when both specs describe the same function with the same options."""
+        return (
+            self.fn is other.fn
+            and self.id == other.id
+            and self.accepts == other.accepts
+            and self.emits == other.emits
+            and self.num_workers == other.num_workers
+            and self.retries == other.retries
+            and self.retry_backoff == other.retry_backoff
+            and self.timeout == other.timeout
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the underlying function directly (handy in unit tests)."""
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<step {self.id} accepts={list(self.accepts)}>"
+
+
+@overload
+def step(fn: StepFn, /) -> StepSpec: ...
+
+
+@overload
+def step(
+    fn: None = None,
+    /,
+    *,
+    accepts: Sequence[type[Event] | str] | None = None,
+    emits: Sequence[type[Event] | str] | None = None,
+    name: str | None = None,
+    num_workers: int = 1,
+    retries: int = 0,
+    retry_backoff: float = 0.1,
+    timeout: float | None = None,
+) -> Callable[[StepFn], StepSpec]: ...
+
+
+def step(
+    fn: StepFn | None = None,
+    /,
+    *,
+    accepts: Sequence[type[Event] | str] | None = None,
+    emits: Sequence[type[Event] | str] | None = None,
+    name: str | None = None,
+    num_workers: int = 1,
+    retries: int = 0,
+    retry_backoff: float = 0.1,
+    timeout: float | None = None,
+) -> StepSpec | Callable[[StepFn], StepSpec]:
+    """Make a step from ``fn(ctx, ev)``; usable bare (``@step``) or with options.
+
+    Args:
+        fn: the function, when used bare.
+        accepts: event classes or event-type names the step accepts.
+        emits: event classes or names the step may emit (optional, validated at build).
+        name: the step id peers use, e.g. ``"my_app::analyze"``.
+        num_workers: how many events the step may process concurrently (>= 1).
+        retries: extra attempts after a failure (>= 0).
+        retry_backoff: seconds before the first retry, doubled each time (>= 0).
+        timeout: seconds one attempt may take (> 0), or None.
+
+    Returns:
+        A :class:`StepSpec`, or a decorator making one.
+
+    Raises:
+        ValidationError: bad options or a function that does not take ``(ctx, ev)``.
+    """
+
+    def build(f: StepFn) -> StepSpec:
+        return _build(f, accepts, emits, name, num_workers, retries, retry_backoff, timeout)
+
+    if fn is not None:
+        return build(fn)
+    return build
+
+
+def as_step(obj: StepSpec | StepFn) -> StepSpec:
+    """Return ``obj`` if it is a step, else make one with default options.
+
+    Raises:
+        ValidationError: ``obj`` is not callable as ``(ctx, ev)``.
+    """
+    if isinstance(obj, StepSpec):
+        return obj
+    return _build(obj, None, None, None, 1, 0, 0.1, None)
+
+
+def _build(
+    fn: StepFn,
+    accepts: Sequence[type[Event] | str] | None,
+    emits: Sequence[type[Event] | str] | None,
+    name: str | None,
+    num_workers: int,
+    retries: int,
+    retry_backoff: float,
+    timeout: float | None,
+) -> StepSpec:
+    if isinstance(fn, StepSpec):
+        raise ValidationError(f"{fn!r} is already a step; apply @step once")
+    if not callable(fn):
+        raise ValidationError(f"a step must be a function (ctx, ev), got {fn!r}")
+    _check_signature(fn)
+    if name is not None:
+        _check_name(name)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ValidationError(f"num_workers must be an int >= 1, got {num_workers!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValidationError(f"retries must be an int >= 0, got {retries!r}")
+    if not _is_number(retry_backoff) or retry_backoff < 0:
+        raise ValidationError(f"retry_backoff must be a number >= 0, got {retry_backoff!r}")
+    if timeout is not None and (not _is_number(timeout) or timeout <= 0):
+        raise ValidationError(f"timeout must be a number > 0 or None, got {timeout!r}")
+    where = f"step {name or _qualname(fn)}"
+    if accepts is None:
+        classes = _annotated_classes(fn)
+        accept_items: Iterable[type[Event] | str] = classes or [StartEvent]
+    else:
+        if isinstance(accepts, str | type) or not isinstance(accepts, Sequence) or not accepts:
+            raise ValidationError(f"{where}: accepts must be a non-empty list, got {accepts!r}")
+        accept_items = accepts
+    accepted, accept_classes = _names(accept_items, where, "accepts")
+    if STOP_EVENT_TYPE in accepted:
+        raise ValidationError(f"{where}: no step may accept StopEvent (it ends the run)")
+    emitted: tuple[str, ...] = ()
+    if emits is not None:
+        if isinstance(emits, str | type) or not isinstance(emits, Sequence):
+            raise ValidationError(f"{where}: emits must be a list, got {emits!r}")
+        emitted, _ = _names(emits, where, "emits")
+    return StepSpec(
+        fn=fn,
+        name=name,
+        accepts=accepted,
+        accept_classes=types.MappingProxyType(accept_classes),
+        emits=emitted,
+        num_workers=num_workers,
+        retries=retries,
+        retry_backoff=float(retry_backoff),
+        timeout=float(timeout) if timeout is not None else None,
+        is_async=inspect.iscoroutinefunction(fn),
+    )
+
+
+def _names(
+    items: Iterable[type[Event] | str], where: str, what: str
+) -> tuple[tuple[str, ...], dict[str, type[Event]]]:
+    names: list[str] = []
+    classes: dict[str, type[Event]] = {}
+    for item in items:
+        if isinstance(item, str) and item:
+            name = item
+        elif isinstance(item, type) and issubclass(item, Event) and item is not Event:
+            name = item.event_type_name
+            classes[name] = item
+        else:
+            raise ValidationError(
+                f"{where}: {what} entries must be Event subclasses or event-type names, "
+                f"got {item!r}"
+            )
+        if name not in names:
+            names.append(name)
+    return tuple(names), classes
+
+
+def _annotated_classes(fn: StepFn) -> list[type[Event]]:
+    params = list(inspect.signature(fn).parameters.values())
+    if len(params) < 2:
+        return []
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward references: fall back to the default
+        return []
+    hint = hints.get(params[1].name)
+    if hint is None:
+        return []
+    candidates = typing.get_args(hint) if _is_union(hint) else (hint,)
+    found = [
+        c for c in candidates if isinstance(c, type) and issubclass(c, Event) and c is not Event
+    ]
+    return found
+
+
+def _is_union(hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    return origin is typing.Union or origin is types.UnionType
+
+
+def _check_signature(fn: StepFn) -> None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # builtins and C callables: trust the caller
+    try:
+        sig.bind(None, None)
+    except TypeError:
+        raise ValidationError(
+            f"step {_qualname(fn)} must take two positional parameters (ctx, ev); "
+            f"its signature is {sig}"
+        ) from None
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationError(f"a step id must be a non-empty string, got {name!r}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _qualname(fn: StepFn) -> str:
+    module = getattr(fn, "__module__", None)
+    qual = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}.{qual}" if module and module != "__main__" else qual

@@ -1,0 +1,225 @@
+"""``Workflow``: a named set of steps, run from a ``StartEvent`` to the first ``StopEvent``."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from peerflow import telemetry
+from peerflow.blocking import call_blocking
+from peerflow.errors import UnknownStepError, UnknownWorkflowError, ValidationError
+from peerflow.events import (
+    START_EVENT_TYPE,
+    STOP_EVENT_TYPE,
+    Event,
+    InputRequiredEvent,
+    StartEvent,
+)
+from peerflow.refs import ANONYMOUS, SessionRefRegistry
+from peerflow.registry import Registry, default_registry
+from peerflow.result import WorkflowResult
+from peerflow.runtime import Run, WorkflowHandler
+from peerflow.step import StepFn, StepSpec, as_step
+
+__all__ = ["Workflow", "default_session_refs"]
+
+_refs_lock = threading.Lock()
+_default_refs: SessionRefRegistry | None = None
+
+
+def default_session_refs() -> SessionRefRegistry:
+    """The process-wide session-ref registry used by runs not given one."""
+    global _default_refs
+    with _refs_lock:
+        if _default_refs is None:
+            _default_refs = SessionRefRegistry()
+        return _default_refs
+
+
+class Workflow:
+    """A named set of steps.
+
+    Constructing a workflow registers nothing; see :func:`~peerflow.register_workflow`.
+
+    Args:
+        name: the workflow's name (what peers call it by).
+        steps: the steps (``@step`` functions; plain ``(ctx, ev)`` functions are wrapped).
+        timeout: seconds a run may take, or None.
+
+    Raises:
+        ValidationError: no steps, duplicate step ids, no step accepting ``StartEvent``,
+            a declared emitted type no step accepts, or bad arguments.
+    """
+
+    __slots__ = ("_routes", "name", "steps", "timeout")
+
+    def __init__(
+        self, name: str, steps: Sequence[StepSpec | StepFn], *, timeout: float | None = None
+    ) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise ValidationError(f"a workflow name must be a non-empty string, got {name!r}")
+        if isinstance(steps, str | bytes) or not isinstance(steps, Iterable):
+            raise ValidationError(f"workflow `{name}`: steps must be a list, got {steps!r}")
+        specs = tuple(as_step(s) for s in steps)
+        if not specs:
+            raise ValidationError(f"workflow `{name}` must have at least one step")
+        self.name = name
+        self.steps = specs
+        self.timeout = _check_timeout(timeout, f"workflow `{name}`")
+        self._routes = self._build_routes()
+
+    def _build_routes(self) -> dict[str, Sequence[StepSpec]]:
+        seen: dict[str, StepSpec] = {}
+        routes: dict[str, list[StepSpec]] = {}
+        for spec in self.steps:
+            if spec.id in seen:
+                raise ValidationError(
+                    f"workflow `{self.name}` has two steps with id `{spec.id}`; give one a name"
+                )
+            seen[spec.id] = spec
+            for event_type in spec.accepts:
+                routes.setdefault(event_type, []).append(spec)
+        if START_EVENT_TYPE not in routes:
+            raise ValidationError(
+                f"workflow `{self.name}` has no step that accepts StartEvent "
+                f"(steps accept: {', '.join(sorted(routes))})"
+            )
+        always_ok = {STOP_EVENT_TYPE, InputRequiredEvent.event_type_name}
+        for spec in self.steps:
+            for emitted in spec.emits:
+                if emitted not in routes and emitted not in always_ok:
+                    raise ValidationError(
+                        f"workflow `{self.name}`: step `{spec.id}` emits `{emitted}` but no "
+                        "step accepts it"
+                    )
+        return {k: tuple(v) for k, v in routes.items()}
+
+    @property
+    def step_ids(self) -> tuple[str, ...]:
+        """The ids of this workflow's steps, in order."""
+        return tuple(s.id for s in self.steps)
+
+    def same_workflow(self, other: Workflow) -> bool:
+        """True when both have the same name, options and the same steps."""
+        return (
+            self.name == other.name
+            and self.timeout == other.timeout
+            and len(self.steps) == len(other.steps)
+            and all(a.same_step(b) for a, b in zip(self.steps, other.steps, strict=True))
+        )
+
+    @classmethod
+    def from_registry(
+        cls,
+        name: str,
+        step_ids: Sequence[str] = (),
+        *,
+        registry: Registry | None = None,
+        timeout: float | None = None,
+    ) -> Workflow:
+        """Assemble a workflow from registered step ids.
+
+        An empty ``step_ids`` means "the registered workflow of that name".
+
+        Raises:
+            UnknownStepError: a step id is not registered (message ``unknown step id `X```).
+            UnknownWorkflowError: ``step_ids`` is empty and no workflow has that name.
+            ValidationError: the steps do not form a valid workflow.
+        """
+        reg = registry or default_registry()
+        if isinstance(step_ids, str):
+            raise ValidationError(f"step_ids must be a list of ids, got the string {step_ids!r}")
+        if not step_ids:
+            found = reg.workflow(name)
+            if found is None:
+                raise UnknownWorkflowError(f"unknown workflow `{name}`")
+            return found
+        specs = []
+        for step_id in step_ids:
+            spec = reg.step(step_id)
+            if spec is None:
+                raise UnknownStepError(f"unknown step id `{step_id}`")
+            specs.append(spec)
+        return cls(name, specs, timeout=timeout)
+
+    # -- running -----------------------------------------------------------------------
+
+    def _run(
+        self,
+        start_event: Event,
+        *,
+        streaming: bool,
+        timeout: float | None = None,
+        session_refs: SessionRefRegistry | None = None,
+        principal: str = ANONYMOUS,
+        run_id: str | None = None,
+    ) -> Run:
+        return Run(
+            workflow_name=self.name,
+            routes=self._routes,
+            start_event=start_event,
+            timeout=self.timeout if timeout is None else timeout,
+            session_refs=session_refs or default_session_refs(),
+            principal=principal,
+            streaming=streaming,
+            run_id=run_id,
+        )
+
+    async def run(self, **fields: Any) -> WorkflowResult:
+        """Run to completion; the keyword fields become the ``StartEvent``'s fields.
+
+        Raises:
+            WorkflowError: a step failed (after its retries) or the run stalled.
+            WorkflowTimeoutError: the run exceeded the workflow's timeout.
+            WorkflowCancelledError: the run was cancelled.
+            ValidationError: not called inside a running event loop.
+        """
+        run = self._run(StartEvent(**fields), streaming=False)
+        if telemetry.enabled():
+            with telemetry.run_span(self.name, run.run_id):
+                return await run.drive()
+        return await run.drive()
+
+    def start(self, **fields: Any) -> WorkflowHandler:
+        """Start a run and return its handler (stream, send events, cancel, await).
+
+        Must be called from a coroutine (inside a running event loop).
+
+        Raises:
+            ValidationError: no running event loop.
+        """
+        try:
+            run = self._run(StartEvent(**fields), streaming=True)
+        except RuntimeError:
+            raise ValidationError(
+                "Workflow.start() needs a running event loop; call it from a coroutine "
+                "or use run_blocking()"
+            ) from None
+        return WorkflowHandler(run)
+
+    def run_blocking(self, **fields: Any) -> WorkflowResult:
+        """:meth:`run` for code without an event loop.
+
+        Raises:
+            ValidationError: called inside a running event loop (``await run()`` there).
+            WorkflowError: as :meth:`run`.
+        """
+        return call_blocking(self.run, **fields)
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name} steps={list(self.step_ids)}>"
+
+
+def _check_timeout(timeout: float | None, where: str) -> float | None:
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ValidationError(f"{where}: timeout must be a number > 0 or None, got {timeout!r}")
+    return float(timeout)
