@@ -8,6 +8,7 @@ session refs (values that stay in this process and are handed out by key).
 from __future__ import annotations
 
 import threading
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -28,6 +29,8 @@ class _RunHooks(Protocol):
     def send_event_threadsafe(self, event: Event) -> None: ...
 
     def write_to_stream_threadsafe(self, event: Event) -> None: ...
+
+    def add_finalizer(self, finalizer: Callable[[], Awaitable[None]]) -> None: ...
 
 
 class Usage:
@@ -195,6 +198,14 @@ class Context:
     def wait_cancelled(self, timeout: float | None = None) -> bool:
         """Block a sync step until the run is cancelled (or ``timeout``); True if cancelled."""
         return self._cancelled.wait(timeout)
+
+    def on_run_end(self, finalizer: Callable[[], Awaitable[None]]) -> None:
+        """Await ``finalizer()`` when the run ends, after its steps stopped (any outcome).
+
+        Used, e.g., to release remote session refs when the parent run finishes. Failures
+        of a finalizer are logged, not raised.
+        """
+        self._run.add_finalizer(finalizer)
 
     def _mark_cancelled(self) -> None:
         self._cancelled.set()

@@ -232,6 +232,13 @@ class Run:
         else:
             self.loop.call_soon_threadsafe(stream.put, event)
 
+    def add_finalizer(self, finalizer: Finalizer) -> None:
+        """Await ``finalizer()`` when the run ends (thread-safe)."""
+        if threading.get_ident() == self.thread_id:
+            self.finalizers.append(finalizer)
+        else:
+            self.loop.call_soon_threadsafe(self.finalizers.append, finalizer)
+
     # -- step execution ----------------------------------------------------------------
 
     async def execute(self, spec: StepSpec, event: Event) -> None:
