@@ -1,0 +1,643 @@
+"""The envelopes of the peer protocol (``WIRE.md``), as frozen dataclasses.
+
+Each message has ``encode() -> bytes`` and ``Cls.decode(data) -> Cls``; the bytes are the
+postcard payload that travels in field 1 of ``PostcardRequest`` / ``PostcardResponse``.
+Field order in each class is *not* the wire order (``envelope_version`` is keyword-only
+and last); the wire order is the one in ``WIRE.md`` and in each ``_write``.
+
+Decoding follows Blazen's decoder exactly: trailing bytes after a complete message are
+ignored, a missing field is an error (so a :class:`SubWorkflowRequest` without its
+``timeout_secs`` byte is rejected), and ``envelope_version`` is returned as sent; the
+server checks it with :func:`check_envelope_version`.
+
+peerflow's extensions to :class:`SubWorkflowResponse` (``usage``, ``error_kind``,
+``event_type``, ``run_id``) are appended as ``Option`` fields after Blazen's layout, only
+when at least one is set (earlier unset ones are written as ``00`` so positions hold).
+On decode, a message that ends before them reads them as ``None``; and because Blazen
+ignores trailing bytes, bytes after the base layout that do not parse as extensions are
+ignored too (extensions parsed before the first bad one are kept).
+
+All decoding failures raise :class:`~peerflow.errors.EncodeError` and nothing else.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Self, TypeAlias
+
+from peerflow.errors import EncodeError, EnvelopeVersionError, ValidationError
+from peerflow.peer.postcard import Reader, Writer
+
+__all__ = [
+    "ENVELOPE_VERSION",
+    "DerefRequest",
+    "DerefResponse",
+    "DescribeRequest",
+    "DescribeResponse",
+    "EventPayload",
+    "ReleaseRequest",
+    "ReleaseResponse",
+    "RemoteRefDescriptor",
+    "StreamDone",
+    "SubWorkflowEvent",
+    "SubWorkflowEventKind",
+    "SubWorkflowRequest",
+    "SubWorkflowResponse",
+    "Usage",
+    "WorkflowInfo",
+    "check_envelope_version",
+]
+
+ENVELOPE_VERSION = 1
+
+
+def check_envelope_version(version: int) -> None:
+    """Reject an envelope version newer than this implementation speaks.
+
+    Version 0 and :data:`ENVELOPE_VERSION` are accepted, as Blazen accepts them.
+
+    Args:
+        version: the ``envelope_version`` of a decoded message.
+
+    Raises:
+        EnvelopeVersionError: ``version`` is newer than :data:`ENVELOPE_VERSION`
+            (message ``"envelope version N is newer than supported 1"``, Blazen's words).
+    """
+    if version > ENVELOPE_VERSION:
+        raise EnvelopeVersionError(
+            f"envelope version {version} is newer than supported {ENVELOPE_VERSION}"
+        )
+
+
+def _as_str_tuple(value: Iterable[str], name: str) -> tuple[str, ...]:
+    if isinstance(value, str | bytes):
+        raise ValidationError(f"{name} must be a sequence of strings, not a single string")
+    try:
+        return tuple(value)
+    except TypeError as exc:
+        raise ValidationError(f"{name} must be a sequence of strings: {exc}") from exc
+
+
+class _Message:
+    """Shared ``encode`` / ``decode`` for the top-level envelopes."""
+
+    __slots__ = ()
+
+    def _write(self, w: Writer) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def encode(self) -> bytes:
+        """Encode this message as postcard bytes.
+
+        Returns:
+            The postcard payload.
+
+        Raises:
+            EncodeError: a field holds a value of the wrong type or out of range.
+        """
+        w = Writer()
+        self._write(w)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes | bytearray | memoryview) -> Self:
+        """Decode a message from postcard bytes; trailing bytes are ignored.
+
+        Args:
+            data: the postcard payload.
+
+        Returns:
+            The decoded message.
+
+        Raises:
+            EncodeError: the bytes are not a valid encoding of this message
+                (``"postcard decode failed: ..."``).
+        """
+        return cls._read(Reader(data))
+
+
+@dataclass(frozen=True, slots=True)
+class SubWorkflowRequest(_Message):
+    """Ask a peer to run a sub-workflow (``InvokeSubWorkflow`` / ``StreamSubWorkflowEvents``).
+
+    Wire order: ``envelope_version: u32, workflow_name: String, step_ids: Vec<String>,
+    input_json: bytes, timeout_secs: Option<u64>``.
+
+    Attributes:
+        workflow_name: the workflow to run (Blazen ignores it when step ids are given).
+        step_ids: the step ids to assemble the workflow from (a list is turned into a tuple).
+        input_json: compact JSON of the start payload, normally an object.
+        timeout_secs: the run's deadline on the server, whole seconds; None = server default.
+        envelope_version: the protocol version (keyword-only).
+    """
+
+    workflow_name: str
+    step_ids: tuple[str, ...] = ()
+    input_json: bytes = b"{}"
+    timeout_secs: int | None = None
+    envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if type(self.step_ids) is not tuple:
+            object.__setattr__(self, "step_ids", _as_str_tuple(self.step_ids, "step_ids"))
+
+    def _write(self, w: Writer) -> None:
+        w.write_u32(self.envelope_version)
+        w.write_str(self.workflow_name)
+        w.write_len(len(self.step_ids))
+        for step_id in self.step_ids:
+            w.write_str(step_id)
+        w.write_bytes(self.input_json)
+        if self.timeout_secs is None:
+            w.write_option(False)
+        else:
+            w.write_option(True)
+            w.write_u64(self.timeout_secs)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        version = r.read_u32()
+        name = r.read_str()
+        step_ids = tuple([r.read_str() for _ in range(r.read_len())])
+        input_json = r.read_bytes()
+        timeout = r.read_u64() if r.read_option() else None
+        return cls(name, step_ids, input_json, timeout, envelope_version=version)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteRefDescriptor:
+    """Describes a session ref that stays on the peer that made it.
+
+    Wire order: ``origin_node_id: String, type_tag: String, created_at_epoch_ms: u64``.
+
+    Attributes:
+        origin_node_id: the node holding the value.
+        type_tag: the serializer tag of the value (e.g. ``"bytes"``).
+        created_at_epoch_ms: creation time, milliseconds since the Unix epoch.
+    """
+
+    origin_node_id: str
+    type_tag: str
+    created_at_epoch_ms: int
+
+    def _write(self, w: Writer) -> None:
+        w.write_str(self.origin_node_id)
+        w.write_str(self.type_tag)
+        w.write_u64(self.created_at_epoch_ms)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.read_str(), r.read_str(), r.read_u64())
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token and cost totals of a remote run (peerflow extension).
+
+    Wire order: ``input_tokens: u64, output_tokens: u64, cost_usd: f64``.
+
+    Attributes:
+        input_tokens: prompt tokens used.
+        output_tokens: completion tokens used.
+        cost_usd: cost in US dollars.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def _write(self, w: Writer) -> None:
+        w.write_u64(self.input_tokens)
+        w.write_u64(self.output_tokens)
+        w.write_f64(self.cost_usd)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.read_u64(), r.read_u64(), r.read_f64())
+
+
+def _write_opt_str(w: Writer, value: str | None) -> None:
+    if value is None:
+        w.write_option(False)
+    else:
+        w.write_option(True)
+        w.write_str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class SubWorkflowResponse(_Message):
+    """The outcome of a sub-workflow run.
+
+    Wire order (Blazen): ``envelope_version: u32, state_json: HashMap<String, bytes>,
+    result_json: Option<bytes>, remote_refs: HashMap<Uuid, RemoteRefDescriptor>,
+    error: Option<String>``; then peerflow's optional trailing extensions
+    ``usage: Option<Usage>, error_kind: Option<String>, event_type: Option<String>,
+    run_id: Option<String>``.
+
+    Attributes:
+        state_json: JSON of each ``ctx.state`` entry (Blazen sends it empty).
+        result_json: JSON of ``StopEvent.result``; None when there is no result.
+        remote_refs: descriptors of the session refs the result points to, in order.
+        error: a workflow-level failure (the RPC itself succeeded); None on success.
+        usage: token/cost totals (extension).
+        error_kind: ``step_failed`` | ``timeout`` | ``cancelled`` | ``stalled`` (extension).
+        event_type: the terminal event's type, normally ``blazen::StopEvent`` (extension).
+        run_id: the remote run's id (extension).
+        envelope_version: the protocol version (keyword-only).
+    """
+
+    state_json: dict[str, bytes] = field(default_factory=dict)
+    result_json: bytes | None = None
+    remote_refs: dict[uuid.UUID, RemoteRefDescriptor] = field(default_factory=dict)
+    error: str | None = None
+    usage: Usage | None = None
+    error_kind: str | None = None
+    event_type: str | None = None
+    run_id: str | None = None
+    envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
+
+    def _write(self, w: Writer) -> None:
+        w.write_u32(self.envelope_version)
+        w.write_len(len(self.state_json))
+        for key, value in self.state_json.items():
+            w.write_str(key)
+            w.write_bytes(value)
+        if self.result_json is None:
+            w.write_option(False)
+        else:
+            w.write_option(True)
+            w.write_bytes(self.result_json)
+        w.write_len(len(self.remote_refs))
+        for ref_uuid, descriptor in self.remote_refs.items():
+            w.write_uuid(ref_uuid)
+            if not isinstance(descriptor, RemoteRefDescriptor):
+                raise EncodeError(
+                    "postcard encode failed: remote_refs values must be RemoteRefDescriptor, "
+                    f"got {type(descriptor).__name__}"
+                )
+            descriptor._write(w)
+        _write_opt_str(w, self.error)
+        # Extensions: only when one is set; unset earlier ones hold their place as 00.
+        if self.run_id is not None:
+            count = 4
+        elif self.event_type is not None:
+            count = 3
+        elif self.error_kind is not None:
+            count = 2
+        elif self.usage is not None:
+            count = 1
+        else:
+            return
+        if self.usage is None:
+            w.write_option(False)
+        elif not isinstance(self.usage, Usage):
+            raise EncodeError(
+                f"postcard encode failed: usage must be a Usage, got {type(self.usage).__name__}"
+            )
+        else:
+            w.write_option(True)
+            self.usage._write(w)
+        if count > 1:
+            _write_opt_str(w, self.error_kind)
+        if count > 2:
+            _write_opt_str(w, self.event_type)
+        if count > 3:
+            _write_opt_str(w, self.run_id)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        version = r.read_u32()
+        state: dict[str, bytes] = {}
+        for _ in range(r.read_len()):
+            key = r.read_str()
+            state[key] = r.read_bytes()
+        result = r.read_bytes() if r.read_option() else None
+        refs: dict[uuid.UUID, RemoteRefDescriptor] = {}
+        for _ in range(r.read_len()):
+            ref_uuid = r.read_uuid()
+            refs[ref_uuid] = RemoteRefDescriptor._read(r)
+        error = r.read_str() if r.read_option() else None
+        if not r.remaining:
+            return cls(state, result, refs, error, envelope_version=version)
+        usage: Usage | None = None
+        error_kind = event_type = run_id = None
+        try:
+            if r.read_option():
+                usage = Usage._read(r)
+            if r.remaining:
+                error_kind = r.read_str() if r.read_option() else None
+                if r.remaining:
+                    event_type = r.read_str() if r.read_option() else None
+                    if r.remaining:
+                        run_id = r.read_str() if r.read_option() else None
+        except EncodeError:
+            pass  # trailing bytes that are not extensions: ignored, as Blazen ignores them
+        return cls(
+            state,
+            result,
+            refs,
+            error,
+            usage,
+            error_kind,
+            event_type,
+            run_id,
+            envelope_version=version,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DerefRequest(_Message):
+    """Ask for the bytes of a session ref (``DerefSessionRef``, ``StreamDerefSessionRef``).
+
+    Wire order: ``envelope_version: u32, ref_uuid: Uuid``.
+
+    Attributes:
+        ref_uuid: the ref's key.
+        envelope_version: the protocol version (keyword-only).
+    """
+
+    ref_uuid: uuid.UUID
+    envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
+
+    def _write(self, w: Writer) -> None:
+        w.write_u32(self.envelope_version)
+        w.write_uuid(self.ref_uuid)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        version = r.read_u32()
+        return cls(r.read_uuid(), envelope_version=version)
+
+
+@dataclass(frozen=True, slots=True)
+class DerefResponse(_Message):
+    """The serialized value of a session ref.
+
+    Wire order: ``envelope_version: u32, payload: bytes``.
+
+    Attributes:
+        payload: the value's bytes, as the ref's serializer produced them.
+        envelope_version: the protocol version (keyword-only).
+    """
+
+    payload: bytes
+    envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
+
+    def _write(self, w: Writer) -> None:
+        w.write_u32(self.envelope_version)
+        w.write_bytes(self.payload)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        version = r.read_u32()
+        return cls(r.read_bytes(), envelope_version=version)
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRequest(_Message):
+    """Ask a peer to drop a session ref (``ReleaseSessionRef``).
+
+    Wire order: ``envelope_version: u32, ref_uuid: Uuid``.
+
+    Attributes:
+        ref_uuid: the ref's key.
+        envelope_version: the protocol version (keyword-only).
+    """
+
+    ref_uuid: uuid.UUID
+    envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
+
+    def _write(self, w: Writer) -> None:
+        w.write_u32(self.envelope_version)
+        w.write_uuid(self.ref_uuid)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        version = r.read_u32()
+        return cls(r.read_uuid(), envelope_version=version)
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseResponse(_Message):
+    """Whether a release dropped a ref (False when it was unknown).
+
+    Wire order: ``envelope_version: u32, released: bool``.
+
+    Attributes:
+        released: True when the ref existed and was dropped.
+        envelope_version: the protocol version (keyword-only).
+    """
+
+    released: bool
+    envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
+
+    def _write(self, w: Writer) -> None:
+        w.write_u32(self.envelope_version)
+        w.write_bool(self.released)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        version = r.read_u32()
+        return cls(r.read_bool(), envelope_version=version)
+
+
+@dataclass(frozen=True, slots=True)
+class EventPayload:
+    """Variant 0 of :class:`SubWorkflowEvent`: one event the remote run streamed.
+
+    Wire order: ``event_type: String, data_json: bytes``.
+
+    Attributes:
+        event_type: the event's type name.
+        data_json: the event's data as JSON.
+    """
+
+    event_type: str
+    data_json: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDone:
+    """Variant 1 of :class:`SubWorkflowEvent`: the run's outcome, always the last message.
+
+    Attributes:
+        response: the same envelope ``InvokeSubWorkflow`` would have returned.
+    """
+
+    response: SubWorkflowResponse
+
+
+SubWorkflowEventKind: TypeAlias = EventPayload | StreamDone
+
+
+@dataclass(frozen=True, slots=True)
+class SubWorkflowEvent(_Message):
+    """One message of ``StreamSubWorkflowEvents`` (peerflow extension).
+
+    Wire order: ``envelope_version: u32, kind: enum { Event { event_type, data_json },
+    Done(SubWorkflowResponse) }``.
+
+    Attributes:
+        kind: an :class:`EventPayload` (variant 0) or a :class:`StreamDone` (variant 1).
+        envelope_version: the protocol version (keyword-only).
+    """
+
+    kind: SubWorkflowEventKind
+    envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
+
+    def _write(self, w: Writer) -> None:
+        w.write_u32(self.envelope_version)
+        kind = self.kind
+        if isinstance(kind, EventPayload):
+            w.write_variant(0)
+            w.write_str(kind.event_type)
+            w.write_bytes(kind.data_json)
+        elif isinstance(kind, StreamDone):
+            w.write_variant(1)
+            kind.response._write(w)
+        else:
+            raise EncodeError(
+                "postcard encode failed: SubWorkflowEvent.kind must be EventPayload or "
+                f"StreamDone, got {type(kind).__name__}"
+            )
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        version = r.read_u32()
+        variant = r.read_variant()
+        kind: SubWorkflowEventKind
+        if variant == 0:
+            kind = EventPayload(r.read_str(), r.read_bytes())
+        elif variant == 1:
+            kind = StreamDone(SubWorkflowResponse._read(r))
+        else:
+            raise r.fail(f"unknown SubWorkflowEvent variant {variant}")
+        return cls(kind, envelope_version=version)
+
+
+@dataclass(frozen=True, slots=True)
+class DescribeRequest(_Message):
+    """Ask a peer what it serves (``PeerExtensions/DescribePeer``).
+
+    Wire order: ``envelope_version: u32``.
+
+    Attributes:
+        envelope_version: the protocol version (keyword-only).
+    """
+
+    envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
+
+    def _write(self, w: Writer) -> None:
+        w.write_u32(self.envelope_version)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(envelope_version=r.read_u32())
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowInfo:
+    """A workflow a peer has registered.
+
+    Wire order: ``name: String, step_ids: Vec<String>``.
+
+    Attributes:
+        name: the workflow's name.
+        step_ids: its steps' ids (a list is turned into a tuple).
+    """
+
+    name: str
+    step_ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if type(self.step_ids) is not tuple:
+            object.__setattr__(self, "step_ids", _as_str_tuple(self.step_ids, "step_ids"))
+
+    def _write(self, w: Writer) -> None:
+        w.write_str(self.name)
+        _write_str_seq(w, self.step_ids)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        return cls(r.read_str(), _read_str_seq(r))
+
+
+def _write_str_seq(w: Writer, values: tuple[str, ...]) -> None:
+    w.write_len(len(values))
+    for value in values:
+        w.write_str(value)
+
+
+def _read_str_seq(r: Reader) -> tuple[str, ...]:
+    return tuple([r.read_str() for _ in range(r.read_len())])
+
+
+@dataclass(frozen=True, slots=True)
+class DescribeResponse(_Message):
+    """What a peer serves (peerflow extension).
+
+    Wire order: ``envelope_version: u32, node_id: String, implementation: String,
+    workflows: Vec<WorkflowInfo>, step_ids: Vec<String>, extensions: Vec<String>``.
+
+    Attributes:
+        node_id: the peer's node id.
+        implementation: e.g. ``"peerflow 0.1.0"``.
+        workflows: the registered workflows.
+        step_ids: every registered step id.
+        extensions: the peerflow extensions the peer supports.
+        envelope_version: the protocol version (keyword-only).
+    """
+
+    node_id: str
+    implementation: str
+    workflows: tuple[WorkflowInfo, ...] = ()
+    step_ids: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = ()
+    envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if type(self.workflows) is not tuple:
+            try:
+                object.__setattr__(self, "workflows", tuple(self.workflows))
+            except TypeError as exc:
+                raise ValidationError(f"workflows must be a sequence: {exc}") from exc
+        if type(self.step_ids) is not tuple:
+            object.__setattr__(self, "step_ids", _as_str_tuple(self.step_ids, "step_ids"))
+        if type(self.extensions) is not tuple:
+            object.__setattr__(self, "extensions", _as_str_tuple(self.extensions, "extensions"))
+
+    def _write(self, w: Writer) -> None:
+        w.write_u32(self.envelope_version)
+        w.write_str(self.node_id)
+        w.write_str(self.implementation)
+        w.write_len(len(self.workflows))
+        for info in self.workflows:
+            if not isinstance(info, WorkflowInfo):
+                raise EncodeError(
+                    "postcard encode failed: workflows must hold WorkflowInfo, "
+                    f"got {type(info).__name__}"
+                )
+            info._write(w)
+        _write_str_seq(w, self.step_ids)
+        _write_str_seq(w, self.extensions)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        version = r.read_u32()
+        node_id = r.read_str()
+        implementation = r.read_str()
+        workflows = tuple([WorkflowInfo._read(r) for _ in range(r.read_len())])
+        return cls(
+            node_id,
+            implementation,
+            workflows,
+            _read_str_seq(r),
+            _read_str_seq(r),
+            envelope_version=version,
+        )
