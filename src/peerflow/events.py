@@ -63,23 +63,29 @@ class Event(BaseModel):
         cls.event_type_name = event_type or cls.__name__
         _CLASSES.setdefault(cls.event_type_name, cls)
 
-    def __init__(self, __event_type: str | None = None, /, **data: Any) -> None:
+    def __init__(self, *args: Any, **data: Any) -> None:
+        if len(args) > 1:
+            raise ValidationError(
+                f"{type(self).__name__}() takes at most one positional argument (a dynamic "
+                f"event's type name), got {len(args)}; pass fields as keywords"
+            )
+        dynamic_type = args[0] if args else None
         try:
             super().__init__(**data)
         except pydantic.ValidationError as exc:
             raise ValidationError(
                 f"invalid {type(self).event_type_name}: {_pydantic_summary(exc)}"
             ) from None
-        if __event_type is not None:
+        if dynamic_type is not None:
             if type(self) is not Event:
                 raise ValidationError(
                     f"{type(self).__name__} has a fixed event type; pass fields as keywords"
                 )
-            if not isinstance(__event_type, str) or not __event_type:
+            if not isinstance(dynamic_type, str) or not dynamic_type:
                 raise ValidationError(
-                    f"event type must be a non-empty string, got {__event_type!r}"
+                    f"event type must be a non-empty string, got {dynamic_type!r}"
                 )
-            self._dynamic_type = __event_type
+            self._dynamic_type = dynamic_type
 
     @property
     def event_type(self) -> str:
