@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
@@ -187,10 +188,10 @@ def _build(
         raise ValidationError(f"num_workers must be an int >= 1, got {num_workers!r}")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValidationError(f"retries must be an int >= 0, got {retries!r}")
-    if not _is_number(retry_backoff) or retry_backoff < 0:
-        raise ValidationError(f"retry_backoff must be a number >= 0, got {retry_backoff!r}")
-    if timeout is not None and (not _is_number(timeout) or timeout <= 0):
-        raise ValidationError(f"timeout must be a number > 0 or None, got {timeout!r}")
+    if not _is_number(retry_backoff) or not 0 <= retry_backoff < math.inf:
+        raise ValidationError(f"retry_backoff must be a finite number >= 0, got {retry_backoff!r}")
+    if timeout is not None and (not _is_number(timeout) or not 0 < timeout < math.inf):
+        raise ValidationError(f"timeout must be a finite number > 0 or None, got {timeout!r}")
     where = f"step {name or _qualname(fn)}"
     if accepts is None:
         classes = _annotated_classes(fn)
