@@ -193,9 +193,17 @@ class Run:
 
     def check_stalled(self) -> None:
         """Fail the run when it can make no more progress."""
-        if self.outcome is not None or self.pending or self.waiting_input:
+        if self.outcome is not None or self.pending:
             return
-        if self.dropped:
+        if self.waiting_input:
+            if self.stream is not None:
+                return  # the handler may still send the HumanResponseEvent
+            message = (
+                f"workflow `{self.workflow_name}` cannot progress: it waits for human input "
+                "(InputRequiredEvent) but was started with run(), which cannot answer; use "
+                "start() and handler.send_event()"
+            )
+        elif self.dropped:
             names = ", ".join(dict.fromkeys(self.dropped))
             message = f"workflow `{self.workflow_name}` cannot progress: no step accepts {names}"
         else:
