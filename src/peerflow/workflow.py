@@ -128,7 +128,7 @@ class Workflow:
             UnknownWorkflowError: ``step_ids`` is empty and no workflow has that name.
             ValidationError: the steps do not form a valid workflow.
         """
-        reg = registry or default_registry()
+        reg = default_registry() if registry is None else registry
         if isinstance(step_ids, str):
             raise ValidationError(f"step_ids must be a list of ids, got the string {step_ids!r}")
         if not step_ids:
@@ -161,7 +161,7 @@ class Workflow:
             routes=self._routes,
             start_event=start_event,
             timeout=self.timeout if timeout is None else timeout,
-            session_refs=session_refs or default_session_refs(),
+            session_refs=default_session_refs() if session_refs is None else session_refs,
             principal=principal,
             streaming=streaming,
             run_id=run_id,
