@@ -1,0 +1,1 @@
+"""The peer layer: run workflows on other machines over gRPC."""

@@ -1,0 +1,719 @@
+"""``PeerClient``: run workflows on another machine and use the refs they leave there.
+
+One client holds one HTTP/2 channel, safe for any number of concurrent calls (no lock is
+held across a call). Every async method has a ``*_blocking`` twin for code without an
+event loop::
+
+    client = await PeerClient.connect("http://gpu-node:50051", "laptop")
+    result = await client.run_remote_workflow("analyze", input={"document": "..."})
+    tensor = await result.remote_refs[key].fetch()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, ParamSpec, Self, TypeVar
+
+import grpc
+import orjson
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from peerflow import telemetry
+from peerflow.blocking import call_blocking, portal_loop
+from peerflow.errors import (
+    EncodeError,
+    PeerError,
+    PeerErrorKind,
+    PeerflowError,
+    UnsupportedError,
+    ValidationError,
+)
+from peerflow.events import Event, event_from_data
+from peerflow.peer import protocol as pb
+from peerflow.peer.address import Target, parse_target
+from peerflow.peer.framing import frame, unframe
+from peerflow.peer.results import encode_input, response_to_result
+from peerflow.peer.security import ClientTls, bearer_metadata, resolve_token
+from peerflow.peer.service import BLAZEN, EXTENSION
+from peerflow.peer.status import error_from_rpc
+from peerflow.refs import RefDescriptor, RegistryKey, loads_value
+from peerflow.result import WorkflowResult
+
+__all__ = ["PeerClient", "PeerInfo", "RemoteRef"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
+DEADLINE_SLACK_SECS = 5.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """What ``describe()`` learns about a peer.
+
+    Attributes:
+        node_id: the peer's node id.
+        implementation: e.g. ``"peerflow 0.1.0"``.
+        workflows: registered workflow names and their step ids.
+        step_ids: every registered step id.
+        extensions: the peerflow extensions it supports.
+    """
+
+    node_id: str
+    implementation: str
+    workflows: Mapping[str, tuple[str, ...]]
+    step_ids: tuple[str, ...]
+    extensions: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RemoteRef(RefDescriptor):
+    """A session ref that stays on a peer: fetch its value lazily, release it when done."""
+
+    client: PeerClient | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def _client(self) -> PeerClient:
+        if self.client is None:
+            raise ValidationError(f"remote ref {self.key} is not bound to a client")
+        return self.client
+
+    async def fetch(self) -> object:
+        """The value, rebuilt from its bytes by the serializer of its type tag.
+
+        Raises:
+            RefNotFoundError: released or expired on the peer.
+            RefPermissionError: it belongs to another principal.
+            UnsupportedError: no serializer is registered here for its type tag.
+            TransportError: the peer is unreachable.
+        """
+        return await self._client().fetch_ref(self.key)
+
+    def fetch_blocking(self) -> object:
+        """:meth:`fetch` for code without an event loop."""
+        return call_blocking(self.fetch)
+
+    async def deref(self) -> bytes | bytearray:
+        """The value's serialized bytes.
+
+        Raises:
+            RefNotFoundError: released or expired on the peer.
+            TransportError: the peer is unreachable.
+        """
+        return await self._client().deref_session_ref(self.key)
+
+    def deref_blocking(self) -> bytes | bytearray:
+        """:meth:`deref` for code without an event loop."""
+        return call_blocking(self.deref)
+
+    async def release(self) -> bool:
+        """Release it on the peer; False when it was already gone.
+
+        Raises:
+            RefPermissionError: it belongs to another principal.
+            TransportError: the peer is unreachable.
+        """
+        return await self._client().release_session_ref(self.key)
+
+    def release_blocking(self) -> bool:
+        """:meth:`release` for code without an event loop."""
+        return call_blocking(self.release)
+
+
+def _check_timeout(timeout_secs: float | None) -> int | None:
+    """Seconds for the wire: positive sub-second values round up; None defers."""
+    if timeout_secs is None:
+        return None
+    if (
+        isinstance(timeout_secs, bool)
+        or not isinstance(timeout_secs, int | float)
+        or not math.isfinite(timeout_secs)
+        or timeout_secs <= 0
+    ):
+        raise ValidationError(f"timeout_secs must be a number > 0 or None, got {timeout_secs!r}")
+    return math.ceil(timeout_secs)
+
+
+class PeerClient:
+    """A connection to one peer. Build with :meth:`connect`.
+
+    Attributes:
+        node_id: this client's node id (sent as ``blazen-node-id`` metadata).
+        address: the peer's address as given.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        client_node_id: str,
+        channel: grpc.aio.Channel,
+        metadata: tuple[tuple[str, str], ...],
+    ) -> None:
+        self._target = target
+        self.node_id = client_node_id
+        self.address = target.address
+        self._channel = channel
+        self._metadata = metadata
+        self._closed = False
+        self._loop = asyncio.get_running_loop()
+        self._descriptors: dict[RegistryKey, RefDescriptor] = {}
+        self._stream_deref: bool | None = None
+        unary = channel.unary_unary
+        stream = channel.unary_stream
+        self._invoke = unary(BLAZEN + "InvokeSubWorkflow")
+        self._stream = stream(BLAZEN + "StreamSubWorkflowEvents")
+        self._deref = unary(BLAZEN + "DerefSessionRef")
+        self._release = unary(BLAZEN + "ReleaseSessionRef")
+        self._describe = unary(EXTENSION + "DescribePeer")
+        self._stream_deref_call = stream(EXTENSION + "StreamDerefSessionRef")
+        self._health = health_pb2_grpc.HealthStub(channel)
+
+    # -- construction --------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        address: str,
+        client_node_id: str,
+        *,
+        token: str | None = None,
+        tls: ClientTls | None = None,
+        connect_timeout: float | None = 10.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> PeerClient:
+        """Open a channel to ``address`` and wait until it is ready.
+
+        Args:
+            address: ``http://host:port``, ``https://host:port``, ``host:port``,
+                ``dns:///name:port`` (round-robin over every resolved address) or a gRPC
+                ``ipv4:``/``ipv6:`` target list.
+            client_node_id: this caller's node id (sent with every call).
+            token: the peer's shared secret (default: ``BLAZEN_PEER_TOKEN`` when set).
+            tls: a :func:`~peerflow.peer.security.load_client_tls` config (implies TLS).
+            connect_timeout: seconds to wait for the connection, or None to connect
+                lazily on the first call.
+            max_message_bytes: the largest message received or sent.
+
+        Raises:
+            ValidationError: bad arguments or address.
+            TransportError: the peer could not be reached within ``connect_timeout``.
+            TlsError: the TLS handshake failed.
+        """
+        target = parse_target(address)
+        if not isinstance(client_node_id, str) or not client_node_id.strip():
+            raise ValidationError(
+                f"client_node_id must be a non-empty string, got {client_node_id!r}"
+            )
+        if tls is not None and not isinstance(tls, ClientTls):
+            raise ValidationError(f"tls must come from load_client_tls(), got {tls!r}")
+        if connect_timeout is not None and (
+            isinstance(connect_timeout, bool)
+            or not isinstance(connect_timeout, int | float)
+            or connect_timeout <= 0
+        ):
+            raise ValidationError(f"connect_timeout must be > 0 or None, got {connect_timeout!r}")
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.enable_retries", 0),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+        ]
+        if target.balanced:
+            options.append(("grpc.lb_policy_name", "round_robin"))
+        secure = target.secure or tls is not None
+        if secure:
+            creds = tls.credentials() if tls is not None else grpc.ssl_channel_credentials()
+            if tls is not None:
+                options.extend(tls.channel_options())
+            channel = grpc.aio.secure_channel(target.grpc_target, creds, options=options)
+        else:
+            channel = grpc.aio.insecure_channel(target.grpc_target, options=options)
+        metadata = (*bearer_metadata(resolve_token(token)), ("blazen-node-id", client_node_id))
+        client = cls(target, client_node_id, channel, metadata)
+        if connect_timeout is not None:
+            try:
+                await asyncio.wait_for(channel.channel_ready(), connect_timeout)
+            except TimeoutError:
+                await channel.close()
+                kind = PeerErrorKind.TLS if secure else PeerErrorKind.TRANSPORT
+                raise PeerError(
+                    f"could not connect to peer {address} within {connect_timeout:g}s "
+                    f"({'TLS handshake or ' if secure else ''}connection refused or unreachable)",
+                    kind=kind,
+                    address=address,
+                    code="UNAVAILABLE",
+                ) from None
+            except BaseException:
+                await channel.close()
+                raise
+        return client
+
+    @classmethod
+    def connect_blocking(
+        cls,
+        address: str,
+        client_node_id: str,
+        *,
+        token: str | None = None,
+        tls: ClientTls | None = None,
+        connect_timeout: float | None = 10.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> PeerClient:
+        """:meth:`connect` for code without an event loop (the client lives on the portal).
+
+        Raises:
+            ValidationError: bad arguments, or called inside a running event loop.
+            TransportError: the peer could not be reached.
+        """
+        return call_blocking(
+            cls.connect,
+            address,
+            client_node_id,
+            token=token,
+            tls=tls,
+            connect_timeout=connect_timeout,
+            max_message_bytes=max_message_bytes,
+        )
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValidationError(f"the client for {self.address} is closed")
+
+    def _call_metadata(self) -> tuple[tuple[str, str], ...] | list[Any]:
+        if telemetry.enabled():
+            return telemetry.inject_metadata(self._metadata)
+        return self._metadata
+
+    def _error(self, exc: grpc.RpcError, method: str) -> PeerflowError:
+        return error_from_rpc(exc, address=self.address, method=method)
+
+    async def _unary(
+        self, call: Any, method: str, payload: bytes, deadline: float | None = None
+    ) -> memoryview:
+        self._check_open()
+        with telemetry.client_rpc_span(method, self.address):
+            try:
+                reply = await call(frame(payload), metadata=self._call_metadata(), timeout=deadline)
+            except grpc.RpcError as exc:
+                raise self._error(exc, method) from exc
+        return unframe(reply)
+
+    def _make_ref(self, ref_uuid: uuid.UUID, wire: pb.RemoteRefDescriptor | None) -> RemoteRef:
+        key = RegistryKey(ref_uuid)
+        if wire is None:
+            known = self._descriptors.get(key)
+            origin, tag, created = (
+                (known.origin_node_id, known.type_tag, known.created_at_epoch_ms)
+                if known
+                else ("", "", 0)
+            )
+        else:
+            origin, tag, created = wire.origin_node_id, wire.type_tag, wire.created_at_epoch_ms
+        ref = RemoteRef(key, origin, tag, created, self)
+        if tag:
+            self._descriptors[key] = ref
+        return ref
+
+    def _request(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str],
+        input: Mapping[str, Any] | None,
+        input_json: str | bytes | None,
+        timeout_secs: float | None,
+    ) -> tuple[pb.SubWorkflowRequest, float | None]:
+        if not isinstance(workflow_name, str) or not workflow_name:
+            raise ValidationError(
+                f"workflow_name must be a non-empty string, got {workflow_name!r}"
+            )
+        if isinstance(step_ids, str) or not all(isinstance(s, str) and s for s in step_ids):
+            raise ValidationError(f"step_ids must be a list of non-empty strings, got {step_ids!r}")
+        if input is not None and input_json is not None:
+            raise ValidationError("pass input= or input_json=, not both")
+        if input_json is not None:
+            raw = input_json.encode() if isinstance(input_json, str) else input_json
+            if not isinstance(raw, bytes):
+                raise ValidationError(f"input_json must be str or bytes, got {input_json!r}")
+        else:
+            raw = encode_input(input)
+        wire_timeout = _check_timeout(timeout_secs)
+        deadline = None if wire_timeout is None else wire_timeout + DEADLINE_SLACK_SECS
+        request = pb.SubWorkflowRequest(workflow_name, tuple(step_ids), raw, wire_timeout)
+        return request, deadline
+
+    # -- workflows -----------------------------------------------------------------------
+
+    async def invoke_sub_workflow(
+        self, request: pb.SubWorkflowRequest, *, deadline: float | None = None
+    ) -> pb.SubWorkflowResponse:
+        """Send a raw ``SubWorkflowRequest`` and return the raw response envelope.
+
+        Raises:
+            UnknownStepError / UnknownWorkflowError: the peer lacks what was asked.
+            EnvelopeVersionError: the peer supports an older envelope.
+            TransportError: the peer is unreachable or the call's deadline passed.
+            PeerError: another protocol failure (``kind`` says which).
+        """
+        if not isinstance(request, pb.SubWorkflowRequest):
+            raise ValidationError(
+                f"invoke_sub_workflow takes a SubWorkflowRequest, got {request!r}"
+            )
+        method = BLAZEN + "InvokeSubWorkflow"
+        if deadline is None and request.timeout_secs is not None:
+            deadline = request.timeout_secs + DEADLINE_SLACK_SECS
+        reply = await self._unary(self._invoke, method, request.encode(), deadline)
+        try:
+            return pb.SubWorkflowResponse.decode(reply)
+        except EncodeError as exc:
+            raise EncodeError(
+                f"bad response from {self.address}: {exc}", address=self.address
+            ) from None
+
+    async def run_remote_workflow(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input: Mapping[str, Any] | None = None,
+        *,
+        input_json: str | bytes | None = None,
+        timeout_secs: float | None = None,
+    ) -> WorkflowResult:
+        """Run a workflow on the peer and return its result.
+
+        Args:
+            workflow_name: the workflow's name on the peer.
+            step_ids: step ids to assemble; empty means the peer's registered workflow.
+            input: the start event's fields (JSON-serializable).
+            input_json: the same, already encoded as a JSON object.
+            timeout_secs: bounds the run on the peer (it is cancelled there); positive
+                sub-second values round up to 1; None defers to the peer's default.
+
+        Returns:
+            The remote run's result: ``result``, ``state``, usage totals, ``run_id`` and
+            ``remote_refs`` (handles with ``fetch()``/``release()``).
+
+        Raises:
+            WorkflowError: the remote run failed (``remote=True``);
+                ``WorkflowTimeoutError`` when it timed out.
+            UnknownStepError / UnknownWorkflowError: the peer lacks what was asked.
+            TransportError: the peer is unreachable.
+            ValidationError: bad arguments.
+        """
+        request, deadline = self._request(workflow_name, step_ids, input, input_json, timeout_secs)
+        response = await self.invoke_sub_workflow(request, deadline=deadline)
+        return response_to_result(
+            response, workflow=workflow_name, address=self.address, make_ref=self._make_ref
+        )
+
+    def run_remote_workflow_blocking(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input: Mapping[str, Any] | None = None,
+        *,
+        input_json: str | bytes | None = None,
+        timeout_secs: float | None = None,
+    ) -> WorkflowResult:
+        """:meth:`run_remote_workflow` for code without an event loop."""
+        return self._blocking(
+            self.run_remote_workflow,
+            workflow_name,
+            step_ids,
+            input,
+            input_json=input_json,
+            timeout_secs=timeout_secs,
+        )
+
+    async def stream_remote_workflow(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input: Mapping[str, Any] | None = None,
+        *,
+        input_json: str | bytes | None = None,
+        timeout_secs: float | None = None,
+    ) -> AsyncGenerator[Event | WorkflowResult, None]:
+        """Run a workflow on the peer, yielding its stream events, then its result.
+
+        Events arrive as the remote steps publish them; the last item is the
+        :class:`WorkflowResult`.
+
+        Falls back to :meth:`run_remote_workflow` (yielding only the result) when the
+        peer does not implement streaming (a Blazen peer).
+
+        Raises:
+            WorkflowError: the remote run failed, after the events streamed before.
+            UnknownStepError / UnknownWorkflowError / TransportError: as
+                :meth:`run_remote_workflow`.
+        """
+        request, deadline = self._request(workflow_name, step_ids, input, input_json, timeout_secs)
+        self._check_open()
+        method = BLAZEN + "StreamSubWorkflowEvents"
+        with telemetry.client_rpc_span(method, self.address):
+            call = self._stream(
+                frame(request.encode()), metadata=self._call_metadata(), timeout=deadline
+            )
+            try:
+                async for message in call:
+                    item = pb.SubWorkflowEvent.decode(unframe(message)).kind
+                    if isinstance(item, pb.StreamDone):
+                        yield response_to_result(
+                            item.response,
+                            workflow=workflow_name,
+                            address=self.address,
+                            make_ref=self._make_ref,
+                        )
+                        return
+                    yield _stream_event(item, self.address)
+            except grpc.RpcError as exc:
+                error = self._error(exc, method)
+                if isinstance(error, UnsupportedError):
+                    yield await self.run_remote_workflow(
+                        workflow_name,
+                        step_ids,
+                        input,
+                        input_json=input_json,
+                        timeout_secs=timeout_secs,
+                    )
+                    return
+                raise error from exc
+            finally:
+                call.cancel()
+        raise EncodeError(f"stream from {self.address} ended without its Done message")
+
+    def stream_remote_workflow_blocking(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input: Mapping[str, Any] | None = None,
+        *,
+        input_json: str | bytes | None = None,
+        timeout_secs: float | None = None,
+    ) -> Iterator[Event | WorkflowResult]:
+        """:meth:`stream_remote_workflow` for code without an event loop (a generator)."""
+        agen = self.stream_remote_workflow(
+            workflow_name, step_ids, input, input_json=input_json, timeout_secs=timeout_secs
+        )
+        try:
+            while True:
+                try:
+                    yield self._blocking(agen.__anext__)
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._blocking(agen.aclose)
+
+    # -- session refs --------------------------------------------------------------------
+
+    async def deref_session_ref(self, key: RegistryKey | uuid.UUID | str) -> bytes | bytearray:
+        """The serialized bytes of a ref on the peer, of any size.
+
+        Uses ``StreamDerefSessionRef`` (chunks received into one preallocated buffer) and
+        falls back to Blazen's unary ``DerefSessionRef`` on peers without it.
+
+        Raises:
+            RefNotFoundError: no such ref on the peer (released or expired).
+            RefPermissionError: the ref belongs to another principal.
+            TransportError: the peer is unreachable.
+            ValidationError: ``key`` is not a key.
+        """
+        key = RegistryKey.parse(key)
+        _tag, data = await self._fetch_bytes(key)
+        return data
+
+    async def _fetch_bytes(self, key: RegistryKey) -> tuple[str | None, bytes | bytearray]:
+        payload = pb.DerefRequest(key.uuid).encode()
+        if self._stream_deref is not False:
+            try:
+                return await self._stream_bytes(payload)
+            except UnsupportedError:
+                self._stream_deref = False
+        reply = await self._unary(self._deref, BLAZEN + "DerefSessionRef", payload)
+        known = self._descriptors.get(key)
+        return (known.type_tag if known else None), pb.DerefResponse.decode(reply).payload
+
+    async def _stream_bytes(self, payload: bytes) -> tuple[str | None, bytes | bytearray]:
+        self._check_open()
+        method = EXTENSION + "StreamDerefSessionRef"
+        with telemetry.client_rpc_span(method, self.address):
+            call = self._stream_deref_call(frame(payload), metadata=self._call_metadata())
+            try:
+                initial = dict(await call.initial_metadata() or ())
+                total = int(initial.get("blazen-total-len", -1))
+                tag = initial.get("blazen-type-tag")
+                if total < 0:
+                    # The call failed before sending metadata; reading raises its status.
+                    async for _ in call:
+                        pass
+                    raise EncodeError(f"{self.address} sent no blazen-total-len for a deref")
+                buffer = bytearray(total)
+                offset = 0
+                async for message in call:
+                    chunk = unframe(message)
+                    end = offset + len(chunk)
+                    if end > total:
+                        raise EncodeError(
+                            f"{self.address} sent more than the announced {total} bytes"
+                        )
+                    buffer[offset:end] = chunk
+                    offset = end
+                if offset != total:
+                    raise EncodeError(f"{self.address} sent {offset} of {total} announced bytes")
+                self._stream_deref = True
+                return (str(tag) if tag is not None else None), buffer
+            except grpc.RpcError as exc:
+                raise self._error(exc, method) from exc
+            except ValueError as exc:
+                raise EncodeError(f"bad deref metadata from {self.address}: {exc}") from None
+            finally:
+                call.cancel()
+
+    async def fetch_ref(self, key: RegistryKey | uuid.UUID | str) -> object:
+        """A ref's value, rebuilt by the serializer registered for its type tag.
+
+        Raises:
+            RefNotFoundError: no such ref on the peer.
+            RefPermissionError: the ref belongs to another principal.
+            UnsupportedError: no serializer here for its type tag (use
+                :meth:`deref_session_ref` for the raw bytes).
+            EncodeError: the bytes do not decode with that serializer.
+            TransportError: the peer is unreachable.
+        """
+        key = RegistryKey.parse(key)
+        tag, data = await self._fetch_bytes(key)
+        if tag is None:
+            known = self._descriptors.get(key)
+            tag = known.type_tag if known else None
+        if not tag:
+            raise UnsupportedError(f"the type tag of ref {key} on {self.address} is unknown")
+        return loads_value(tag, memoryview(data))
+
+    async def release_session_ref(self, key: RegistryKey | uuid.UUID | str) -> bool:
+        """Release a ref on the peer; False when it was already gone.
+
+        Raises:
+            RefPermissionError: the ref belongs to another principal.
+            TransportError: the peer is unreachable.
+            ValidationError: ``key`` is not a key.
+        """
+        key = RegistryKey.parse(key)
+        reply = await self._unary(
+            self._release, BLAZEN + "ReleaseSessionRef", pb.ReleaseRequest(key.uuid).encode()
+        )
+        released = pb.ReleaseResponse.decode(reply).released
+        self._descriptors.pop(key, None)
+        return released
+
+    def deref_session_ref_blocking(self, key: RegistryKey | uuid.UUID | str) -> bytes | bytearray:
+        """:meth:`deref_session_ref` for code without an event loop."""
+        return self._blocking(self.deref_session_ref, key)
+
+    def fetch_ref_blocking(self, key: RegistryKey | uuid.UUID | str) -> object:
+        """:meth:`fetch_ref` for code without an event loop."""
+        return self._blocking(self.fetch_ref, key)
+
+    def release_session_ref_blocking(self, key: RegistryKey | uuid.UUID | str) -> bool:
+        """:meth:`release_session_ref` for code without an event loop."""
+        return self._blocking(self.release_session_ref, key)
+
+    # -- peer info -----------------------------------------------------------------------
+
+    async def describe(self) -> PeerInfo:
+        """The peer's node id, implementation, workflows, step ids and extensions.
+
+        Raises:
+            UnsupportedError: the peer does not implement DescribePeer (a Blazen peer).
+            TransportError: the peer is unreachable.
+        """
+        reply = await self._unary(
+            self._describe, EXTENSION + "DescribePeer", pb.DescribeRequest().encode()
+        )
+        info = pb.DescribeResponse.decode(reply)
+        return PeerInfo(
+            node_id=info.node_id,
+            implementation=info.implementation,
+            workflows={w.name: tuple(w.step_ids) for w in info.workflows},
+            step_ids=tuple(info.step_ids),
+            extensions=tuple(info.extensions),
+        )
+
+    def describe_blocking(self) -> PeerInfo:
+        """:meth:`describe` for code without an event loop."""
+        return self._blocking(self.describe)
+
+    async def health(self, service: str = "", *, timeout: float = 5.0) -> bool:  # noqa: ASYNC109
+        """True when the peer's standard gRPC health service reports SERVING.
+
+        Raises:
+            TransportError: the peer is unreachable.
+        """
+        self._check_open()
+        method = "/grpc.health.v1.Health/Check"
+        try:
+            reply = await self._health.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            raise self._error(exc, method) from exc
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def health_blocking(self, service: str = "", *, timeout: float = 5.0) -> bool:
+        """:meth:`health` for code without an event loop."""
+        return self._blocking(self.health, service, timeout=timeout)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the channel (idempotent). Calls in flight are cancelled."""
+        if not self._closed:
+            self._closed = True
+            await self._channel.close()
+
+    def close_blocking(self) -> None:
+        """:meth:`close` for code without an event loop."""
+        self._blocking(self.close)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _blocking(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        if self._loop is not portal_loop():
+            raise ValidationError(
+                "this client was connected inside an event loop; use its async methods there "
+                "(connect with PeerClient.connect_blocking() to use *_blocking methods)"
+            )
+        return call_blocking(fn, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<PeerClient {self.node_id} -> {self.address}{' closed' if self._closed else ''}>"
+
+
+def _stream_event(item: pb.EventPayload, address: str) -> Event:
+    try:
+        data = orjson.loads(item.data_json)
+    except orjson.JSONDecodeError as exc:
+        raise EncodeError(f"bad event data from {address}: {exc}") from None
+    if not isinstance(data, dict):
+        data = {"data": data}
+    try:
+        return event_from_data(item.event_type, data)
+    except ValidationError:
+        return Event(item.event_type, **data)

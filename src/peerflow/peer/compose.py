@@ -1,0 +1,135 @@
+"""``remote_step``: a step that runs a sub-workflow on a peer.
+
+The rest of a workflow treats it as any other step::
+
+    analyze = remote_step(client, "analyze-pipeline", accepts=[StartEvent])
+    wf = Workflow("orchestrate", [analyze])
+
+It forwards its event's fields as the remote start input, re-emits the remote run's stream
+events on the parent's stream as they arrive, rolls the remote token/cost usage into the
+parent's totals, and returns the remote ``StopEvent`` (its ``result``). Refs the remote run
+left alive are released when the parent run ends (``UNTIL_PARENT_FINISH`` semantics)
+unless ``keep_remote_refs=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from peerflow.context import Context
+from peerflow.errors import PeerflowError, ValidationError
+from peerflow.events import Event, StartEvent, StopEvent
+from peerflow.result import WorkflowResult
+from peerflow.step import StepSpec, step
+
+__all__ = ["remote_step"]
+
+log = logging.getLogger("peerflow")
+
+
+class _Caller(Protocol):
+    """What remote_step needs: a PeerClient or a PeerPool."""
+
+    def stream_remote_workflow(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input: Any = None,
+        *,
+        input_json: str | bytes | None = None,
+        timeout_secs: float | None = None,
+    ) -> Any: ...
+
+
+def remote_step(
+    client: _Caller,
+    workflow_name: str,
+    step_ids: Sequence[str] = (),
+    *,
+    accepts: Sequence[type[Event] | str] | None = None,
+    name: str | None = None,
+    timeout_secs: float | None = None,
+    retries: int = 0,
+    keep_remote_refs: bool = False,
+) -> StepSpec:
+    """A step that runs ``workflow_name`` on a peer (or a pool) and returns its StopEvent.
+
+    Args:
+        client: a :class:`~peerflow.peer.client.PeerClient` or
+            :class:`~peerflow.peer.pool.PeerPool`.
+        workflow_name: the workflow's name on the peer.
+        step_ids: step ids to assemble there (empty: its registered workflow).
+        accepts: what the step accepts (default ``StartEvent``).
+        name: the step's id (default ``remote:<workflow_name>``).
+        timeout_secs: bounds the remote run on the peer.
+        retries: extra attempts after a failure (only safe for idempotent remote work).
+        keep_remote_refs: keep the remote run's refs after the parent run ends (they then
+            live until released or their lease expires).
+
+    Returns:
+        A :class:`~peerflow.step.StepSpec`.
+
+    Raises:
+        ValidationError: bad arguments.
+    """
+    if not hasattr(client, "stream_remote_workflow"):
+        raise ValidationError(f"remote_step needs a PeerClient or PeerPool, got {client!r}")
+    if not isinstance(workflow_name, str) or not workflow_name:
+        raise ValidationError(f"workflow_name must be a non-empty string, got {workflow_name!r}")
+    ids = tuple(step_ids)
+
+    async def run_remote(ctx: Context, ev: Event) -> StopEvent:
+        result: WorkflowResult | None = None
+        stream = client.stream_remote_workflow(
+            workflow_name, ids, _payload(ev), timeout_secs=timeout_secs
+        )
+        try:
+            async for item in stream:
+                if isinstance(item, WorkflowResult):
+                    result = item
+                else:
+                    ctx.write_event_to_stream(item)
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+        if result is None:  # pragma: no cover - the client raises instead
+            raise ValidationError(f"remote workflow `{workflow_name}` returned no result")
+        ctx.record_usage(
+            input_tokens=result.total_input_tokens,
+            output_tokens=result.total_output_tokens,
+            cost_usd=result.total_cost_usd,
+        )
+        if result.remote_refs and not keep_remote_refs:
+            ctx.on_run_end(_releaser(result))
+        return StopEvent(result=result.result)
+
+    run_remote.__qualname__ = f"remote_step[{workflow_name}]"
+    return step(
+        accepts=list(accepts) if accepts is not None else [StartEvent],
+        name=name or f"remote:{workflow_name}",
+        retries=retries,
+    )(run_remote)
+
+
+def _payload(ev: Event) -> dict[str, Any]:
+    data = ev.to_dict()
+    if isinstance(ev, StopEvent):  # pragma: no cover - StopEvent is never accepted
+        return {"result": data.get("result")}
+    return data
+
+
+def _releaser(result: WorkflowResult) -> Any:
+    async def release() -> None:
+        for key, ref in result.remote_refs.items():
+            releaser = getattr(ref, "release", None)
+            if releaser is None:
+                continue
+            try:
+                await releaser()
+            except PeerflowError as exc:
+                log.warning("could not release remote ref %s: %s", key, exc)
+
+    return release

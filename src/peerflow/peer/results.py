@@ -1,0 +1,265 @@
+"""Between the engine and the wire: JSON with session-ref markers, responses, events.
+
+I/O-free and shared by the server (run → ``SubWorkflowResponse``) and the client
+(``SubWorkflowResponse`` → :class:`~peerflow.result.WorkflowResult`).
+
+A value in a result (or in ``ctx.state``) that JSON cannot carry — a tensor, a model
+handle — is stored on the serving peer as a session ref and replaced by Blazen's marker
+``{"__blazen_session_ref__": "<uuid>"}``; the client turns each marker back into a
+remote-ref handle.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from peerflow.errors import (
+    EncodeError,
+    ValidationError,
+    WorkflowCancelledError,
+    WorkflowError,
+    WorkflowTimeoutError,
+)
+from peerflow.events import STOP_EVENT_TYPE, Event, StartEvent, StopEvent, event_from_data
+from peerflow.peer.protocol import RemoteRefDescriptor, SubWorkflowResponse, Usage
+from peerflow.refs import RefDescriptor, RefLifetime, RegistryKey, SessionRefRegistry
+from peerflow.result import WorkflowResult
+
+__all__ = [
+    "REF_MARKER",
+    "ResultEncoder",
+    "decode_input",
+    "encode_input",
+    "error_response",
+    "event_json",
+    "response_to_result",
+    "result_response",
+    "wire_descriptors",
+]
+
+REF_MARKER = "__blazen_session_ref__"
+
+# error_kind extension value -> the WorkflowError subclass a client raises
+_ERROR_CLASSES: dict[str, type[WorkflowError]] = {
+    "timeout": WorkflowTimeoutError,
+    "cancelled": WorkflowCancelledError,
+}
+
+
+def encode_input(fields: Mapping[str, Any] | None) -> bytes:
+    """The ``input_json`` of a request: compact JSON, keys sorted like Blazen's serde_json.
+
+    Raises:
+        ValidationError: ``fields`` is not a JSON-serializable mapping.
+    """
+    if fields is None:
+        return b"{}"
+    if not isinstance(fields, Mapping):
+        raise ValidationError(f"input must be a dict of JSON values, got {type(fields).__name__}")
+    try:
+        return orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+    except TypeError as exc:
+        raise ValidationError(f"input is not JSON-serializable: {exc}") from None
+
+
+def decode_input(input_json: bytes | memoryview, *, limit: int) -> StartEvent:
+    """The ``StartEvent`` of a request: a JSON object (``null`` means ``{}``).
+
+    Raises:
+        EncodeError: not JSON, or not an object.
+        ValidationError: larger than ``limit`` bytes.
+    """
+    if len(input_json) > limit:
+        raise ValidationError(
+            f"input_json of {len(input_json)} bytes exceeds the {limit}-byte limit"
+        )
+    try:
+        fields = orjson.loads(input_json)
+    except orjson.JSONDecodeError as exc:
+        raise EncodeError(f"input_json is not valid JSON: {exc}") from None
+    if fields is None:
+        fields = {}
+    if not isinstance(fields, dict):
+        raise EncodeError(f"input_json must be a JSON object, got {type(fields).__name__}")
+    return StartEvent(**fields)
+
+
+class ResultEncoder:
+    """JSON-encodes values for one response, storing what JSON cannot carry as refs.
+
+    New refs are ``UNTIL_PARENT_FINISH``, owned by ``owner`` and tied to ``run_id`` (so
+    ``end_run`` starts their lease).
+    """
+
+    def __init__(self, refs: SessionRefRegistry, *, owner: str, run_id: str) -> None:
+        self._refs = refs
+        self._owner = owner
+        self._run_id = run_id
+        self.created = 0
+
+    def _default(self, value: Any) -> Any:
+        if isinstance(value, Event):
+            return value.to_dict()
+        if isinstance(value, RegistryKey):
+            return str(value)
+        key = self._refs.insert(
+            value, lifetime=RefLifetime.UNTIL_PARENT_FINISH, owner=self._owner, run_id=self._run_id
+        )
+        self.created += 1
+        return {REF_MARKER: str(key)}
+
+    def dumps(self, value: Any) -> bytes:
+        """``value`` as JSON, refs in place of what JSON cannot carry."""
+        return orjson.dumps(value, default=self._default, option=orjson.OPT_NON_STR_KEYS)
+
+
+def wire_descriptors(
+    descriptors: list[RefDescriptor],
+) -> dict[uuid.UUID, RemoteRefDescriptor]:
+    """Descriptors as the response's ``remote_refs`` map."""
+    return {
+        d.key.uuid: RemoteRefDescriptor(d.origin_node_id, d.type_tag, d.created_at_epoch_ms)
+        for d in descriptors
+    }
+
+
+def _usage(ctx_usage: Any) -> Usage:
+    return Usage(ctx_usage.input_tokens, ctx_usage.output_tokens, ctx_usage.cost_usd)
+
+
+def result_response(
+    result: WorkflowResult,
+    *,
+    refs: SessionRefRegistry,
+    owner: str,
+    usage: Any,
+) -> SubWorkflowResponse:
+    """The response for a run that reached its terminal event."""
+    encoder = ResultEncoder(refs, owner=owner, run_id=result.run_id)
+    state_json = {k: encoder.dumps(v) for k, v in result.state.items()}
+    result_json = encoder.dumps(result.result)
+    if encoder.created:
+        survivors = refs.end_run(result.run_id)  # starts the new refs' leases
+    else:
+        survivors = list(result.remote_refs.values())
+    return SubWorkflowResponse(
+        state_json=state_json,
+        result_json=result_json,
+        remote_refs=wire_descriptors(survivors),
+        error=None,
+        usage=_usage(usage),
+        event_type=result.event_type,
+        run_id=result.run_id,
+    )
+
+
+def error_response(
+    error: WorkflowError,
+    *,
+    run_id: str,
+    state: Mapping[str, Any],
+    survivors: list[RefDescriptor],
+    usage: Any,
+    encoder: ResultEncoder,
+) -> SubWorkflowResponse:
+    """The response for a run that failed, timed out or stalled (the RPC itself is OK)."""
+    return SubWorkflowResponse(
+        state_json={k: encoder.dumps(v) for k, v in state.items()},
+        result_json=None,
+        remote_refs=wire_descriptors(survivors),
+        error=str(error),
+        usage=_usage(usage),
+        error_kind=error.kind,
+        run_id=run_id,
+    )
+
+
+def event_json(event: Event) -> bytes:
+    """A streamed event's data as JSON (values JSON cannot carry become their ``repr``)."""
+    return orjson.dumps(event.to_dict(), default=repr, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _replace_markers(value: Any, make_ref: Callable[[uuid.UUID], Any]) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and REF_MARKER in value and isinstance(value[REF_MARKER], str):
+            try:
+                return make_ref(uuid.UUID(value[REF_MARKER]))
+            except ValueError:
+                return value
+        return {k: _replace_markers(v, make_ref) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_markers(v, make_ref) for v in value]
+    return value
+
+
+def _loads(data: bytes, what: str, address: str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise EncodeError(f"{what} from peer {address} is not valid JSON: {exc}") from None
+
+
+def response_to_result(
+    response: SubWorkflowResponse,
+    *,
+    workflow: str,
+    address: str,
+    make_ref: Callable[[uuid.UUID, RemoteRefDescriptor | None], Any],
+) -> WorkflowResult:
+    """Turn a response into a result, or raise the remote run's error.
+
+    ``make_ref(uuid, descriptor)`` builds the caller's remote-ref handle.
+
+    Raises:
+        WorkflowError: the remote run failed (``remote=True``; timeout and cancel map to
+            their subclasses).
+        EncodeError: the response's JSON is malformed.
+    """
+    handles = {k: make_ref(k, d) for k, d in response.remote_refs.items()}
+
+    def handle(ref_uuid: uuid.UUID) -> Any:
+        found = handles.get(ref_uuid)
+        if found is None:
+            found = handles[ref_uuid] = make_ref(ref_uuid, None)
+        return found
+
+    if response.error is not None:
+        kind = response.error_kind or "step_failed"
+        cls = _ERROR_CLASSES.get(kind, WorkflowError)
+        raise cls(
+            f"remote workflow `{workflow}` on {address} failed: {response.error}",
+            remote=True,
+            run_id=response.run_id,
+            workflow=workflow,
+            kind=kind,
+        )
+    result = None
+    if response.result_json is not None:
+        result = _replace_markers(_loads(response.result_json, "result_json", address), handle)
+    state = {
+        k: _replace_markers(_loads(v, f"state_json[{k!r}]", address), handle)
+        for k, v in response.state_json.items()
+    }
+    event_type = response.event_type or STOP_EVENT_TYPE
+    event: Event = (
+        StopEvent(result=result)
+        if event_type == STOP_EVENT_TYPE
+        else event_from_data(event_type, {"result": result})
+    )
+    usage = response.usage or Usage()
+    return WorkflowResult(
+        result=result,
+        event=event,
+        event_type=event_type,
+        state=state,
+        total_input_tokens=usage.input_tokens,
+        total_output_tokens=usage.output_tokens,
+        total_cost_usd=usage.cost_usd,
+        remote_refs={RegistryKey(k): v for k, v in handles.items()},
+        run_id=response.run_id or "",
+        workflow=workflow,
+    )

@@ -1,0 +1,321 @@
+"""``PeerServer``: serve registered workflows and steps to other machines over gRPC.
+
+Wire-compatible with Blazen's ``BlazenPeerServer`` (service ``blazen.peer.v1.BlazenPeer``),
+plus peerflow's extension service, the standard ``grpc.health.v1`` service, token auth,
+mTLS, limits, ref leases and cancellation that stops the remote run::
+
+    server = PeerServer("gpu-node", token="s3cret")
+    port = await server.start("127.0.0.1:0")
+    ...
+    await server.stop(grace=5)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from types import TracebackType
+from typing import Self
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from peerflow import telemetry
+from peerflow.blocking import call_blocking
+from peerflow.errors import PeerError, PeerErrorKind, ValidationError
+from peerflow.peer.address import parse_listen_address
+from peerflow.peer.security import AuthInterceptor, ServerTls, resolve_token
+from peerflow.peer.service import PeerService, ServiceLimits
+from peerflow.refs import SessionRefRegistry
+from peerflow.registry import Registry, default_registry
+
+__all__ = ["PeerServer"]
+
+log = logging.getLogger("peerflow.server")
+
+SERVICE_NAMES = ("blazen.peer.v1.BlazenPeer", "peerflow.peer.v1.PeerExtensions")
+DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
+DEFAULT_MAX_CONCURRENT_RUNS = 1024
+DEFAULT_REF_TTL = 3600.0
+DEFAULT_REF_BUDGET = 1 << 30
+
+
+def _positive(value: float | None, name: str, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValidationError(f"{name} must be a number > 0, got {value!r}")
+    return value
+
+
+def _positive_int(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValidationError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+class _MethodTable(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is untyped
+    """Handlers by full method name (``/package.Service/Method``), across services."""
+
+    def __init__(self, table: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._table = table
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        return self._table.get(details.method)
+
+
+class PeerServer:
+    """Serves this process's registered workflows and steps to peers.
+
+    Args:
+        node_id: this peer's stable name (stamped on ref descriptors, logs, describe).
+        registry: where workflows and steps are looked up (the process-wide one by default).
+        session_refs: the ref registry (shareable with in-process runs); by default a new
+            one with ``ref_ttl`` and ``ref_budget_bytes``.
+        token: the shared secret callers must present; defaults to ``BLAZEN_PEER_TOKEN``
+            when set and non-empty; None and no variable means no auth.
+        tls: a :func:`~peerflow.peer.security.load_server_tls` config: mTLS, client
+            certificates required and verified.
+        max_concurrent_runs: runs in flight at once; excess calls get RESOURCE_EXHAUSTED.
+        max_message_bytes: the largest gRPC message received or sent (default 4 MiB, as
+            Blazen); larger ref values travel by ``StreamDerefSessionRef``.
+        max_input_bytes: the largest ``input_json`` accepted (default: the message limit).
+        ref_ttl: seconds a ref that outlived its run stays without a deref (lease).
+        ref_budget_bytes: the byte budget of the default ref registry.
+        default_timeout_secs: the deadline of requests that carry no ``timeout_secs``.
+
+    Raises:
+        ValidationError: a bad argument.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        registry: Registry | None = None,
+        session_refs: SessionRefRegistry | None = None,
+        token: str | None = None,
+        tls: ServerTls | None = None,
+        max_concurrent_runs: int = DEFAULT_MAX_CONCURRENT_RUNS,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_input_bytes: int | None = None,
+        ref_ttl: float = DEFAULT_REF_TTL,
+        ref_budget_bytes: int = DEFAULT_REF_BUDGET,
+        default_timeout_secs: float | None = None,
+    ) -> None:
+        if not isinstance(node_id, str) or not node_id.strip():
+            raise ValidationError(f"node_id must be a non-empty string, got {node_id!r}")
+        if registry is not None and not isinstance(registry, Registry):
+            raise ValidationError(f"registry must be a Registry, got {registry!r}")
+        if session_refs is not None and not isinstance(session_refs, SessionRefRegistry):
+            raise ValidationError(
+                f"session_refs must be a SessionRefRegistry, got {session_refs!r}"
+            )
+        if tls is not None and not isinstance(tls, ServerTls):
+            raise ValidationError(f"tls must come from load_server_tls(), got {tls!r}")
+        max_message_bytes = _positive_int(max_message_bytes, "max_message_bytes")
+        if max_input_bytes is None:
+            max_input_bytes = max_message_bytes
+        self._limits = ServiceLimits(
+            max_concurrent_runs=_positive_int(max_concurrent_runs, "max_concurrent_runs"),
+            max_input_bytes=_positive_int(max_input_bytes, "max_input_bytes"),
+            max_unary_bytes=max_message_bytes - 64,
+            default_timeout_secs=_positive(
+                default_timeout_secs, "default_timeout_secs", allow_none=True
+            ),
+        )
+        _positive(ref_ttl, "ref_ttl")
+        if session_refs is None:
+            session_refs = SessionRefRegistry(
+                node_id=node_id,
+                max_bytes=_positive_int(ref_budget_bytes, "ref_budget_bytes"),
+                ref_ttl=float(ref_ttl),
+            )
+        self.node_id = node_id
+        self._token = resolve_token(token)
+        self._tls = tls
+        self._max_message_bytes = max_message_bytes
+        self.session_refs = session_refs
+        self.registry = default_registry() if registry is None else registry
+        self._service = PeerService(
+            node_id=node_id, registry=self.registry, refs=session_refs, limits=self._limits
+        )
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._stopped: asyncio.Event | None = None
+        self._address: str | None = None
+        self._port: int | None = None
+        self._consumed = False
+
+    # -- properties ----------------------------------------------------------------------
+
+    @property
+    def port(self) -> int | None:
+        """The bound port once started."""
+        return self._port
+
+    @property
+    def address(self) -> str | None:
+        """``host:port`` as bound once started (the port resolved when 0 was asked)."""
+        return self._address
+
+    @property
+    def active_runs(self) -> int:
+        """Runs in flight right now."""
+        return self._service.active_runs
+
+    @property
+    def secure(self) -> bool:
+        """Whether the server uses TLS."""
+        return self._tls is not None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self, address: str = "127.0.0.1:0") -> int:
+        """Bind ``address`` and start serving; return the bound port.
+
+        Raises:
+            ValidationError: a bad address, or the server was already started.
+            PeerError: the address cannot be bound (kind TRANSPORT), TLS setup failed.
+        """
+        listen = parse_listen_address(address)
+        if self._consumed:
+            raise ValidationError(
+                f"PeerServer {self.node_id!r} was already started; build a new PeerServer "
+                "to serve again"
+            )
+        self._consumed = True
+        interceptors: list[grpc.aio.ServerInterceptor] = [AuthInterceptor(self._token)]
+        interceptors.append(telemetry.TracingServerInterceptor())
+        limit = self._max_message_bytes
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        server.add_generic_rpc_handlers((_MethodTable(self._service.handlers()),))
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        try:
+            if self._tls is not None:
+                port = server.add_secure_port(listen, self._tls.credentials())
+            else:
+                port = server.add_insecure_port(listen)
+        except RuntimeError as exc:
+            raise PeerError(
+                f"cannot listen on {listen}: {exc} (is the port in use?)",
+                kind=PeerErrorKind.TRANSPORT,
+                address=listen,
+            ) from None
+        if not port:
+            raise PeerError(
+                f"cannot listen on {listen}", kind=PeerErrorKind.TRANSPORT, address=listen
+            )
+        await server.start()
+        serving = health_pb2.HealthCheckResponse.SERVING
+        for name in ("", *SERVICE_NAMES):
+            await health_servicer.set(name, serving)
+        self._server = server
+        self._health = health_servicer
+        self._stopped = asyncio.Event()
+        self._port = port
+        host = listen.rsplit(":", 1)[0]
+        self._address = f"{host}:{port}"
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        log.info(
+            "peer %s serving on %s (%s, auth=%s)",
+            self.node_id,
+            self._address,
+            "mTLS" if self._tls else "plaintext",
+            "token" if self._token else "none",
+        )
+        return int(port)
+
+    async def serve(self, address: str) -> None:
+        """Start on ``address`` and serve until :meth:`stop` (or cancellation).
+
+        Raises:
+            ValidationError: a bad address, or this server was already started.
+            PeerError: the address cannot be bound.
+        """
+        await self.start(address)
+        try:
+            await self.wait_stopped()
+        finally:
+            await self.stop()
+
+    def serve_blocking(self, address: str) -> None:
+        """:meth:`serve` for code without an event loop (blocks until stopped).
+
+        Raises:
+            ValidationError: called inside a running event loop, bad address, served twice.
+            PeerError: the address cannot be bound.
+        """
+        call_blocking(self.serve, address)
+
+    async def wait_stopped(self) -> None:
+        """Wait until the server has stopped."""
+        if self._stopped is None:
+            raise ValidationError("the server was never started")
+        await self._stopped.wait()
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        """Stop serving (idempotent).
+
+        Health goes NOT_SERVING, new calls are refused, runs in flight get ``grace``
+        seconds to finish and are then cancelled.
+        """
+        server = self._server
+        if server is None:
+            return
+        self._server = None
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await server.stop(grace)
+        await self._service.cancel_all()
+        if self._stopped is not None:
+            self._stopped.set()
+        log.info("peer %s stopped", self.node_id)
+
+    def stop_blocking(self, grace: float | None = 5.0) -> None:
+        """:meth:`stop` for code without an event loop."""
+        call_blocking(self.stop, grace)
+
+    async def _sweep(self) -> None:
+        interval = min(max(self.session_refs.ref_ttl / 4, 0.05), 30.0)
+        while True:
+            await asyncio.sleep(interval)
+            dropped = self.session_refs.purge_expired()
+            if dropped:
+                log.info("peer %s: %d expired session refs dropped", self.node_id, dropped)
+
+    async def __aenter__(self) -> Self:
+        if self._server is None and not self._consumed:
+            await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        return f"<PeerServer {self.node_id} {self._address or 'not started'}>"

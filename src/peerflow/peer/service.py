@@ -1,0 +1,329 @@
+"""The peer's RPC handlers: decode, check, run, encode. Failures leave only via abort.
+
+Every handler takes the raw request bytes (a framed postcard payload) and returns or
+yields framed bytes; :meth:`PeerService.handlers` lists them by full method name for a
+``grpc.aio`` generic handler. A :class:`~peerflow.errors.PeerflowError` raised anywhere
+inside is turned into a status by the one table in :mod:`peerflow.peer.status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+
+from peerflow._version import __version__
+from peerflow.errors import (
+    PeerflowError,
+    ResourceExhaustedError,
+    WorkflowError,
+)
+from peerflow.peer import protocol as pb
+from peerflow.peer.framing import frame, unframe
+from peerflow.peer.results import (
+    ResultEncoder,
+    decode_input,
+    error_response,
+    event_json,
+    result_response,
+)
+from peerflow.peer.security import current_principal
+from peerflow.peer.status import status_for
+from peerflow.refs import RegistryKey, SessionRefRegistry
+from peerflow.registry import Registry
+from peerflow.workflow import Workflow
+
+if TYPE_CHECKING:
+    from peerflow.runtime import Run
+
+__all__ = ["EXTENSIONS", "PeerService", "ServiceLimits"]
+
+log = logging.getLogger("peerflow.server")
+
+BLAZEN = "/blazen.peer.v1.BlazenPeer/"
+EXTENSION = "/peerflow.peer.v1.PeerExtensions/"
+CHUNK = 1 << 20  # bytes per StreamDerefSessionRef message
+
+EXTENSIONS = (
+    "usage",
+    "error_kind",
+    "event_type",
+    "run_id",
+    "stream_events",
+    "describe",
+    "stream_deref",
+    "cancel",
+    "ref_ownership",
+    "ref_leases",
+)
+
+M = TypeVar("M", bound=pb._Message)
+
+
+class ServiceLimits:
+    """The numeric limits a service enforces (validated by PeerServer)."""
+
+    __slots__ = (
+        "default_timeout_secs",
+        "max_concurrent_runs",
+        "max_input_bytes",
+        "max_unary_bytes",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_concurrent_runs: int,
+        max_input_bytes: int,
+        max_unary_bytes: int,
+        default_timeout_secs: float | None,
+    ) -> None:
+        self.max_concurrent_runs = max_concurrent_runs
+        self.max_input_bytes = max_input_bytes
+        self.max_unary_bytes = max_unary_bytes
+        self.default_timeout_secs = default_timeout_secs
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: PeerflowError) -> None:
+    code, details = status_for(exc)
+    await context.abort(code, details)
+
+
+class PeerService:
+    """The handlers of both services, bound to one registry and one ref registry."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        registry: Registry,
+        refs: SessionRefRegistry,
+        limits: ServiceLimits,
+    ) -> None:
+        self.node_id = node_id
+        self.registry = registry
+        self.refs = refs
+        self.limits = limits
+        self.active_runs = 0
+        self.runs_started = 0
+        self._runs: set[Run] = set()
+
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """The method handlers by full method name (raw bytes in and out)."""
+        unary = grpc.unary_unary_rpc_method_handler
+        stream = grpc.unary_stream_rpc_method_handler
+        return {
+            BLAZEN + "InvokeSubWorkflow": unary(self._guard(self.invoke)),
+            BLAZEN + "StreamSubWorkflowEvents": stream(self._guard_stream(self.stream_events)),
+            BLAZEN + "DerefSessionRef": unary(self._guard(self.deref)),
+            BLAZEN + "ReleaseSessionRef": unary(self._guard(self.release)),
+            EXTENSION + "DescribePeer": unary(self._guard(self.describe)),
+            EXTENSION + "StreamDerefSessionRef": stream(self._guard_stream(self.stream_deref)),
+        }
+
+    # -- failure boundary ----------------------------------------------------------------
+
+    @staticmethod
+    def _guard(
+        fn: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]],
+    ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+        async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                return await fn(request, context)
+            except PeerflowError as exc:
+                await _abort(context, exc)
+                raise  # unreachable: abort raises
+
+        return handler
+
+    @staticmethod
+    def _guard_stream(
+        fn: Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]],
+    ) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
+        async def handler(
+            request: bytes, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[bytes]:
+            try:
+                async for item in fn(request, context):
+                    yield item
+            except PeerflowError as exc:
+                await _abort(context, exc)
+
+        return handler
+
+    @staticmethod
+    def _decode(cls: type[M], request: bytes) -> M:
+        message = cls.decode(unframe(request))
+        version = getattr(message, "envelope_version", pb.ENVELOPE_VERSION)
+        pb.check_envelope_version(version)
+        return message
+
+    # -- runs ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _admit(self) -> Iterator[None]:
+        if self.active_runs >= self.limits.max_concurrent_runs:
+            raise ResourceExhaustedError(
+                f"peer {self.node_id} is running its maximum of "
+                f"{self.limits.max_concurrent_runs} concurrent runs; retry later"
+            )
+        self.active_runs += 1
+        try:
+            yield
+        finally:
+            self.active_runs -= 1
+
+    def _prepare(self, request: bytes, streaming: bool) -> Run:
+        req = self._decode(pb.SubWorkflowRequest, request)
+        workflow = Workflow.from_registry(req.workflow_name, req.step_ids, registry=self.registry)
+        start = decode_input(req.input_json, limit=self.limits.max_input_bytes)
+        timeout: float | None = req.timeout_secs or None  # 0 defers to the default, like None
+        if timeout is None:
+            timeout = self.limits.default_timeout_secs
+        return workflow._run(
+            start,
+            streaming=streaming,
+            timeout=timeout,
+            session_refs=self.refs,
+            principal=current_principal(),
+        )
+
+    def _respond(
+        self, run: Run, result: Any, error: WorkflowError | None
+    ) -> pb.SubWorkflowResponse:
+        owner = current_principal()
+        if error is None:
+            return result_response(result, refs=self.refs, owner=owner, usage=run.ctx.usage)
+        encoder = ResultEncoder(self.refs, owner=owner, run_id=run.run_id)
+        response = error_response(
+            error,
+            run_id=run.run_id,
+            state=run.ctx.state,
+            survivors=run.survivors,
+            usage=run.ctx.usage,
+            encoder=encoder,
+        )
+        if encoder.created:
+            self.refs.end_run(run.run_id)
+        return response
+
+    async def _drive(self, run: Run, context: grpc.aio.ServicerContext) -> pb.SubWorkflowResponse:
+        started = time.perf_counter()
+        self.runs_started += 1
+        self._runs.add(run)
+        outcome = "ok"
+        try:
+            try:
+                result = await run.drive()
+                error = None
+            except WorkflowError as exc:
+                result, error, outcome = None, exc, exc.kind
+            return self._respond(run, result, error)
+        except asyncio.CancelledError:
+            outcome = "cancelled by caller"
+            raise
+        finally:
+            self._runs.discard(run)
+            log.info(
+                "run %s workflow=%s caller=%s node=%s outcome=%s %.1fms",
+                run.run_id,
+                run.workflow_name,
+                current_principal(),
+                _caller_node(context),
+                outcome,
+                (time.perf_counter() - started) * 1000,
+            )
+
+    async def invoke(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """``InvokeSubWorkflow``: run a workflow and return its response envelope."""
+        with self._admit():
+            run = self._prepare(request, streaming=False)
+            response = await self._drive(run, context)
+        return frame(response.encode())
+
+    async def stream_events(
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """``StreamSubWorkflowEvents``: each streamed event, then ``Done(response)``."""
+        with self._admit():
+            run = self._prepare(request, streaming=True)
+            driver = asyncio.ensure_future(self._drive(run, context))
+            try:
+                assert run.stream is not None
+                async for event in run.stream.events():
+                    if event is run.outcome:
+                        continue  # the terminal event travels inside Done
+                    payload = pb.EventPayload(event.event_type, event_json(event))
+                    yield frame(pb.SubWorkflowEvent(payload).encode())
+                response = await driver
+                yield frame(pb.SubWorkflowEvent(pb.StreamDone(response)).encode())
+            finally:
+                if not driver.done():
+                    driver.cancel()
+                    await asyncio.wait([driver])
+
+    async def cancel_all(self) -> None:
+        """Cancel every run in flight (used after the shutdown grace period)."""
+        for run in list(self._runs):
+            run.fail(run.cancelled_error())
+
+    # -- refs ----------------------------------------------------------------------------
+
+    async def deref(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """``DerefSessionRef``: the ref's serialized bytes in one message."""
+        req = self._decode(pb.DerefRequest, request)
+        _tag, payload = self.refs.dump(RegistryKey(req.ref_uuid), owner=current_principal())
+        if len(payload) > self.limits.max_unary_bytes:
+            raise ResourceExhaustedError(
+                f"session ref {req.ref_uuid} holds {len(payload)} bytes, more than one "
+                f"message may carry ({self.limits.max_unary_bytes}); use StreamDerefSessionRef "
+                "(PeerClient.deref_session_ref does so automatically)"
+            )
+        return frame(pb.DerefResponse(bytes(payload)).encode())
+
+    async def stream_deref(
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """``StreamDerefSessionRef``: the ref's bytes as raw chunks of at most 1 MiB."""
+        req = self._decode(pb.DerefRequest, request)
+        tag, payload = self.refs.dump(RegistryKey(req.ref_uuid), owner=current_principal())
+        view = memoryview(payload).cast("B")
+        total = len(view)
+        await context.send_initial_metadata(
+            (("blazen-type-tag", tag), ("blazen-total-len", str(total)))
+        )
+        for offset in range(0, total, CHUNK):
+            yield frame(view[offset : offset + CHUNK])
+
+    async def release(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """``ReleaseSessionRef``: drop the ref; ``released=False`` when already gone."""
+        req = self._decode(pb.ReleaseRequest, request)
+        released = self.refs.release(RegistryKey(req.ref_uuid), owner=current_principal())
+        return frame(pb.ReleaseResponse(released).encode())
+
+    async def describe(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """``DescribePeer``: node id, implementation, workflows, step ids, extensions."""
+        self._decode(pb.DescribeRequest, request)
+        workflows = tuple(
+            pb.WorkflowInfo(name, ids) for name, ids in self.registry.workflows().items()
+        )
+        response = pb.DescribeResponse(
+            node_id=self.node_id,
+            implementation=f"peerflow {__version__}",
+            workflows=workflows,
+            step_ids=tuple(self.registry.step_ids()),
+            extensions=EXTENSIONS,
+        )
+        return frame(response.encode())
+
+
+def _caller_node(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "blazen-node-id":
+            return str(value)
+    return "-"
