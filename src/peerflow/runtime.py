@@ -272,6 +272,13 @@ class Run:
                     continue
                 self.fail(self._step_error(spec, attempt, exc))
                 return
+            except BaseException as exc:
+                # KeyboardInterrupt, SystemExit, a test framework's failure: not retried, but
+                # the run must still end (a dead worker would leave it hanging forever).
+                self.fail(self._step_error(spec, attempt, exc))
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    raise
+                return
         if output is None:
             return
         if isinstance(output, Event):
@@ -310,7 +317,7 @@ class Run:
             output = await output
         return output
 
-    def _step_error(self, spec: StepSpec, attempts: int, exc: Exception) -> WorkflowError:
+    def _step_error(self, spec: StepSpec, attempts: int, exc: BaseException) -> WorkflowError:
         if isinstance(exc, TimeoutError) and spec.timeout is not None:
             what = f"timed out after {spec.timeout:g}s"
         else:
