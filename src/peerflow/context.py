@@ -7,6 +7,7 @@ session refs (values that stay in this process and are handed out by key).
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -186,8 +187,12 @@ class Context:
         for label, amount in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
             if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
                 raise ValidationError(f"{label} must be an int >= 0, got {amount!r}")
-        if isinstance(cost_usd, bool) or not isinstance(cost_usd, int | float) or cost_usd < 0:
-            raise ValidationError(f"cost_usd must be a number >= 0, got {cost_usd!r}")
+        if (
+            isinstance(cost_usd, bool)
+            or not isinstance(cost_usd, int | float)
+            or not 0 <= cost_usd < math.inf
+        ):
+            raise ValidationError(f"cost_usd must be a finite number >= 0, got {cost_usd!r}")
         self.usage.add(input_tokens, output_tokens, float(cost_usd))
 
     @property
@@ -204,7 +209,14 @@ class Context:
 
         Used, e.g., to release remote session refs when the parent run finishes. Failures
         of a finalizer are logged, not raised.
+
+        Raises:
+            ValidationError: ``finalizer`` is not callable.
         """
+        if not callable(finalizer):
+            raise ValidationError(
+                f"on_run_end takes an async function of no arguments, got {finalizer!r}"
+            )
         self._run.add_finalizer(finalizer)
 
     def _mark_cancelled(self) -> None:
