@@ -1,0 +1,573 @@
+"""Peer hot-path benchmark: peerflow's PeerServer/PeerClient against raw grpc.aio baselines.
+
+    python benchmarks/peer.py [--quick] [--uvloop]
+
+Every peerflow figure is printed beside a baseline measured in the same run, against a
+server in a separate process (a child Python process on 127.0.0.1 serving both the
+PeerServer and the raw grpc.aio echo / stream servers):
+
+1. remote 1-step round trip p50/p99 vs a raw unary echo (identity serializers, same
+   payload size);                                                target ratio <= 1.3x
+2. calls/s with 1/16/64 calls in flight on one client vs the raw echo;
+                                                        target at 64: >= 0.8x the echo
+3. deref bandwidth (1 MiB / 64 MiB / 512 MiB) via StreamDerefSessionRef vs a raw
+   server-streaming transfer of the same bytes in 1 MiB chunks, with the peak RSS of both
+   processes (a fresh server child per size; peaks from VmHWM after resetting it through
+   /proc/<pid>/clear_refs, so each figure covers one transfer);
+        targets: >= 0.9x the raw stream, client peak growth <= 1.2x the value,
+                 server growth <= 64 MiB
+4. 1,000 concurrent remote runs of a step that awaits 100 ms; target: all within 2 s.
+
+Baseline and peerflow measurements alternate in rounds after a warm-up. The table is
+printed and written to ``benchmarks/results/peer.md`` (overwritten each run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+
+MiB = 1 << 20
+CHUNK = MiB
+ECHO = "/bench.Raw/Echo"
+SLEEP = "/bench.Raw/Sleep"
+STREAM = "/bench.Raw/Stream"
+RESULTS = Path(__file__).resolve().parent / "results" / "peer.md"
+
+
+# -- /proc helpers ------------------------------------------------------------------------
+
+
+def _status_kib(pid: int | str, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def rss(pid: int | str = "self") -> int:
+    """Current resident set size in bytes."""
+    return _status_kib(pid, "VmRSS") * 1024
+
+
+def hwm(pid: int | str = "self") -> int:
+    """Peak resident set size (since start or the last reset) in bytes."""
+    return _status_kib(pid, "VmHWM") * 1024
+
+
+def reset_hwm(pid: int | str = "self") -> bool:
+    """Reset VmHWM to the current RSS (Linux clear_refs 5)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+# -- the server child -----------------------------------------------------------------------
+
+
+async def _serve(ref_size: int) -> None:
+    from peerflow import RefLifetime, StartEvent, StopEvent, Workflow, step
+    from peerflow.peer.server import PeerServer
+    from peerflow.registry import Registry
+
+    @step(accepts=[StartEvent], name="bench::echo")
+    async def echo(ctx: Any, ev: StartEvent) -> StopEvent:
+        return StopEvent(result=ev.to_dict())
+
+    @step(accepts=[StartEvent], name="bench::sleep")
+    async def sleep(ctx: Any, ev: StartEvent) -> StopEvent:
+        await asyncio.sleep(0.1)
+        return StopEvent(result=None)
+
+    registry = Registry()
+    registry.register_workflow(Workflow("echo1", [echo]))
+    registry.register_workflow(Workflow("sleep100", [sleep]))
+    peer = PeerServer("bench-server", registry=registry, token=None)
+    peer_port = await peer.start("127.0.0.1:0")
+
+    value = b""
+    key = None
+    if ref_size:
+        # A bytearray-backed value, touched, so its pages are resident before measuring.
+        buf = bytearray(os.urandom(1024)) * (ref_size // 1024)
+        value = bytes(buf)
+        del buf
+        key = peer.session_refs.insert(value, lifetime=RefLifetime.UNTIL_EXPLICIT_DROP)
+
+    async def raw_echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    async def raw_sleep(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await asyncio.sleep(0.1)
+        return request
+
+    async def raw_stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        for offset in range(0, len(value), CHUNK):
+            yield value[offset : offset + CHUNK]  # one copy per chunk, as bytes
+
+    handlers = {
+        ECHO: grpc.unary_unary_rpc_method_handler(raw_echo),
+        SLEEP: grpc.unary_unary_rpc_method_handler(raw_sleep),
+        STREAM: grpc.unary_stream_rpc_method_handler(raw_stream),
+    }
+
+    class Table(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, details: Any) -> Any:
+            return handlers.get(details.method)
+
+    raw = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 4 * MiB),
+            ("grpc.max_send_message_length", 4 * MiB),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    raw.add_generic_rpc_handlers((Table(),))
+    raw_port = raw.add_insecure_port("127.0.0.1:0")
+    await raw.start()
+    gc.collect()
+    print(
+        json.dumps({"peer": peer_port, "raw": raw_port, "key": str(key) if key else None}),
+        flush=True,
+    )
+    loop = asyncio.get_running_loop()
+    # Serve until the parent closes our stdin.
+    await loop.run_in_executor(None, sys.stdin.read)
+    await raw.stop(0)
+    await peer.stop(0)
+
+
+class Child:
+    """A server child process; terminated on exit."""
+
+    def __init__(self, *, ref_size: int = 0, use_uvloop: bool = False) -> None:
+        cmd = [sys.executable, __file__, "--serve", "--ref-size", str(ref_size)]
+        if use_uvloop:
+            cmd.append("--uvloop")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line:
+            self.close()
+            raise RuntimeError("the server child did not start")
+        info = json.loads(line)
+        self.peer = f"127.0.0.1:{info['peer']}"
+        self.raw = f"127.0.0.1:{info['raw']}"
+        self.key: str | None = info["key"]
+        self.pid = self.proc.pid
+        self.ps = psutil.Process(self.pid)
+
+    def cpu(self) -> float:
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                if self.proc.stdin:
+                    self.proc.stdin.close()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- measurement helpers --------------------------------------------------------------------
+
+
+def _raw_channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(
+        address,
+        options=[
+            ("grpc.max_receive_message_length", 4 * MiB),
+            ("grpc.max_send_message_length", 4 * MiB),
+        ],
+    )
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def sequential(call: Callable[[], Awaitable[Any]], n: int) -> list[float]:
+    out = []
+    clock = time.perf_counter
+    for _ in range(n):
+        t0 = clock()
+        await call()
+        out.append(clock() - t0)
+    return out
+
+
+async def throughput(
+    call: Callable[[], Awaitable[Any]], inflight: int, seconds: float, child: Child
+) -> tuple[float, float, float]:
+    """Calls/s with ``inflight`` loops; also client and server CPU µs per call."""
+    stop = False
+    count = 0
+
+    async def worker() -> None:
+        nonlocal count
+        while not stop:
+            await call()
+            count += 1
+
+    cpu_c0, cpu_s0 = time.process_time(), child.cpu()
+    t0 = time.perf_counter()
+    tasks = [asyncio.ensure_future(worker()) for _ in range(inflight)]
+    await asyncio.sleep(seconds)
+    stop = True
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - t0
+    cpu_c, cpu_s = time.process_time() - cpu_c0, child.cpu() - cpu_s0
+    return count / elapsed, cpu_c / count * 1e6, cpu_s / count * 1e6
+
+
+# -- the benchmark parts ----------------------------------------------------------------------
+
+
+async def bench_unary(args: argparse.Namespace, rows: list[list[str]]) -> None:
+    from peerflow.peer.client import PeerClient
+    from peerflow.peer.framing import frame
+
+    with Child(use_uvloop=args.uvloop) as child:
+        client = await PeerClient.connect(f"http://{child.peer}", "bench-client")
+        raw_ch = _raw_channel(child.raw)
+        await raw_ch.channel_ready()
+        echo = raw_ch.unary_unary(ECHO)
+        req, _ = client._request("echo1", (), {"n": 1}, None, None)
+        sizes = (len(frame(req.encode())),)
+        resp = await client.invoke_sub_workflow(req)
+        size = max(*sizes, len(frame(resp.encode())))
+        payload = b"\x0a" + bytes([size - 2]) + b"x" * (size - 2)
+
+        def peer_call() -> Awaitable[Any]:
+            return client.run_remote_workflow("echo1", input={"n": 1})
+
+        def raw_call() -> Awaitable[Any]:
+            return echo(payload)
+
+        # warm-up
+        n_warm = 200 if args.quick else 1000
+        await sequential(raw_call, n_warm)
+        await sequential(peer_call, n_warm)
+
+        rounds, per = (3, 300) if args.quick else (8, 1000)
+        lat_raw: list[float] = []
+        lat_peer: list[float] = []
+        for _ in range(rounds):
+            lat_raw += await sequential(raw_call, per)
+            lat_peer += await sequential(peer_call, per)
+        r50, r99 = pct(lat_raw, 0.5) * 1e6, pct(lat_raw, 0.99) * 1e6
+        p50, p99 = pct(lat_peer, 0.5) * 1e6, pct(lat_peer, 0.99) * 1e6
+        rows.append(
+            [
+                f"1. round trip p50 ({size} B payload)",
+                f"{p50:.0f} µs",
+                f"{r50:.0f} µs",
+                f"{p50 / r50:.2f}x",
+                "<= 1.3x",
+                _ok(p50 / r50 <= 1.3),
+            ]
+        )
+        rows.append(
+            [
+                "1. round trip p99",
+                f"{p99:.0f} µs",
+                f"{r99:.0f} µs",
+                f"{p99 / r99:.2f}x",
+                "",
+                "",
+            ]
+        )
+        _progress(rows[-2:])
+
+        seconds = 0.6 if args.quick else 2.0
+        rounds = 1 if args.quick else 3
+        for inflight in (1, 16, 64):
+            await throughput(raw_call, inflight, 0.2, child)
+            await throughput(peer_call, inflight, 0.2, child)
+            raws: list[tuple[float, float, float]] = []
+            peers: list[tuple[float, float, float]] = []
+            for _ in range(rounds):
+                raws.append(await throughput(raw_call, inflight, seconds, child))
+                peers.append(await throughput(peer_call, inflight, seconds, child))
+            raw_best = statistics.median(r[0] for r in raws)
+            peer_best = statistics.median(p[0] for p in peers)
+            raw_cpu = statistics.median(r[1] for r in raws), statistics.median(r[2] for r in raws)
+            peer_cpu = (
+                statistics.median(p[1] for p in peers),
+                statistics.median(p[2] for p in peers),
+            )
+            ratio = peer_best / raw_best
+            rows.append(
+                [
+                    f"2. calls/s, {inflight} in flight",
+                    f"{peer_best:,.0f}/s (cpu/call c {peer_cpu[0]:.0f} µs, s {peer_cpu[1]:.0f} µs)",
+                    f"{raw_best:,.0f}/s (cpu/call c {raw_cpu[0]:.0f} µs, s {raw_cpu[1]:.0f} µs)",
+                    f"{ratio:.2f}x",
+                    ">= 0.8x" if inflight == 64 else "",
+                    _ok(ratio >= 0.8) if inflight == 64 else "",
+                ]
+            )
+            _progress(rows[-1:])
+        await raw_ch.close()
+        await client.close()
+
+
+async def bench_deref(args: argparse.Namespace, rows: list[list[str]]) -> None:
+    from peerflow.peer.client import PeerClient
+
+    sizes = (MiB, 64 * MiB) if args.quick else (MiB, 64 * MiB, 512 * MiB)
+    for size in sizes:
+        with Child(ref_size=size, use_uvloop=args.uvloop) as child:
+            client = await PeerClient.connect(f"http://{child.peer}", "bench-client")
+            raw_ch = _raw_channel(child.raw)
+            await raw_ch.channel_ready()
+            stream = raw_ch.unary_stream(STREAM)
+            assert child.key is not None
+            key = child.key
+
+            async def raw_fetch(size: int = size, stream: Any = stream) -> bytearray:
+                buffer = bytearray(size)
+                offset = 0
+                async for chunk in stream(b""):
+                    end = offset + len(chunk)
+                    buffer[offset:end] = chunk
+                    offset = end
+                assert offset == size
+                return buffer
+
+            async def peer_fetch(client: Any = client, key: str = key) -> Any:
+                return await client.deref_session_ref(key)
+
+            reps = 3 if size <= 64 * MiB else 2
+            if args.quick:
+                reps = 2 if size <= MiB else 1
+            stats: dict[str, list[tuple[float, int, int, int]]] = {"raw": [], "peer": []}
+            # warm-up (small sizes only; a 512 MiB warm-up costs as much as a rep)
+            if size <= 64 * MiB:
+                del_ = await raw_fetch()
+                del del_
+                del_ = await peer_fetch()
+                del del_
+            for _ in range(reps):
+                for name, fetch in (("raw", raw_fetch), ("peer", peer_fetch)):
+                    gc.collect()
+                    c_base, s_base = rss(), rss(child.pid)
+                    reset_hwm()
+                    reset_hwm(child.pid)
+                    t0 = time.perf_counter()
+                    data = await fetch()
+                    dt = time.perf_counter() - t0
+                    c_peak, s_peak = hwm(), hwm(child.pid)
+                    assert len(data) == size
+                    del data
+                    stats[name].append((size / dt, c_peak - c_base, s_peak - s_base, c_peak))
+            await raw_ch.close()
+            await client.close()
+
+        def med(name: str, i: int, stats: dict[str, Any] = stats) -> float:
+            return statistics.median(s[i] for s in stats[name])
+
+        bw_raw, bw_peer = med("raw", 0), med("peer", 0)
+        c_raw, c_peer = max(s[1] for s in stats["raw"]), max(s[1] for s in stats["peer"])
+        s_raw, s_peer = max(s[2] for s in stats["raw"]), max(s[2] for s in stats["peer"])
+        label = f"{size // MiB} MiB"
+        ratio = bw_peer / bw_raw
+        rows.append(
+            [
+                f"3. deref {label} bandwidth",
+                f"{bw_peer / 1e6:,.0f} MB/s",
+                f"{bw_raw / 1e6:,.0f} MB/s",
+                f"{ratio:.2f}x",
+                ">= 0.9x",
+                _ok(ratio >= 0.9),
+            ]
+        )
+        rows.append(
+            [
+                f"3. deref {label} client peak RSS growth",
+                f"{c_peer / MiB:,.1f} MiB ({c_peer / size:.2f}x value)",
+                f"{c_raw / MiB:,.1f} MiB ({c_raw / size:.2f}x value)",
+                f"{c_peer / max(c_raw, 1):.2f}x",
+                "<= 1.2x value",
+                _ok(c_peer <= 1.2 * size),
+            ]
+        )
+        rows.append(
+            [
+                f"3. deref {label} server RSS growth",
+                f"{s_peer / MiB:,.1f} MiB",
+                f"{s_raw / MiB:,.1f} MiB",
+                "",
+                "<= 64 MiB",
+                _ok(s_peer <= 64 * MiB),
+            ]
+        )
+        _progress(rows[-3:])
+
+
+async def bench_concurrent(args: argparse.Namespace, rows: list[list[str]]) -> None:
+    from peerflow.peer.client import PeerClient
+
+    n = 1000
+    with Child(use_uvloop=args.uvloop) as child:
+        client = await PeerClient.connect(f"http://{child.peer}", "bench-client")
+        raw_ch = _raw_channel(child.raw)
+        await raw_ch.channel_ready()
+        sleep = raw_ch.unary_unary(SLEEP)
+        payload = b"\x0a\x02hi"
+
+        async def peer_batch() -> float:
+            t0 = time.perf_counter()
+            await asyncio.gather(
+                *(client.run_remote_workflow("sleep100", input={"i": i}) for i in range(n))
+            )
+            return time.perf_counter() - t0
+
+        async def raw_batch() -> float:
+            t0 = time.perf_counter()
+            await asyncio.gather(*(sleep(payload) for _ in range(n)))
+            return time.perf_counter() - t0
+
+        await raw_batch()
+        await peer_batch()
+        raws, peers = [], []
+        for _ in range(1 if args.quick else 3):
+            raws.append(await raw_batch())
+            peers.append(await peer_batch())
+        worst = max(peers)
+        rows.append(
+            [
+                "4. 1,000 concurrent 100 ms runs (worst / median)",
+                f"{worst:.2f} s / {statistics.median(peers):.2f} s",
+                f"{max(raws):.2f} s / {statistics.median(raws):.2f} s",
+                f"{statistics.median(peers) / statistics.median(raws):.2f}x",
+                "all within 2 s",
+                _ok(worst <= 2.0),
+            ]
+        )
+        _progress(rows[-1:])
+        await raw_ch.close()
+        await client.close()
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def _ok(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def _progress(rows: list[list[str]]) -> None:
+    for row in rows:
+        print("  " + " | ".join(row), flush=True)
+
+
+HEADER = ["measure", "peerflow", "raw grpc.aio baseline", "ratio", "target", ""]
+
+
+def table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    freq = psutil.cpu_freq()
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{platform.node()}: {model or platform.processor()} "
+        f"({psutil.cpu_count()} CPUs{f', {freq.current:.0f} MHz' if freq else ''}), "
+        f"{psutil.virtual_memory().total / (1 << 30):.1f} GiB RAM, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
+        f"grpcio {grpc.__version__}"
+    )
+
+
+async def main(args: argparse.Namespace) -> None:
+    rows: list[list[str]] = []
+    print(
+        f"peer benchmark ({'quick' if args.quick else 'full'}{', uvloop' if args.uvloop else ''})",
+        flush=True,
+    )
+    parts = set(args.parts.split(","))
+    if "1" in parts or "2" in parts:
+        await bench_unary(args, rows)
+    if "3" in parts:
+        await bench_deref(args, rows)
+    if "4" in parts:
+        await bench_concurrent(args, rows)
+    text = table(rows)
+    print()
+    print(text)
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(
+            "# Peer hot-path benchmark\n\n"
+            f"`python benchmarks/peer.py{' --quick' if args.quick else ''}"
+            f"{' --uvloop' if args.uvloop else ''}` — "
+            f"{datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}\n\n"
+            f"Machine: {machine()}\n\n"
+            "Server in a separate process on 127.0.0.1; baselines are raw grpc.aio servers "
+            "in the same child process, measured in the same run, alternating with peerflow."
+            " RSS growth = peak (VmHWM, reset before each transfer) minus RSS before.\n"
+            "cpu/call: client (c) and server (s) CPU time per call.\n\n" + text + "\n"
+        )
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a fast sanity run")
+    parser.add_argument("--uvloop", action="store_true", help="uvloop on both sides")
+    parser.add_argument("--parts", default="1,2,3,4", help="which parts to run, e.g. 1,3")
+    parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.name}")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ref-size", type=int, default=0, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    ns = _parse()
+    runner: Callable[[Any], Any] = asyncio.run
+    if ns.uvloop:
+        import uvloop
+
+        runner = uvloop.run
+    if ns.serve:
+        runner(_serve(ns.ref_size))
+    else:
+        runner(main(ns))
