@@ -174,7 +174,7 @@ class Run:
         if self.outcome is not None:
             return
         event_type = event.event_type
-        if event_type == STOP_EVENT_TYPE:
+        if event_type == STOP_EVENT_TYPE or isinstance(event, StopEvent):
             self._finish(event)
             return
         runners = self._routes.get(event_type)
