@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from peerflow import (
+    Event,
+    HumanResponseEvent,
+    InputRequiredEvent,
+    StartEvent,
+    StopEvent,
+    ValidationError,
+)
+from peerflow.events import START_EVENT_TYPE, STOP_EVENT_TYPE, event_from_data
+
+
+class Greeting(Event):
+    name: str
+    times: int = 1
+
+
+class Renamed(Event, event_type="my_app::Renamed"):
+    value: int = 0
+
+
+def test_typed_event_type_is_class_name() -> None:
+    ev = Greeting(name="Ada")
+    assert ev.event_type == "Greeting"
+    assert ev.name == "Ada"
+    assert ev.times == 1
+
+
+def test_event_type_keyword_on_subclass() -> None:
+    assert Renamed(value=2).event_type == "my_app::Renamed"
+
+
+def test_builtin_wire_names() -> None:
+    assert StartEvent().event_type == START_EVENT_TYPE == "blazen::StartEvent"
+    assert StopEvent().event_type == STOP_EVENT_TYPE == "blazen::StopEvent"
+    assert InputRequiredEvent(prefix="?").event_type == "InputRequiredEvent"
+    assert HumanResponseEvent(response=1).event_type == "HumanResponseEvent"
+
+
+def test_dynamic_event_reads_fields_as_attributes() -> None:
+    ev = Event("GreetEvent", name="Ada", n=3)
+    assert ev.event_type == "GreetEvent"
+    assert ev.name == "Ada"
+    assert ev.n == 3
+    assert ev.to_dict() == {"name": "Ada", "n": 3}
+
+
+def test_extra_fields_allowed_on_typed_events() -> None:
+    ev = StartEvent(query="q", limit=3)
+    assert ev.query == "q"
+    assert ev.to_dict() == {"query": "q", "limit": 3}
+
+
+def test_missing_attribute_is_a_clear_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="GreetEvent has no field 'nope'"):
+        _ = Event("GreetEvent").nope
+
+
+def test_stop_event_result_keeps_identity() -> None:
+    payload: dict[str, Any] = {"a": [1, 2]}
+    marker = object()
+    assert StopEvent(result=payload).result is payload
+    assert StopEvent(result=marker).result is marker
+
+
+def test_repr_names_class_type_and_fields() -> None:
+    assert repr(Event("X", a=1)) == "Event[X](a=1)"
+
+
+def test_event_from_data_known_class_is_validated() -> None:
+    ev = event_from_data("Greeting", {"name": "Ada"})
+    assert type(ev) is Greeting
+    assert ev.name == "Ada"
+    stop = event_from_data(STOP_EVENT_TYPE, {"result": 5})
+    assert type(stop) is StopEvent
+    assert stop.result == 5
+
+
+def test_event_from_data_unknown_name_is_dynamic() -> None:
+    ev = event_from_data("NeverDefinedAnywhere", {"k": "v"})
+    assert type(ev) is Event
+    assert ev.event_type == "NeverDefinedAnywhere"
+    assert ev.k == "v"
+
+
+def test_event_from_data_bad_fields() -> None:
+    with pytest.raises(ValidationError, match="invalid Greeting"):
+        event_from_data("Greeting", {"name": 5})
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: Greeting(name=["not", "a", "str"]), r"invalid Greeting: name"),
+        (lambda: Greeting(), r"invalid Greeting: name: Field required"),
+        (lambda: Greeting(name="a", times="many"), r"invalid Greeting: times"),
+        (lambda: Event(5), r"event type must be a non-empty string, got 5"),
+        (lambda: Event(""), r"event type must be a non-empty string"),
+        (lambda: StopEvent("x"), r"StopEvent has a fixed event type"),
+        (lambda: Greeting("Other", name="a"), r"Greeting has a fixed event type"),
+        (lambda: Event("A", "B"), r"positional"),
+    ],
+)
+def test_bad_event_construction_is_a_validation_error(build: Any, match: str) -> None:
+    with pytest.raises(ValidationError, match=match) as info:
+        build()
+    # pydantic's own error never reaches the user, not even as the context
+    assert info.value.__cause__ is None
+    assert info.value.__suppress_context__ or info.value.__context__ is None
+
+
+def test_validation_error_is_also_value_error() -> None:
+    with pytest.raises(ValueError):
+        Greeting(name=1.5)
