@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
+from peerflow import telemetry
 from peerflow._version import __version__
 from peerflow.errors import (
     PeerflowError,
@@ -219,7 +220,13 @@ class PeerService:
         outcome = "ok"
         try:
             try:
-                result = await run.drive()
+                if telemetry.enabled():
+                    # Opened here, not by Workflow.run: this task's current span is the
+                    # served RPC's, so the run (and its steps) join the caller's trace.
+                    with telemetry.run_span(run.workflow_name, run.run_id):
+                        result = await run.drive()
+                else:
+                    result = await run.drive()
                 error = None
             except WorkflowError as exc:
                 result, error, outcome = None, exc, exc.kind
