@@ -403,6 +403,19 @@ class Run:
                     log.warning("run %s: finalizer failed", self.run_id, exc_info=True)
             if self.stream is not None:
                 self.stream.close()
+            self._break_cycles()
+
+    def _break_cycles(self) -> None:
+        # A finished run is a web of cycles (run <-> step runners <-> worker tasks and their
+        # CancelledError tracebacks, run <-> ctx). Cut them so refcounting frees the run at
+        # once: left to the cyclic GC, its full collections show up as p99 spikes under load.
+        # Nothing reads these after the end (dispatch returns early once there is an outcome).
+        for runner in self._runners.values():
+            runner.workers.clear()
+            runner.idle.clear()
+        self._runners = {}
+        self._routes = {}
+        self.ctx._run = _ENDED
 
     def _result(self) -> WorkflowResult:
         outcome = self.outcome
@@ -422,6 +435,24 @@ class Run:
             run_id=self.run_id,
             workflow=self.workflow_name,
         )
+
+
+class _EndedRun:
+    """What a context's hooks point to once its run has ended: events are ignored."""
+
+    __slots__ = ()
+
+    def send_event_threadsafe(self, event: Event) -> None:
+        """Ignore ``event``: the run has ended."""
+
+    def write_to_stream_threadsafe(self, event: Event) -> None:
+        """Ignore ``event``: the stream is closed."""
+
+    def add_finalizer(self, finalizer: Finalizer) -> None:
+        """Ignore ``finalizer``: the run's finalizers have run."""
+
+
+_ENDED = _EndedRun()
 
 
 class WorkflowHandler:
