@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from typing import Any
 
@@ -682,3 +683,52 @@ async def test_cancelled_error_inside_a_step_is_not_turned_into_a_retry() -> Non
     await started.wait()
     await handler.cancel()
     assert attempts == 1
+
+
+# -- a finished run is freed by refcounting ----------------------------------------------
+
+
+async def test_a_finished_run_leaves_no_cyclic_garbage() -> None:
+    @step
+    async def fan(ctx: Context, ev: StartEvent) -> list[Event]:
+        return [Left(), Right()]
+
+    @step
+    async def winner(ctx: Context, ev: Left) -> StopEvent:
+        return StopEvent(result="left")
+
+    @step
+    async def loser(ctx: Context, ev: Right) -> None:
+        await asyncio.sleep(3600)  # cancelled at the end: a CancelledError with a traceback
+
+    wf = Workflow("no-cycles", [fan, winner, loser])
+    await wf.run()  # warm caches first
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(5):
+            await wf.run()
+        handler = wf.start()
+        await handler
+        del handler
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+async def test_context_of_an_ended_run_ignores_events() -> None:
+    @step
+    async def only(ctx: Context, ev: StartEvent) -> StopEvent:
+        return StopEvent(result=1)
+
+    handler = Workflow("ended", [only]).start()
+    assert (await handler).result == 1
+    ctx = handler.ctx
+    ctx.send_event(Left())  # the run has ended: ignored, never routed or raised
+    ctx.write_event_to_stream(Left())
+
+    async def finalizer() -> None:
+        raise AssertionError("a finalizer registered after the end must not run")
+
+    ctx.on_run_end(finalizer)
+    assert [ev.event_type async for ev in handler.stream_events()] == ["blazen::StopEvent"]
