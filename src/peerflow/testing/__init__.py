@@ -3,5 +3,12 @@
 from __future__ import annotations
 
 from peerflow.testing.certs import TestPki, generate_test_pki
+from peerflow.testing.peers import PeerProcess, serve_in_process, start_peer_process
 
-__all__ = ["TestPki", "generate_test_pki"]
+__all__ = [
+    "PeerProcess",
+    "TestPki",
+    "generate_test_pki",
+    "serve_in_process",
+    "start_peer_process",
+]
