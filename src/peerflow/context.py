@@ -201,7 +201,15 @@ class Context:
         return self._cancelled.is_set()
 
     def wait_cancelled(self, timeout: float | None = None) -> bool:
-        """Block a sync step until the run is cancelled (or ``timeout``); True if cancelled."""
+        """Block a sync step until the run is cancelled (or ``timeout``); True if cancelled.
+
+        Raises:
+            ValidationError: ``timeout`` is not a number >= 0 or None.
+        """
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
+        ):
+            raise ValidationError(f"timeout must be a number >= 0 or None, got {timeout!r}")
         return self._cancelled.wait(timeout)
 
     def on_run_end(self, finalizer: Callable[[], Awaitable[None]]) -> None:
