@@ -141,6 +141,9 @@ async def test_ctx_methods_reject_bad_input() -> None:
             (lambda: ctx.refs.release(12), "not a session ref key"),
             (lambda: ctx.on_run_end(None), "on_run_end takes"),
             (lambda: ctx.on_run_end("cleanup"), "on_run_end takes"),
+            (lambda: ctx.wait_cancelled("1"), "timeout must be a number >= 0 or None"),
+            (lambda: ctx.wait_cancelled(-1), "timeout must be a number >= 0 or None"),
+            (lambda: ctx.wait_cancelled(math.nan), "timeout must be a number >= 0 or None"),
         ]
         for call, match in checks:
             with pytest.raises(ValidationError, match=match):
@@ -149,7 +152,7 @@ async def test_ctx_methods_reject_bad_input() -> None:
         return StopEvent(result=len(checks))
 
     result = await Workflow("bad-ctx", [probe]).run()
-    assert result.result == 20
+    assert result.result == 23
     assert result.total_cost_usd == 0.0
     assert result.state == {}
 
