@@ -30,7 +30,9 @@ def assert_blocking_twins(cls: type) -> None:
                 problems.append(f"{cls.__name__}.{name}_blocking must be a plain method")
         elif name.endswith("_blocking"):
             base = members.get(name.removesuffix("_blocking"))
-            if base is None or not inspect.iscoroutinefunction(base):
+            if base is None or not (
+                inspect.iscoroutinefunction(base) or inspect.isasyncgenfunction(base)
+            ):
                 problems.append(f"{cls.__name__}.{name} has no async twin")
     assert not problems, "; ".join(problems)
 
