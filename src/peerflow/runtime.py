@@ -390,9 +390,18 @@ class Run:
         tasks = [w for r in self._runners.values() for w in r.workers if not w.done()]
         for task in tasks:
             task.cancel()
+        interrupted = False
         try:
-            if tasks:
-                await asyncio.wait(tasks)
+            while tasks:
+                try:
+                    await asyncio.wait(tasks)
+                except asyncio.CancelledError:
+                    # Cancelled again while the steps clean up: keep waiting for them (no
+                    # task outlives its run), then re-raise below.
+                    interrupted = True
+                    tasks = [t for t in tasks if not t.done()]
+                else:
+                    break
         finally:
             if self.ctx.refs.used:
                 self.survivors = self.ctx.refs.registry.end_run(self.run_id)
@@ -404,6 +413,8 @@ class Run:
             if self.stream is not None:
                 self.stream.close()
             self._break_cycles()
+        if interrupted:
+            raise asyncio.CancelledError
 
     def _break_cycles(self) -> None:
         # A finished run is a web of cycles (run <-> step runners <-> worker tasks and their
