@@ -513,6 +513,46 @@ async def test_cancelling_the_awaiting_task_propagates_and_stops_the_steps() -> 
     assert asyncio.all_tasks() == before
 
 
+async def _callbacks_scheduled_so_far() -> None:
+    """Return once every callback already scheduled on the loop has run (FIFO order)."""
+    loop = asyncio.get_running_loop()
+    marker: asyncio.Future[None] = loop.create_future()
+    loop.call_soon(marker.set_result, None)
+    await marker
+
+
+async def test_cancelling_twice_still_waits_for_the_steps_cleanup() -> None:
+    started = asyncio.Event()
+    in_cleanup = asyncio.Event()
+    gate = asyncio.Event()
+    cleanup: list[str] = []
+
+    @step
+    async def forever(ctx: Context, ev: StartEvent) -> StopEvent:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            in_cleanup.set()
+            await gate.wait()  # a slow cleanup
+            cleanup.append("finally")
+        return StopEvent()
+
+    before = asyncio.all_tasks()
+    task = asyncio.create_task(Workflow("twice", [forever]).run())
+    await started.wait()
+    task.cancel()
+    await in_cleanup.wait()
+    task.cancel()  # again, while the step is still cleaning up
+    await _callbacks_scheduled_so_far()  # the second cancel has been delivered
+    assert not task.done()  # the run still waits for its step
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleanup == ["finally"]
+    assert asyncio.all_tasks() == before
+
+
 async def test_sync_step_sees_ctx_cancelled() -> None:
     started = asyncio.Event()
     saw_cancel = threading.Event()
