@@ -379,6 +379,12 @@ class PeerClient:
                 f"bad response from {self.address}: {exc}", address=self.address
             ) from None
 
+    def invoke_sub_workflow_blocking(
+        self, request: pb.SubWorkflowRequest, *, deadline: float | None = None
+    ) -> pb.SubWorkflowResponse:
+        """:meth:`invoke_sub_workflow` for code without an event loop."""
+        return self._blocking(self.invoke_sub_workflow, request, deadline=deadline)
+
     async def run_remote_workflow(
         self,
         workflow_name: str,

@@ -247,6 +247,15 @@ class PeerServer:
         )
         return int(port)
 
+    def start_blocking(self, address: str = "127.0.0.1:0") -> int:
+        """:meth:`start` for code without an event loop: serves on the blocking portal's loop.
+
+        Raises:
+            ValidationError: called inside a running event loop, bad address, started twice.
+            PeerError: the address cannot be bound.
+        """
+        return call_blocking(self.start, address)
+
     async def serve(self, address: str) -> None:
         """Start on ``address`` and serve until :meth:`stop` (or cancellation).
 
@@ -274,6 +283,14 @@ class PeerServer:
         if self._stopped is None:
             raise ValidationError("the server was never started")
         await self._stopped.wait()
+
+    def wait_stopped_blocking(self) -> None:
+        """:meth:`wait_stopped` for code without an event loop.
+
+        Raises:
+            ValidationError: called inside a running event loop, or never started.
+        """
+        call_blocking(self.wait_stopped)
 
     async def stop(self, grace: float | None = 5.0) -> None:
         """Stop serving (idempotent).
