@@ -40,7 +40,7 @@ from peerflow.peer.framing import frame, unframe
 from peerflow.peer.results import encode_input, response_to_result
 from peerflow.peer.security import ClientTls, bearer_metadata, resolve_token
 from peerflow.peer.service import BLAZEN, EXTENSION
-from peerflow.peer.status import error_from_rpc
+from peerflow.peer.status import error_from_rpc, kind_for_status
 from peerflow.refs import RefDescriptor, RegistryKey, loads_value
 from peerflow.result import WorkflowResult
 
@@ -240,17 +240,7 @@ class PeerClient:
         client = cls(target, client_node_id, channel, metadata)
         if connect_timeout is not None:
             try:
-                await asyncio.wait_for(channel.channel_ready(), connect_timeout)
-            except TimeoutError:
-                await channel.close()
-                kind = PeerErrorKind.TLS if secure else PeerErrorKind.TRANSPORT
-                raise PeerError(
-                    f"could not connect to peer {address} within {connect_timeout:g}s "
-                    f"({'TLS handshake or ' if secure else ''}connection refused or unreachable)",
-                    kind=kind,
-                    address=address,
-                    code="UNAVAILABLE",
-                ) from None
+                await client._wait_ready(connect_timeout, secure)
             except BaseException:
                 await channel.close()
                 raise
@@ -284,6 +274,46 @@ class PeerClient:
         )
 
     # -- plumbing ------------------------------------------------------------------------
+
+    async def _probe(self, timeout: float = 2.0) -> str | None:  # noqa: ASYNC109
+        """The channel's last connection error (a health call that fails fast), or None."""
+        try:
+            await self._health.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                return str(exc.details() or "unavailable")
+        return None  # answered (UNIMPLEMENTED from a peer without health is an answer too)
+
+    async def _wait_ready(self, timeout: float, secure: bool) -> None:  # noqa: ASYNC109
+        """Wait for the channel to connect; fail early on a certificate the client rejects.
+
+        A failed certificate check on this side (untrusted server certificate, wrong
+        server name) will not heal, so it raises at once; anything else (refused, closed
+        during the handshake by a server rejecting our certificate, unreachable) is
+        retried until ``timeout`` and then reported with the channel's last error.
+        """
+        channel = self._channel
+        last: str | None = None
+
+        async def wait() -> None:
+            nonlocal last
+            state = channel.get_state(try_to_connect=True)
+            while state is not grpc.ChannelConnectivity.READY:
+                if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                    last = await self._probe()
+                    if last is None:
+                        return
+                    if secure and _tls_failure(last):
+                        raise _connect_error(self.address, last, secure, None)
+                await channel.wait_for_state_change(state)
+                state = channel.get_state(try_to_connect=True)
+
+        try:
+            await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            if last is None:
+                last = await self._probe(0.5)
+            raise _connect_error(self.address, last, secure, timeout) from None
 
     def _check_open(self) -> None:
         if self._closed:
@@ -723,3 +753,31 @@ def _stream_event(item: pb.EventPayload, address: str) -> Event:
         return event_from_data(item.event_type, data)
     except ValidationError:
         return Event(item.event_type, **data)
+
+
+def _tls_failure(details: str) -> bool:
+    return kind_for_status(grpc.StatusCode.UNAVAILABLE, details) is PeerErrorKind.TLS
+
+
+def _connect_error(
+    address: str, last: str | None, secure: bool, timeout: float | None
+) -> PeerError:
+    """The error of a failed ``connect``: TLS when the handshake is to blame, else transport."""
+    cause = f"last error: {last}" if last else "no connection attempt finished"
+    closed = last is not None and "socket closed" in last.lower()
+    if secure and last is not None and _tls_failure(last):
+        message = f"TLS handshake with peer {address} failed ({cause})"
+        kind = PeerErrorKind.TLS
+    elif secure and closed:
+        message = (
+            f"TLS handshake with peer {address} failed: the peer closed the connection "
+            "(it may have rejected this client's certificate: missing, expired or from "
+            f"another CA; or it does not serve TLS) ({cause})"
+        )
+        kind = PeerErrorKind.TLS
+    else:
+        message = f"could not connect to peer {address} ({cause})"
+        kind = PeerErrorKind.TRANSPORT
+    if timeout is not None:
+        message += f"; gave up after {timeout:g}s"
+    return PeerError(message, kind=kind, address=address, code="UNAVAILABLE")

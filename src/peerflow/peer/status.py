@@ -17,7 +17,7 @@ ENCODE                        INVALID_ARGUMENT
 AUTH                          UNAUTHENTICATED
 PERMISSION                    PERMISSION_DENIED
 RESOURCE_EXHAUSTED            RESOURCE_EXHAUSTED
-TLS                           UNAVAILABLE whose details mention TLS/SSL/handshake/certificate
+TLS                           UNAVAILABLE mentioning TLS/SSL/handshake/certificate/verification
 TRANSPORT                     UNAVAILABLE (other details), DEADLINE_EXCEEDED
 ============================  ==========================================================
 
@@ -93,7 +93,7 @@ _KIND_BY_STATUS: Mapping[grpc.StatusCode, PeerErrorKind] = types.MappingProxyTyp
     }
 )
 
-_TLS_WORDS = ("tls", "ssl", "handshake", "certificate")
+_TLS_WORDS = ("tls", "ssl", "handshake", "certificate", "verification")
 
 
 def kind_for_status(code: grpc.StatusCode, details: str) -> PeerErrorKind | None:
