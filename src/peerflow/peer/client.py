@@ -569,12 +569,17 @@ class PeerClient:
 
     async def _fetch_bytes(self, key: RegistryKey) -> tuple[str | None, bytes | bytearray]:
         payload = pb.DerefRequest(key.uuid).encode()
+        probing = False
         if self._stream_deref is not False:
             try:
                 return await self._stream_bytes(payload)
             except UnsupportedError:
-                self._stream_deref = False
+                if self._stream_deref:
+                    raise  # the peer streams: it is this value that has no serializer
+                probing = True
         reply = await self._unary(self._deref, BLAZEN + "DerefSessionRef", payload)
+        if probing:  # unary works where streaming did not: the peer lacks the extension
+            self._stream_deref = False
         known = self._descriptors.get(key)
         return (known.type_tag if known else None), pb.DerefResponse.decode(reply).payload
 
