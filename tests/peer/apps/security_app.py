@@ -1,21 +1,16 @@
-"""A peer for the security and reliability tests (auth, mTLS, limits, faults, soak, netns).
+"""Workflows for the security and reliability tests (auth, mTLS, limits, faults, soak).
 
-In-process tests import :func:`build_registry`; subprocess tests run this file::
-
-    python security_app.py NODE_ID [--listen 127.0.0.1:0] [--token-env VAR]
-        [--tls-cert F --tls-key F --tls-ca F] [--ref-ttl S] [--max-concurrent-runs N]
-        [--grace S]
-
-It prints ``PORT <n>`` on stdout once listening. On SIGTERM it prints ``DRAINING``, stops
-the server with ``--grace`` (health NOT_SERVING, new calls refused, runs in flight drain)
-and exits 0. Commands on stdin, one per line: ``release`` opens the gate of every
-``gated`` run (in flight or future); EOF (the test died) stops the server at once.
+In-process tests serve :func:`build_registry`; subprocess tests serve the module-level
+``registry`` with ``python -m peerflow.testing.peer_main apps.security_app:registry``
+(``tests/peer`` on ``PYTHONPATH``).
 
 Workflows (one step each, step id ``sec::<name>``):
 
 * ``echo``: returns ``{"node": NODE_ID, "input": <start fields>}``.
 * ``record``: appends its input to ``Registry.calls`` (in-process tests) and returns it.
-* ``gated``: streams ``Started``, waits for the gate, returns ``{"gated": "done"}``.
+* ``gated``: streams ``Started``, waits for the gate, returns ``{"gated": "done"}``. The
+  gate is the unix socket named by the input's ``gate`` when given (the run connects and
+  waits for one byte), else the registry's ``gate`` event (in-process).
 * ``block``: streams ``Started``, then waits forever (kill / disconnect tests). Its
   ``finally`` appends the run id to ``Registry.finished``.
 * ``leave_ref``: leaves an ``UNTIL_PARENT_FINISH`` ref holding ``size`` bytes (default 16)
@@ -25,16 +20,10 @@ Workflows (one step each, step id ``sec::<name>``):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
-import signal
-import sys
 from typing import Any
 
 from peerflow import Context, Event, RefLifetime, StartEvent, StopEvent, Workflow, step
-from peerflow.peer.security import load_server_tls
-from peerflow.peer.server import PeerServer
 from peerflow.registry import Registry
 
 
@@ -78,7 +67,15 @@ def build_registry(node_id: str) -> SecurityRegistry:
     async def gated(ctx: Context, ev: StartEvent) -> StopEvent:
         ctx.write_event_to_stream(Event("Started", node=node_id))
         registry.started_event().set()
-        await registry.gate_event().wait()
+        gate = ev.to_dict().get("gate")
+        if gate is None:
+            await registry.gate_event().wait()
+        else:  # another process holds the gate: a unix socket that sends one byte to open
+            reader, writer = await asyncio.open_unix_connection(gate)
+            try:
+                await reader.read(1)
+            finally:
+                writer.close()
         return StopEvent(result={"gated": "done"})
 
     @step(name="sec::block")
@@ -113,57 +110,5 @@ def build_registry(node_id: str) -> SecurityRegistry:
     return registry
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("node_id")
-    parser.add_argument("--listen", default="127.0.0.1:0")
-    parser.add_argument("--token-env", default=None)
-    parser.add_argument("--tls-cert")
-    parser.add_argument("--tls-key")
-    parser.add_argument("--tls-ca")
-    parser.add_argument("--ref-ttl", type=float, default=3600.0)
-    parser.add_argument("--max-concurrent-runs", type=int, default=1024)
-    parser.add_argument("--grace", type=float, default=10.0)
-    args = parser.parse_args()
-    token = os.environ.get(args.token_env) if args.token_env else None
-    tls = None
-    if args.tls_cert:
-        tls = load_server_tls(args.tls_cert, args.tls_key, args.tls_ca)
-    registry = build_registry(args.node_id)
-    server = PeerServer(
-        args.node_id,
-        registry=registry,
-        token=token,
-        tls=tls,
-        ref_ttl=args.ref_ttl,
-        max_concurrent_runs=args.max_concurrent_runs,
-    )
-    port = await server.start(args.listen)
-    print(f"PORT {port}", flush=True)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    graceful = True
-
-    def on_sigterm() -> None:
-        print("DRAINING", flush=True)
-        stop.set()
-
-    def on_stdin() -> None:
-        nonlocal graceful
-        line = sys.stdin.readline()
-        if not line:  # the parent is gone: stop now
-            loop.remove_reader(sys.stdin.fileno())
-            graceful = False
-            stop.set()
-        elif line.strip() == "release":
-            registry.gate_event().set()
-
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-    loop.add_reader(sys.stdin.fileno(), on_stdin)
-    await stop.wait()
-    await server.stop(grace=args.grace if graceful else 0)
-    print("STOPPED", flush=True)
-
-
-if __name__ == "__main__":
-    asyncio.run(main())
+registry = build_registry("security-app")
+"""What ``python -m peerflow.testing.peer_main apps.security_app:registry`` serves."""
