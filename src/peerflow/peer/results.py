@@ -19,6 +19,7 @@ import orjson
 
 from peerflow.errors import (
     EncodeError,
+    PeerflowError,
     ValidationError,
     WorkflowCancelledError,
     WorkflowError,
@@ -100,21 +101,45 @@ class ResultEncoder:
         self._owner = owner
         self._run_id = run_id
         self.created = 0
+        self._keys: list[RegistryKey] = []
+        self._error: PeerflowError | None = None
 
     def _default(self, value: Any) -> Any:
         if isinstance(value, Event):
             return value.to_dict()
         if isinstance(value, RegistryKey):
             return str(value)
-        key = self._refs.insert(
-            value, lifetime=RefLifetime.UNTIL_PARENT_FINISH, owner=self._owner, run_id=self._run_id
-        )
+        try:
+            key = self._refs.insert(
+                value,
+                lifetime=RefLifetime.UNTIL_PARENT_FINISH,
+                owner=self._owner,
+                run_id=self._run_id,
+            )
+        except PeerflowError as exc:
+            self._error = exc
+            raise
         self.created += 1
+        self._keys.append(key)
         return {REF_MARKER: str(key)}
 
     def dumps(self, value: Any) -> bytes:
-        """``value`` as JSON, refs in place of what JSON cannot carry."""
-        return orjson.dumps(value, default=self._default, option=orjson.OPT_NON_STR_KEYS)
+        """``value`` as JSON, refs in place of what JSON cannot carry.
+
+        Raises:
+            ResourceExhaustedError: the ref budget refused a value; the refs this encoder
+                stored are released (no response will name them).
+        """
+        try:
+            return orjson.dumps(value, default=self._default, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError:
+            error, self._error = self._error, None
+            if error is None:
+                raise
+            for key in self._keys:  # orjson turns errors raised in default into TypeError
+                self._refs.release(key)
+            self._keys.clear()
+            raise error from None
 
 
 def wire_descriptors(
