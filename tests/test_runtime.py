@@ -573,17 +573,47 @@ async def test_sync_step_sees_ctx_cancelled() -> None:
         await handler
 
 
+class _Threads:
+    """Counts sync-step threads that started and what each saw, without racing them.
+
+    A timeout may fire before the executor even starts a thread (then it never runs), so
+    tests wait for exactly the threads that did start.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.started = 0
+        self.saw_cancel: list[bool] = []
+
+    def enter(self) -> None:
+        with self._cond:
+            self.started += 1
+
+    def leave(self, saw_cancel: bool) -> None:
+        with self._cond:
+            self.saw_cancel.append(saw_cancel)
+            self._cond.notify_all()
+
+    async def all_left(self) -> bool:
+        def wait() -> bool:
+            with self._cond:
+                return self._cond.wait_for(lambda: len(self.saw_cancel) == self.started, 30)
+
+        return await asyncio.to_thread(wait)
+
+
 async def test_workflow_timeout_tells_sync_steps() -> None:
-    saw_cancel = threading.Event()
+    threads = _Threads()
 
     @step
     def poll(ctx: Context, ev: StartEvent) -> None:
-        if ctx.wait_cancelled(timeout=30):
-            saw_cancel.set()
+        threads.enter()
+        threads.leave(ctx.wait_cancelled(timeout=30) and ctx.cancelled)
 
     with pytest.raises(WorkflowTimeoutError):
         await Workflow("sync-timeout", [poll], timeout=0.05).run()
-    assert await asyncio.to_thread(saw_cancel.wait, 30)
+    assert await threads.all_left()
+    assert all(threads.saw_cancel)
 
 
 # -- failures, retries, step timeouts ------------------------------------------------------
@@ -693,18 +723,19 @@ async def test_async_step_timeout() -> None:
 
 
 async def test_sync_step_timeout() -> None:
-    released = threading.Event()
+    threads = _Threads()
 
     @step(timeout=0.02, retries=1, retry_backoff=0)
     def slow(ctx: Context, ev: StartEvent) -> StopEvent:
-        ctx.wait_cancelled(timeout=30)
-        released.set()
+        threads.enter()
+        threads.leave(ctx.wait_cancelled(timeout=30))
         return StopEvent()
 
     with pytest.raises(WorkflowError, match=r"timed out after 0.02s \(attempt 2 of 2") as info:
         await Workflow("sync-step-timeout", [slow]).run()
     assert isinstance(info.value.cause, TimeoutError)
-    assert await asyncio.to_thread(released.wait, 30)  # the thread was told to stop
+    assert await threads.all_left()
+    assert all(threads.saw_cancel)  # every thread that ran was told to stop
 
 
 async def test_cancelled_error_inside_a_step_is_not_turned_into_a_retry() -> None:
