@@ -113,6 +113,7 @@ class PeerService:
         self.active_runs = 0
         self.runs_started = 0
         self._runs: set[Run] = set()
+        self._drained: asyncio.Event | None = None  # set when active_runs drops to 0
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """The method handlers by full method name (raw bytes in and out)."""
@@ -197,6 +198,8 @@ class PeerService:
             yield
         finally:
             self.active_runs -= 1
+            if not self.active_runs and self._drained is not None:
+                self._drained.set()
 
     def _prepare(self, request: bytes, streaming: bool) -> Run:
         req = self._decode(pb.SubWorkflowRequest, request)
@@ -294,10 +297,20 @@ class PeerService:
                     driver.cancel()
                     await asyncio.wait([driver])
 
-    async def cancel_all(self) -> None:
-        """Cancel every run in flight (used after the shutdown grace period)."""
+    async def cancel_all(self, wait: float = 10.0) -> None:
+        """Cancel every run in flight and wait (up to ``wait`` s) until their steps stopped.
+
+        Used after the shutdown grace period, so ``PeerServer.stop`` returns only once no
+        step of a served run is still running.
+        """
         for run in list(self._runs):
             run.fail(run.cancelled_error())
+        if self.active_runs:
+            self._drained = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._drained.wait(), wait)
+            except TimeoutError:
+                log.warning("%d runs did not stop within %gs of shutdown", self.active_runs, wait)
 
     # -- refs ----------------------------------------------------------------------------
 
