@@ -39,6 +39,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
 DEFAULT_MAX_CONCURRENT_RUNS = 1024
 DEFAULT_REF_TTL = 3600.0
 DEFAULT_REF_BUDGET = 1 << 30
+MIN_MESSAGE_BYTES = 1024
 
 
 def _positive(value: float | None, name: str, *, allow_none: bool = False) -> float | None:
@@ -82,13 +83,19 @@ class PeerServer:
             when set and non-empty; None and no variable means no auth.
         tls: a :func:`~peerflow.peer.security.load_server_tls` config: mTLS, client
             certificates required and verified.
-        max_concurrent_runs: runs in flight at once; excess calls get RESOURCE_EXHAUSTED.
+        max_concurrent_runs: runs in flight at once (default 1024); excess calls get
+            RESOURCE_EXHAUSTED at once.
         max_message_bytes: the largest gRPC message received or sent (default 4 MiB, as
-            Blazen); larger ref values travel by ``StreamDerefSessionRef``.
-        max_input_bytes: the largest ``input_json`` accepted (default: the message limit).
-        ref_ttl: seconds a ref that outlived its run stays without a deref (lease).
-        ref_budget_bytes: the byte budget of the default ref registry.
-        default_timeout_secs: the deadline of requests that carry no ``timeout_secs``.
+            Blazen; at least 1024); larger requests get RESOURCE_EXHAUSTED, larger ref
+            values travel by ``StreamDerefSessionRef`` in chunks that fit.
+        max_input_bytes: the largest ``input_json`` accepted (default: the message limit);
+            larger ones get INVALID_ARGUMENT.
+        ref_ttl: seconds a ref that outlived its run stays without a deref (lease;
+            default 3600).
+        ref_budget_bytes: the byte budget of the default ref registry (default 1 GiB);
+            an insert past it fails the run that made it.
+        default_timeout_secs: the deadline of requests that carry no ``timeout_secs``
+            (default None: no deadline).
 
     Raises:
         ValidationError: a bad argument.
@@ -120,6 +127,10 @@ class PeerServer:
         if tls is not None and not isinstance(tls, ServerTls):
             raise ValidationError(f"tls must come from load_server_tls(), got {tls!r}")
         max_message_bytes = _positive_int(max_message_bytes, "max_message_bytes")
+        if max_message_bytes < MIN_MESSAGE_BYTES:
+            raise ValidationError(
+                f"max_message_bytes must be at least {MIN_MESSAGE_BYTES}, got {max_message_bytes}"
+            )
         if max_input_bytes is None:
             max_input_bytes = max_message_bytes
         self._limits = ServiceLimits(

@@ -337,8 +337,10 @@ class PeerService:
         await context.send_initial_metadata(
             (("blazen-type-tag", tag), ("blazen-total-len", str(total)))
         )
-        for offset in range(0, total, CHUNK):
-            yield frame(view[offset : offset + CHUNK])
+        # Chunks must also fit this server's own message limit (a frame adds <= 11 bytes).
+        chunk = max(1, min(CHUNK, self.limits.max_unary_bytes))
+        for offset in range(0, total, chunk):
+            yield frame(view[offset : offset + chunk])
 
     async def release(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """``ReleaseSessionRef``: drop the ref; ``released=False`` when already gone."""
