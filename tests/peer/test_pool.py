@@ -233,10 +233,15 @@ async def test_fails_over_when_the_chosen_peer_refuses_the_connection(
             [victim.address, trio[2].address], client_node_id="t", health_interval=60
         ) as pool:
             victim.kill()
-            # The health watcher may not have noticed yet (its retry pause is 60 s): the
-            # pool may still pick V, whose connection is refused -> provably never sent.
-            nodes = {(await pool.run_remote_workflow("echo")).result["node"] for _ in range(4)}
-            assert nodes == {"C"}
+            await pool.wait_for_state(victim.address, up=False)
+            # Replay the window between a peer's death and its watcher noticing: the pool
+            # still believes V is up (white-box; the watcher now pauses 60 s). V's channel
+            # already saw the socket close, so a call finds no connection: gRPC fails the
+            # pick ("failed to connect to all addresses"), provably unsent -> next peer.
+            pool._by_address[victim.address].up = True
+            nodes = [(await pool.run_remote_workflow("echo")).result["node"] for _ in range(4)]
+            assert nodes == ["C"] * 4
+            assert pool.state(victim.address).calls >= 1  # it was tried first, and refused
     finally:
         victim.kill()
 
