@@ -1,0 +1,421 @@
+"""The ``peerflow`` command, run as a real executable against real peers in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from clitools import ROOT, Served, cli_env, closed_port, peerflow_cmd, read_line, run_cli
+
+from peerflow import __version__
+
+APP = str(ROOT / "tests" / "cli_app.py")
+TOKEN = "cli-test-token"
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("peerflow: error: "), lines[0]
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def reap(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Served]:
+    """``tests/cli_app.py`` served on 127.0.0.1 with a token."""
+    env = cli_env({"CLI_TEST_TOKEN": TOKEN})
+    with Served.serve(
+        APP,
+        "--node-id",
+        "cli-node",
+        "--listen",
+        "127.0.0.1:0",
+        "--token-env",
+        "CLI_TEST_TOKEN",
+        env=env,
+    ) as server:
+        yield server
+
+
+@pytest.fixture
+def env() -> dict[str, str]:
+    """A client environment holding the served peer's token."""
+    return cli_env({"BLAZEN_PEER_TOKEN": TOKEN})
+
+
+# -- no peer needed ------------------------------------------------------------------------
+
+
+def test_version() -> None:
+    proc = run_cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"peerflow, version {__version__}"
+
+
+def test_python_dash_m_runs_the_same_command() -> None:
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "peerflow", "--version"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+    )
+    assert proc.returncode == 0
+    assert __version__ in proc.stdout
+
+
+def test_help_documents_the_exit_codes() -> None:
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for text in ("serve", "run", "describe", "health", "demo", "Exit codes", "130"):
+        assert text in proc.stdout
+
+
+def test_usage_error_is_one_line_exit_2() -> None:
+    proc = run_cli("run")
+    assert proc.returncode == 2
+    assert "ADDRESS" in one_error_line(proc)
+
+
+def test_bad_address() -> None:
+    proc = run_cli("run", "not an address", "echo")
+    assert proc.returncode == 2
+    assert "bad peer address" in one_error_line(proc)
+
+
+def test_unreachable_peer() -> None:
+    port = closed_port()
+    proc = run_cli("run", f"127.0.0.1:{port}", "echo")
+    assert proc.returncode == 3
+    assert f"127.0.0.1:{port}" in one_error_line(proc)
+
+
+def test_unreachable_peer_with_debug_shows_the_traceback() -> None:
+    proc = run_cli("--debug", "health", f"127.0.0.1:{closed_port()}")
+    assert proc.returncode == 3
+    assert "Traceback" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("peerflow: error: ")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("{bad", "not valid JSON"), ("[1, 2]", "must be a JSON object"), ("@/no/such", "cannot read")],
+)
+def test_bad_input(value: str, message: str) -> None:
+    proc = run_cli("run", f"127.0.0.1:{closed_port()}", "echo", "--input", value)
+    assert proc.returncode == 2
+    assert message in one_error_line(proc)
+
+
+def test_serve_unknown_app() -> None:
+    proc = run_cli("serve", "no_such_module_xyz", "--node-id", "n", "--listen", "127.0.0.1:0")
+    assert proc.returncode == 2
+    assert "no_such_module_xyz" in one_error_line(proc)
+
+
+def test_serve_port_in_use() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        proc = run_cli("serve", APP, "--node-id", "n", "--listen", f"127.0.0.1:{port}")
+    assert proc.returncode == 3
+    assert f"127.0.0.1:{port}" in one_error_line(proc)
+
+
+def test_serve_missing_tls_file(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.pem")
+    proc = run_cli(
+        "serve",
+        APP,
+        "--node-id",
+        "n",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        missing,
+        "--tls-key",
+        missing,
+        "--tls-ca",
+        missing,
+    )
+    assert proc.returncode == 2
+    assert "nope.pem" in one_error_line(proc)
+
+
+# -- against a served app ------------------------------------------------------------------
+
+
+def test_run_prints_the_result_as_json(served: Served, env: dict[str, str]) -> None:
+    proc = run_cli("run", served.address, "echo", "--input", '{"name": "Ada"}', env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["result"] == {"echo": {"name": "Ada"}}
+    assert out["workflow"] == "echo"
+    assert out["event_type"] == "blazen::StopEvent"
+    assert out["remote_refs"] == {}
+    assert out["run_id"]
+
+
+def test_run_input_from_a_file_and_stdin(
+    served: Served, env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "input.json"
+    path.write_text('{"from": "file"}')
+    proc = run_cli("run", f"http://{served.address}", "echo", "--input", f"@{path}", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["result"] == {"echo": {"from": "file"}}
+    proc = run_cli("run", served.address, "echo", "--input", "@-", env=env, stdin='{"a": 1}')
+    assert json.loads(proc.stdout)["result"] == {"echo": {"a": 1}}
+
+
+def test_run_by_step_ids(served: Served, env: dict[str, str]) -> None:
+    proc = run_cli("run", served.address, "adhoc", "--step", "cli::echo", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["result"] == {"echo": {}}
+
+
+def test_stream_prints_each_event_then_the_result(served: Served, env: dict[str, str]) -> None:
+    proc = run_cli("run", served.address, "ticks", "--input", '{"n": 3}', "--stream", env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    events = [json.loads(line) for line in lines[:3]]
+    assert events == [{"event_type": "Tick", "data": {"i": i}} for i in range(3)]
+    result = json.loads("\n".join(lines[3:]))
+    assert result["result"] == {"ticks": 3}
+    assert result["total_input_tokens"] == 10
+    assert result["total_output_tokens"] == 3
+    assert result["total_cost_usd"] == 0.5
+
+
+def test_result_lists_remote_refs(served: Served, env: dict[str, str]) -> None:
+    proc = run_cli("run", served.address, "refs", env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    (key,) = out["remote_refs"]
+    assert out["remote_refs"][key]["origin_node_id"] == "cli-node"
+    assert out["remote_refs"][key]["type_tag"] == "bytes"
+    assert out["result"]["blob"] == {"__blazen_session_ref__": key}
+
+
+def test_unknown_workflow(served: Served, env: dict[str, str]) -> None:
+    proc = run_cli("run", served.address, "no-such-workflow", env=env)
+    assert proc.returncode == 6
+    assert "no-such-workflow" in one_error_line(proc)
+
+
+def test_unknown_step(served: Served, env: dict[str, str]) -> None:
+    proc = run_cli("run", served.address, "adhoc", "--step", "cli::nope", env=env)
+    assert proc.returncode == 6
+    assert "cli::nope" in one_error_line(proc)
+
+
+def test_remote_failure(served: Served, env: dict[str, str]) -> None:
+    proc = run_cli("run", served.address, "fail", env=env)
+    assert proc.returncode == 4
+    assert "boom from cli::fail" in one_error_line(proc)
+
+
+def test_remote_timeout(served: Served, env: dict[str, str]) -> None:
+    proc = run_cli(
+        "run", served.address, "slow", "--input", '{"secs": 60}', "--timeout", "0.5", env=env
+    )
+    assert proc.returncode == 5
+    one_error_line(proc)
+
+
+def test_missing_or_wrong_token_is_refused(served: Served) -> None:
+    proc = run_cli("run", served.address, "echo")
+    assert proc.returncode == 7
+    one_error_line(proc)
+    proc = run_cli(
+        "run", served.address, "echo", "--token-env", "MY_TOKEN", env=cli_env({"MY_TOKEN": TOKEN})
+    )
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("run", served.address, "echo", "--token-env", "UNSET_TOKEN_VAR")
+    assert proc.returncode == 2
+    assert "UNSET_TOKEN_VAR" in one_error_line(proc)
+
+
+def test_describe(served: Served, env: dict[str, str]) -> None:
+    proc = run_cli("describe", served.address, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "cli-node" in proc.stdout
+    assert "echo: cli::echo" in proc.stdout
+    proc = run_cli("describe", served.address, "--json", env=env)
+    info = json.loads(proc.stdout)
+    assert info["node_id"] == "cli-node"
+    assert info["workflows"]["ticks"] == ["cli::ticks"]
+    assert "stream_events" in info["extensions"]
+
+
+def test_health(served: Served) -> None:
+    proc = run_cli("health", served.address)  # health needs no token
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "SERVING"
+    proc = run_cli("health", served.address, "--service", "blazen.peer.v1.BlazenPeer")
+    assert proc.returncode == 0
+    proc = run_cli("health", f"127.0.0.1:{closed_port()}")
+    assert proc.returncode == 3
+    one_error_line(proc)
+
+
+def test_serve_logs_one_line_per_run(served: Served, env: dict[str, str]) -> None:
+    assert run_cli("run", served.address, "echo", "--node-id", "log-probe", env=env).returncode == 0
+    assert served.proc.stderr is not None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        line = served.proc.stderr.readline()
+        if "log-probe" in line:
+            assert "workflow=echo" in line
+            assert "outcome=ok" in line
+            return
+    pytest.fail("no run log line")
+
+
+# -- serve lifecycle -----------------------------------------------------------------------
+
+
+def test_sigterm_drains_runs_in_flight_and_exits_0() -> None:
+    with Served.serve(APP, "--node-id", "drain", "--listen", "127.0.0.1:0") as server:
+        client = subprocess.Popen(
+            [
+                *peerflow_cmd(),
+                "run",
+                server.address,
+                "slow",
+                "--stream",
+                "--input",
+                '{"secs": 1.0}',
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )
+        try:
+            first = read_line(client)  # the run is in flight once it streamed "Started"
+            assert json.loads(first)["event_type"] == "Started"
+            server.signal(signal.SIGTERM)
+            out, err = client.communicate(timeout=30)
+            assert client.returncode == 0, err
+            assert json.loads(out)["result"] == {"slept": True}
+            assert server.proc.wait(timeout=30) == 0
+        finally:
+            reap(client)
+        assert server.proc.stderr is not None
+        assert "SIGTERM" in server.proc.stderr.read()
+
+
+def test_second_signal_exits_at_once() -> None:
+    with Served.serve(
+        APP, "--node-id", "twice", "--listen", "127.0.0.1:0", "--grace", "60"
+    ) as server:
+        client = subprocess.Popen(
+            [*peerflow_cmd(), "run", server.address, "slow", "--stream", "--input", '{"secs": 60}'],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )
+        try:
+            assert json.loads(read_line(client))["event_type"] == "Started"
+            server.signal(signal.SIGINT)
+            assert server.proc.stderr is not None
+            while "SIGINT" not in server.proc.stderr.readline():
+                pass
+            server.signal(signal.SIGINT)
+            assert server.proc.wait(timeout=10) == 130
+        finally:
+            reap(client)
+
+
+def test_serve_and_run_over_mtls(tmp_path: Path) -> None:
+    from peerflow.testing import generate_test_pki
+
+    pki = generate_test_pki(tmp_path)
+    with Served.serve(
+        APP,
+        "--node-id",
+        "tls-node",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        str(pki.server_cert),
+        "--tls-key",
+        str(pki.server_key),
+        "--tls-ca",
+        str(pki.ca_cert),
+    ) as server:
+        port = server.address.rsplit(":", 1)[1]
+        tls = [
+            "--tls-cert",
+            str(pki.client_cert),
+            "--tls-key",
+            str(pki.client_key),
+            "--tls-ca",
+            str(pki.ca_cert),
+        ]
+        proc = run_cli("run", f"https://localhost:{port}", "echo", *tls)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["result"] == {"echo": {}}
+        proc = run_cli("run", f"http://localhost:{port}", "echo")  # no certificate
+        assert proc.returncode == 3
+        one_error_line(proc)
+
+
+# -- the demo ------------------------------------------------------------------------------
+
+
+def test_demo() -> None:
+    started = time.monotonic()
+    proc = run_cli("demo", timeout=60)
+    took = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    for text in (
+        "starting two peers",
+        "data-node",
+        "gpu-node",
+        "redacted ticket 6/6",
+        "embedded batch 3/3",
+        "tokens and cost",
+        "total",
+        "session ref",
+        "released=True",
+        "released=False",
+        "stopping the peers",
+        "exit 0",
+        "demo finished",
+    ):
+        assert text in out, text
+    assert out.index("redacted ticket 1/6") < out.index("embedded batch 1/3")
+    assert "\x1b[" not in out  # no colours when stdout is not a terminal
+    assert proc.stderr == ""
+    assert took < 15
+
+
+def test_demo_without_numpy(tmp_path: Path) -> None:
+    fake = tmp_path / "numpy"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('numpy hidden by the test')\n")
+    env = cli_env({"PYTHONPATH": str(tmp_path)})
+    proc = run_cli("demo", env=env, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "type bytes" in proc.stdout
+    assert "1,536 bytes" in proc.stdout
