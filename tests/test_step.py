@@ -199,3 +199,47 @@ def test_extra_defaulted_parameters_are_allowed() -> None:
         return None
 
     assert step(extra).accepts == ("blazen::StartEvent",)
+
+
+def test_unresolvable_event_annotation_is_a_validation_error() -> None:
+    namespace: dict[str, Any] = {}
+    exec(
+        "from __future__ import annotations\n"
+        "from peerflow import Event, step\n"
+        "def make():\n"
+        "    class Local(Event):\n"
+        "        x: int = 0\n"
+        "    async def s(ctx, ev: Local):\n"
+        "        return None\n"
+        "    return step(s)\n",
+        namespace,
+    )
+    with pytest.raises(ValidationError, match="cannot resolve the annotation 'Local'"):
+        namespace["make"]()
+
+
+def test_annotation_resolved_through_the_closure() -> None:
+    namespace: dict[str, Any] = {}
+    exec(
+        "from __future__ import annotations\n"
+        "from peerflow import Event, step\n"
+        "def make():\n"
+        "    class Local(Event):\n"
+        "        x: int = 0\n"
+        "    async def s(ctx, ev: Local):\n"
+        "        return Local\n"
+        "    return step(s)\n",
+        namespace,
+    )
+    assert namespace["make"]().accepts == ("Local",)
+
+
+def test_accepting_a_stop_event_subclass_is_refused() -> None:
+    class Finished(StopEvent):
+        pass
+
+    async def s(ctx: Any, ev: Any) -> None:
+        return None
+
+    with pytest.raises(ValidationError, match="StopEvent"):
+        step(accepts=[Finished])(s)

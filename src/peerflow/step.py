@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, overload
 
 from peerflow.errors import ValidationError
-from peerflow.events import STOP_EVENT_TYPE, Event, StartEvent
+from peerflow.events import STOP_EVENT_TYPE, Event, StartEvent, StopEvent
 
 __all__ = ["StepSpec", "as_step", "step"]
 
@@ -201,7 +201,9 @@ def _build(
             raise ValidationError(f"{where}: accepts must be a non-empty list, got {accepts!r}")
         accept_items = accepts
     accepted, accept_classes = _names(accept_items, where, "accepts")
-    if STOP_EVENT_TYPE in accepted:
+    if STOP_EVENT_TYPE in accepted or any(
+        issubclass(c, StopEvent) for c in accept_classes.values()
+    ):
         raise ValidationError(f"{where}: no step may accept StopEvent (it ends the run)")
     emitted: tuple[str, ...] = ()
     if emits is not None:
@@ -247,18 +249,38 @@ def _annotated_classes(fn: StepFn) -> list[type[Event]]:
     params = list(inspect.signature(fn).parameters.values())
     if len(params) < 2:
         return []
+    raw = params[1].annotation
+    if raw is inspect.Parameter.empty:
+        return []
     try:
-        hints = typing.get_type_hints(fn)
-    except Exception:  # unresolvable forward references: fall back to the default
-        return []
-    hint = hints.get(params[1].name)
-    if hint is None:
-        return []
+        hint = typing.get_type_hints(fn).get(params[1].name, raw)
+    except Exception:
+        hint = _resolve_one(fn, raw)
     candidates = typing.get_args(hint) if _is_union(hint) else (hint,)
     found = [
         c for c in candidates if isinstance(c, type) and issubclass(c, Event) and c is not Event
     ]
-    return found
+    return found  # empty (``ev: Event``, ``ev: Any``): the default, StartEvent
+
+
+def _resolve_one(fn: StepFn, raw: Any) -> Any:
+    """Resolve one string annotation the way get_type_hints would, or explain why not."""
+    if not isinstance(raw, str):
+        return raw
+    namespace = dict(getattr(fn, "__globals__", {}))
+    closure = getattr(fn, "__closure__", None) or ()
+    for name, cell in zip(getattr(fn.__code__, "co_freevars", ()), closure, strict=False):
+        try:
+            namespace[name] = cell.cell_contents
+        except ValueError:
+            continue
+    try:
+        return eval(raw, namespace)  # the function's own annotation text, as typing does
+    except Exception:
+        raise ValidationError(
+            f"step {_qualname(fn)}: cannot resolve the annotation {raw!r} of its event "
+            "parameter (a class defined inside a function?); pass accepts=[...] instead"
+        ) from None
 
 
 def _is_union(hint: Any) -> bool:
