@@ -189,3 +189,28 @@ def test_blocking_twin_check_catches_a_missing_twin(
         assert_blocking_twins(Lopsided)
     assert "Lopsided.fetch has no fetch_blocking twin" in str(info.value)
     assert "Lopsided.close_blocking has no async twin" in str(info.value)
+
+
+async def test_workflow_session_refs_option_is_used_by_its_runs() -> None:
+    from peerflow import RefLifetime, SessionRefRegistry, StopEvent, step
+
+    registry = SessionRefRegistry()
+
+    @step
+    async def keep(ctx: Any, ev: StartEvent) -> StopEvent:
+        return StopEvent(result=ctx.refs.insert(b"abc", RefLifetime.UNTIL_PARENT_FINISH))
+
+    result = await Workflow("keeps", [keep], session_refs=registry).run()
+    assert result.result in registry
+    assert registry.get(result.result) == b"abc"
+
+
+def test_workflow_session_refs_must_be_a_registry() -> None:
+    from peerflow import step
+
+    @step
+    async def s(ctx: Any, ev: StartEvent) -> None:
+        return None
+
+    with pytest.raises(ValidationError, match="session_refs must be a SessionRefRegistry"):
+        Workflow("bad", [s], session_refs={})  # type: ignore[arg-type]

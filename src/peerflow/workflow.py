@@ -47,16 +47,24 @@ class Workflow:
         name: the workflow's name (what peers call it by).
         steps: the steps (``@step`` functions; plain ``(ctx, ev)`` functions are wrapped).
         timeout: seconds a run may take, or None.
+        session_refs: the registry its runs' ``ctx.refs`` use (default: the process-wide
+            one); pass the registry a :class:`~peerflow.peer.server.PeerServer` uses to share
+            refs between local runs and peers.
 
     Raises:
         ValidationError: no steps, duplicate step ids, no step accepting ``StartEvent``,
             a declared emitted type no step accepts, or bad arguments.
     """
 
-    __slots__ = ("_routes", "name", "steps", "timeout")
+    __slots__ = ("_routes", "name", "session_refs", "steps", "timeout")
 
     def __init__(
-        self, name: str, steps: Sequence[StepSpec | StepFn], *, timeout: float | None = None
+        self,
+        name: str,
+        steps: Sequence[StepSpec | StepFn],
+        *,
+        timeout: float | None = None,
+        session_refs: SessionRefRegistry | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ValidationError(f"a workflow name must be a non-empty string, got {name!r}")
@@ -68,6 +76,12 @@ class Workflow:
         self.name = name
         self.steps = specs
         self.timeout = _check_timeout(timeout, f"workflow `{name}`")
+        if session_refs is not None and not isinstance(session_refs, SessionRefRegistry):
+            raise ValidationError(
+                f"workflow `{name}`: session_refs must be a SessionRefRegistry, "
+                f"got {session_refs!r}"
+            )
+        self.session_refs = session_refs
         self._routes = self._build_routes()
 
     def _build_routes(self) -> dict[str, Sequence[StepSpec]]:
@@ -161,7 +175,13 @@ class Workflow:
             routes=self._routes,
             start_event=start_event,
             timeout=self.timeout if timeout is None else timeout,
-            session_refs=default_session_refs() if session_refs is None else session_refs,
+            session_refs=(
+                session_refs
+                if session_refs is not None
+                else self.session_refs
+                if self.session_refs is not None
+                else default_session_refs()
+            ),
             principal=principal,
             streaming=streaming,
             run_id=run_id,
