@@ -122,6 +122,11 @@ class _StepRunner:
                 await run.execute(self.spec, event)
             finally:
                 run.pending -= 1
+            if run.outcome is not None:
+                # The run has ended (often by this very step): finish now rather than park
+                # and be cancelled, so the run's shutdown finds the task already done and
+                # skips a cancel and two loop iterations. Nothing queued would run anyway.
+                return
             if run.pending == 0:
                 run.check_stalled()
 
