@@ -105,7 +105,7 @@ async def run(quick: bool) -> str:
             rate = statistics.median(rates)
             cpu = statistics.median(r[1] for r in samples)
             cells.append(
-                f"{rate:,.0f}/s ({rate / base[c]:.2f}x; range {min(rates):,.0f}–"
+                f"{rate:,.0f}/s ({rate / base[c]:.2f}x; range {min(rates):,.0f}-"
                 f"{max(rates):,.0f}; {cpu:.0f} µs cpu)"
             )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
