@@ -306,20 +306,27 @@ class PeerServer:
     async def stop(self, grace: float | None = 5.0) -> None:
         """Stop serving (idempotent).
 
-        Health goes NOT_SERVING, new calls are refused, runs in flight get ``grace``
-        seconds to finish and are then cancelled.
+        Health goes NOT_SERVING and new runs are refused with UNAVAILABLE ("shutting
+        down", so callers know they never ran and may go elsewhere) while runs in flight
+        get ``grace`` seconds (None: no limit) to finish; meanwhile refs stay servable.
+        Then the port closes, other calls still in flight get what is left of ``grace``,
+        and runs still in flight are cancelled.
         """
         server = self._server
         if server is None:
             return
         self._server = None
+        self._service.closing = f"peer {self.node_id} is shutting down; the run was not started"
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        await server.stop(grace)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await self._service.wait_idle(grace)
+        await server.stop(None if grace is None else max(0.0, grace - (loop.time() - began)))
         await self._service.cancel_all()
         if self._stopped is not None:
             self._stopped.set()

@@ -12,7 +12,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -22,6 +29,7 @@ from peerflow._version import __version__
 from peerflow.errors import (
     PeerflowError,
     ResourceExhaustedError,
+    TransportError,
     WorkflowError,
 )
 from peerflow.peer import protocol as pb
@@ -49,6 +57,7 @@ log = logging.getLogger("peerflow.server")
 BLAZEN = "/blazen.peer.v1.BlazenPeer/"
 EXTENSION = "/peerflow.peer.v1.PeerExtensions/"
 CHUNK = 1 << 20  # bytes per StreamDerefSessionRef message
+_ASSEMBLED_CACHE_SIZE = 256  # workflows assembled from step ids, kept for reuse
 
 EXTENSIONS = (
     "usage",
@@ -113,7 +122,9 @@ class PeerService:
         self.active_runs = 0
         self.runs_started = 0
         self._runs: set[Run] = set()
+        self._assembled: dict[tuple[str, tuple[str, ...]], Workflow] = {}
         self._drained: asyncio.Event | None = None  # set when active_runs drops to 0
+        self.closing: str | None = None  # set: new runs are refused (UNAVAILABLE) with it
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """The method handlers by full method name (raw bytes in and out)."""
@@ -188,6 +199,8 @@ class PeerService:
 
     @contextlib.contextmanager
     def _admit(self) -> Iterator[None]:
+        if self.closing is not None:
+            raise TransportError(self.closing)
         if self.active_runs >= self.limits.max_concurrent_runs:
             raise ResourceExhaustedError(
                 f"peer {self.node_id} is running its maximum of "
@@ -201,9 +214,29 @@ class PeerService:
             if not self.active_runs and self._drained is not None:
                 self._drained.set()
 
+    def _workflow(self, name: str, step_ids: Sequence[str]) -> Workflow:
+        """The workflow a request names; ad-hoc assemblies are cached by (name, step ids).
+
+        A cached assembly is reused only while the registry still maps each of its step
+        ids to the very same step, so re-registering or unregistering a step invalidates it.
+        """
+        if not step_ids:
+            return Workflow.from_registry(name, (), registry=self.registry)  # a dict lookup
+        key = (name, tuple(step_ids))
+        cached = self._assembled.get(key)
+        if cached is not None:
+            step = self.registry.step
+            if all(step(i) is spec for i, spec in zip(key[1], cached.steps, strict=True)):
+                return cached
+        workflow = Workflow.from_registry(name, key[1], registry=self.registry)
+        if len(self._assembled) >= _ASSEMBLED_CACHE_SIZE:
+            self._assembled.clear()
+        self._assembled[key] = workflow
+        return workflow
+
     def _prepare(self, request: bytes, streaming: bool) -> Run:
         req = self._decode(pb.SubWorkflowRequest, request)
-        workflow = Workflow.from_registry(req.workflow_name, req.step_ids, registry=self.registry)
+        workflow = self._workflow(req.workflow_name, req.step_ids)
         start = decode_input(req.input_json, limit=self.limits.max_input_bytes)
         timeout: float | None = req.timeout_secs or None  # 0 defers to the default, like None
         if timeout is None:
@@ -296,6 +329,21 @@ class PeerService:
                 if not driver.done():
                     driver.cancel()
                     await asyncio.wait([driver])
+
+    async def wait_idle(self, timeout: float | None) -> bool:  # noqa: ASYNC109
+        """Wait until no run is in flight (at most ``timeout`` s; None: no limit).
+
+        Returns:
+            True when idle, False when runs were still in flight at the timeout.
+        """
+        if not self.active_runs:
+            return True
+        self._drained = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def cancel_all(self, wait: float = 10.0) -> None:
         """Cancel every run in flight and wait (up to ``wait`` s) until their steps stopped.
