@@ -246,6 +246,21 @@ async def test_fails_over_when_the_chosen_peer_refuses_the_connection(
         victim.kill()
 
 
+async def test_a_draining_peer_is_marked_down_and_skipped(trio: list[PeerProcess]) -> None:
+    leaving = PeerProcess("W", ALL).ready()
+    try:
+        async with PeerPool(
+            [leaving.address, trio[2].address], client_node_id="t", health_interval=0.2
+        ) as pool:
+            assert pool.state("W").up
+            await asyncio.to_thread(leaving.terminate)  # health NOT_SERVING, then gone
+            await pool.wait_for_state(leaving.address, up=False)
+            assert {(await pool.run_remote_workflow("echo")).result["node"]} == {"C"}
+            assert pool.state(leaving.address).calls == 0
+    finally:
+        leaving.kill()
+
+
 async def test_no_retry_when_the_run_may_have_happened(trio: list[PeerProcess]) -> None:
     async with PeerPool([trio[0].address], client_node_id="t", health_interval=0.2) as pool:
         with pytest.raises(WorkflowTimeoutError):  # it ran (and timed out): no retry
