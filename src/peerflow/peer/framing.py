@@ -68,16 +68,17 @@ def unframe(message: bytes | memoryview) -> memoryview:
             return data[2:]
     payload = data[0:0]
     pos = 0
+    groups: list[int] = []  # open (deprecated) groups of unknown fields, skipped
     while pos < end:
         key, pos = _read_varint(data, pos)
         field, wire_type = key >> 3, key & 7
-        if field == 0:
-            raise EncodeError("postcard decode failed: protobuf field number 0")
+        if field == 0 or field >= 1 << 29:
+            raise EncodeError(f"postcard decode failed: protobuf field number {field}")
         if wire_type == 2:
             length, pos = _read_varint(data, pos)
             if length > end - pos:
                 raise EncodeError("postcard decode failed: protobuf length past the end")
-            if field == 1:
+            if field == 1 and not groups:
                 payload = data[pos : pos + length]
             pos += length
         elif wire_type == 0:
@@ -86,10 +87,15 @@ def unframe(message: bytes | memoryview) -> memoryview:
             pos += 8
         elif wire_type == 5:
             pos += 4
+        elif wire_type == 3:
+            groups.append(field)
+        elif wire_type == 4 and groups and groups[-1] == field:
+            groups.pop()
         else:
             raise EncodeError(f"postcard decode failed: unsupported protobuf wire type {wire_type}")
         if pos > end:
             raise EncodeError("postcard decode failed: protobuf field past the end")
-        if field == 1 and wire_type != 2:
-            raise EncodeError("postcard decode failed: postcard_payload has the wrong wire type")
+        # Field 1 with another wire type is an unknown field to protobuf: skipped above.
+    if groups:
+        raise EncodeError("postcard decode failed: unterminated protobuf group")
     return payload
