@@ -419,3 +419,71 @@ def test_demo_without_numpy(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "type bytes" in proc.stdout
     assert "1,536 bytes" in proc.stdout
+
+
+def test_ctrl_c_cancels_the_remote_run(served: Served, env: dict[str, str]) -> None:
+    client = subprocess.Popen(
+        [
+            *peerflow_cmd(),
+            "run",
+            served.address,
+            "slow",
+            "--stream",
+            "--node-id",
+            "ctrl-c",
+            "--input",
+            '{"secs": 60}',
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert json.loads(read_line(client))["event_type"] == "Started"
+        client.send_signal(signal.SIGINT)
+        _, err = client.communicate(timeout=30)
+        assert client.returncode == 130
+        assert err.strip() == "peerflow: error: interrupted"
+    finally:
+        reap(client)
+    assert served.proc.stderr is not None
+    while "node=ctrl-c" not in (line := served.proc.stderr.readline()):
+        assert line, "the server logged no line for the cancelled run"
+    assert "outcome=cancelled" in line
+
+
+def test_spinner_only_on_a_terminal(served: Served, env: dict[str, str]) -> None:
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        client = subprocess.Popen(
+            [*peerflow_cmd(), "run", served.address, "slow", "--input", '{"secs": 1.0}'],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            text=True,
+            env=env,
+        )
+        os.close(slave)
+        out, _ = client.communicate(timeout=30)
+        assert client.returncode == 0
+        assert json.loads(out)["result"] == {"slept": True}  # stdout stays pure JSON
+        tty = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            tty += chunk
+        assert b"\r\x1b[2K" in tty
+        assert b"slow on " in tty
+    finally:
+        os.close(master)
+    # and not when stderr is a pipe (every other test): nothing on stderr at all
+    proc = run_cli("run", served.address, "slow", "--input", '{"secs": 0.6}', env=env)
+    assert proc.returncode == 0
+    assert proc.stderr == ""
