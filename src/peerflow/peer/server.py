@@ -309,8 +309,8 @@ class PeerServer:
         Health goes NOT_SERVING and new runs are refused with UNAVAILABLE ("shutting
         down", so callers know they never ran and may go elsewhere) while runs in flight
         get ``grace`` seconds (None: no limit) to finish; meanwhile refs stay servable.
-        Then the port closes, other calls still in flight get what is left of ``grace``,
-        and runs still in flight are cancelled.
+        Runs still in flight then are cancelled (their callers get the cancelled
+        result), the port closes, and other calls in flight get what is left of ``grace``.
         """
         server = self._server
         if server is None:
@@ -325,7 +325,11 @@ class PeerServer:
                 await self._sweeper
         loop = asyncio.get_running_loop()
         began = loop.time()
-        await self._service.wait_idle(grace)
+        if not await self._service.wait_idle(grace):
+            # Cancel the runs still in flight while their callers are still connected, so
+            # each gets its run's cancelled response (it did run) rather than a dropped
+            # connection (which reads as "never ran").
+            await self._service.cancel_all()
         await server.stop(None if grace is None else max(0.0, grace - (loop.time() - began)))
         await self._service.cancel_all()
         if self._stopped is not None:
