@@ -36,6 +36,13 @@ class SecurityRegistry(Registry):
         self.started: asyncio.Event | None = None
         self.finished: list[str] = []
         self.gate: asyncio.Event | None = None
+        self.finished_any: asyncio.Event | None = None
+
+    def finished_event(self) -> asyncio.Event:
+        """Set when a ``block`` run's ``finally`` has run (it was cancelled)."""
+        if self.finished_any is None:
+            self.finished_any = asyncio.Event()
+        return self.finished_any
 
     def gate_event(self) -> asyncio.Event:
         """The gate ``gated`` runs wait on (created lazily on the running loop)."""
@@ -87,6 +94,7 @@ def build_registry(node_id: str) -> SecurityRegistry:
             raise AssertionError("unreachable")
         finally:
             registry.finished.append(ctx.run_id)
+            registry.finished_event().set()
 
     @step(name="sec::leave_ref")
     async def leave_ref(ctx: Context, ev: StartEvent) -> StopEvent:
