@@ -1,0 +1,184 @@
+"""results: JSON with Blazen's session-ref markers, both directions, I/O-free."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from peerflow import Event, StopEvent
+from peerflow.errors import (
+    EncodeError,
+    ResourceExhaustedError,
+    ValidationError,
+    WorkflowCancelledError,
+    WorkflowError,
+    WorkflowTimeoutError,
+)
+from peerflow.peer.protocol import RemoteRefDescriptor, SubWorkflowResponse, Usage
+from peerflow.peer.results import (
+    REF_MARKER,
+    ResultEncoder,
+    decode_input,
+    encode_input,
+    event_json,
+    response_to_result,
+)
+from peerflow.refs import RefLifetime, RegistryKey, SessionRefRegistry
+
+U1 = uuid.UUID("00112233-4455-6677-8899-aabbccddeeff")
+U2 = uuid.UUID("123e4567-e89b-12d3-a456-426614174000")
+
+
+def _make_ref(u: uuid.UUID, d: RemoteRefDescriptor | None) -> tuple[str, uuid.UUID, Any]:
+    return ("ref", u, d)
+
+
+def _result(response: SubWorkflowResponse) -> Any:
+    return response_to_result(response, workflow="wf", address="peer:1", make_ref=_make_ref)
+
+
+def test_encode_input_sorts_keys_compactly_like_blazen() -> None:
+    assert encode_input({"b": 1, "a": {"d": 2, "c": 3}}) == b'{"a":{"c":3,"d":2},"b":1}'
+    assert encode_input(None) == b"{}"
+    assert encode_input({"n": [1, 2.5, None, True]}) == b'{"n":[1,2.5,null,true]}'
+    with pytest.raises(ValidationError):
+        encode_input([1, 2])  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        encode_input({"x": object()})
+
+
+def test_decode_input() -> None:
+    assert decode_input(b'{"k":"v"}', limit=100).to_dict() == {"k": "v"}
+    assert decode_input(b"null", limit=100).to_dict() == {}
+    assert decode_input(memoryview(b"{}"), limit=100).to_dict() == {}
+    for bad in (b"[1]", b"1", b'"s"', b"true"):
+        with pytest.raises(EncodeError, match="JSON object"):
+            decode_input(bad, limit=100)
+    with pytest.raises(EncodeError, match="not valid JSON"):
+        decode_input(b"{", limit=100)
+    with pytest.raises(ValidationError, match="limit"):
+        decode_input(b'{"k":"' + b"x" * 100 + b'"}', limit=10)
+
+
+def test_result_encoder_stores_what_json_cannot_carry() -> None:
+    refs = SessionRefRegistry(node_id="n")
+    encoder = ResultEncoder(refs, owner="me", run_id="run-1")
+    data = encoder.dumps(
+        {"a": b"raw", "k": RegistryKey(U1), "e": Event("E", x=1), "n": [1, {"t": (1, 2)}]}
+    )
+    assert encoder.created == 1
+    (key,) = refs.keys()
+    assert data == (
+        b'{"a":{"' + REF_MARKER.encode() + b'":"' + str(key).encode() + b'"},'
+        b'"k":"' + str(U1).encode() + b'","e":{"x":1},"n":[1,{"t":[1,2]}]}'
+    )
+    assert refs.get(key) == b"raw"
+    assert refs.descriptor(key).type_tag == "bytes"
+    assert [d.key for d in refs.end_run("run-1")] == [key]  # UNTIL_PARENT_FINISH survives
+    with pytest.raises(Exception):  # noqa: B017 - another owner
+        refs.get(key, owner="someone-else")
+
+
+def test_result_encoder_budget_refusal_releases_partial_refs() -> None:
+    refs = SessionRefRegistry(node_id="n", max_bytes=150)
+    encoder = ResultEncoder(refs, owner="me", run_id="run-1")
+    with pytest.raises(ResourceExhaustedError, match="budget"):
+        encoder.dumps([b"a" * 100, b"b" * 100])
+    assert len(refs) == 0 and refs.used_bytes == 0
+
+
+def test_response_to_result_turns_markers_into_handles() -> None:
+    marker = {REF_MARKER: str(U1)}
+    response = SubWorkflowResponse(
+        state_json={"s": b'{"__blazen_session_ref__":"' + str(U2).encode() + b'"}'},
+        result_json=b'{"x":[1,{"__blazen_session_ref__":"' + str(U1).encode() + b'"}],'
+        b'"not":{"__blazen_session_ref__":"zzz"},"two":{"__blazen_session_ref__":"'
+        + str(U1).encode()
+        + b'","extra":1}}',
+        remote_refs={U1: RemoteRefDescriptor("n", "bytes", 5)},
+        usage=Usage(1, 2, 0.5),
+        event_type="blazen::StopEvent",
+        run_id="r",
+    )
+    result = _result(response)
+    assert result.result["x"][1] == ("ref", U1, RemoteRefDescriptor("n", "bytes", 5))
+    assert result.result["not"] == {REF_MARKER: "zzz"}  # not a uuid: left alone
+    assert result.result["two"] == {**marker, "extra": 1}  # not a lone marker
+    assert result.state["s"] == ("ref", U2, None)  # unlisted ref: a handle without descriptor
+    assert set(result.remote_refs) == {RegistryKey(U1), RegistryKey(U2)}
+    assert (result.total_input_tokens, result.total_output_tokens) == (1, 2)
+    assert result.total_cost_usd == 0.5
+    assert result.run_id == "r" and result.workflow == "wf"
+    assert isinstance(result.event, StopEvent)
+
+
+def test_blazen_response_without_extensions() -> None:
+    response = SubWorkflowResponse(state_json={}, result_json=b"null")
+    result = _result(response)
+    assert result.result is None
+    assert result.event_type == "blazen::StopEvent"
+    assert (result.total_input_tokens, result.total_output_tokens, result.total_cost_usd) == (
+        0,
+        0,
+        0.0,
+    )
+    assert result.run_id == ""
+    assert result.event_data == {"result": None}
+
+
+def test_custom_terminal_event_type() -> None:
+    response = SubWorkflowResponse(result_json=b"7", event_type="MyStop")
+    result = _result(response)
+    assert result.event_type == "MyStop"
+    assert result.event.event_type == "MyStop"
+    assert result.result == 7
+
+
+@pytest.mark.parametrize(
+    ("kind", "cls"),
+    [
+        (None, WorkflowError),
+        ("step_failed", WorkflowError),
+        ("stalled", WorkflowError),
+        ("timeout", WorkflowTimeoutError),
+        ("cancelled", WorkflowCancelledError),
+        ("something-new", WorkflowError),
+    ],
+)
+def test_error_responses_raise_remote_workflow_errors(kind: str | None, cls: type) -> None:
+    response = SubWorkflowResponse(error="it broke", error_kind=kind, run_id="r9")
+    with pytest.raises(WorkflowError) as info:
+        _result(response)
+    err = info.value
+    assert type(err) is cls
+    assert err.remote and err.run_id == "r9" and err.workflow == "wf"
+    assert err.kind == (kind or "step_failed")
+    assert "it broke" in str(err) and "peer:1" in str(err) and "`wf`" in str(err)
+
+
+def test_bad_json_from_a_peer_is_an_encode_error() -> None:
+    with pytest.raises(EncodeError, match="result_json from peer peer:1"):
+        _result(SubWorkflowResponse(result_json=b"{"))
+    with pytest.raises(EncodeError, match="state_json"):
+        _result(SubWorkflowResponse(state_json={"k": b"nope"}, result_json=b"1"))
+
+
+def test_event_json_uses_repr_for_the_rest() -> None:
+    class Thing:
+        def __repr__(self) -> str:
+            return "<thing>"
+
+    assert event_json(Event("E", a=1, t=Thing())) == b'{"a":1,"t":"<thing>"}'
+
+
+def test_lifetime_of_encoded_refs() -> None:
+    refs = SessionRefRegistry(node_id="n")
+    encoder = ResultEncoder(refs, owner="me", run_id="r")
+    encoder.dumps(b"x")
+    (key,) = refs.keys()
+    assert refs.ttl_remaining(key) is None  # the lease starts at end_run
+    refs.end_run("r")
+    assert refs.ttl_remaining(key) is not None
+    assert RefLifetime.UNTIL_PARENT_FINISH  # documented lifetime of result refs
