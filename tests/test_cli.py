@@ -487,3 +487,35 @@ def test_spinner_only_on_a_terminal(served: Served, env: dict[str, str]) -> None
     proc = run_cli("run", served.address, "slow", "--input", '{"secs": 0.6}', env=env)
     assert proc.returncode == 0
     assert proc.stderr == ""
+
+
+def test_serve_app_forms(tmp_path: Path) -> None:
+    """A file whose workflows are not registered; ``module:attr``; a bad attr."""
+    (tmp_path / "unregistered_app.py").write_text(
+        "from peerflow import StartEvent, StopEvent, Workflow, step\n\n"
+        "@step(name='u::one')\n"
+        "async def one(ctx, ev: StartEvent) -> StopEvent:\n"
+        "    return StopEvent(result='one')\n\n"
+        "FIRST = Workflow('first', [one])\n"
+        "SECOND = Workflow('second', [one])\n"
+    )
+    env = cli_env({"PYTHONPATH": str(tmp_path)})
+    for app, expected in (
+        (str(tmp_path / "unregistered_app.py"), {"first", "second"}),
+        ("unregistered_app:SECOND", {"second"}),
+    ):
+        with Served.serve(app, "--node-id", "forms", "--listen", "127.0.0.1:0", env=env) as s:
+            proc = run_cli("describe", s.address, "--json", env=env)
+            assert set(json.loads(proc.stdout)["workflows"]) == expected, app
+    proc = run_cli("serve", "unregistered_app:MISSING", "--node-id", "n", env=env)
+    assert proc.returncode == 2
+    assert "MISSING" in one_error_line(proc)
+
+
+def test_docs_list_every_exit_code() -> None:
+    from peerflow.cli import EXIT_CODES, ExitCode
+
+    text = (ROOT / "docs" / "cli.md").read_text()
+    assert set(EXIT_CODES) == set(ExitCode)
+    for code in ExitCode:
+        assert f"| {int(code)} |" in text, code
