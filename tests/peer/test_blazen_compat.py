@@ -261,7 +261,9 @@ async def test_client_decodes_blazens_ok_response(fake_blazen: tuple[FakeBlazen,
     method, request, metadata = fake.requests[0]
     assert method == BLAZEN + "InvokeSubWorkflow"
     assert request == _hex("client_req_invoke_full.pb")
-    assert metadata.get("blazen-node-id") == "a"
+    # Without a token the node id rides in the user agent, not in per-call metadata.
+    assert "blazen-node-id" not in metadata
+    assert "(node a)" in metadata.get("user-agent", "")
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ import orjson
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from peerflow import telemetry
+from peerflow._version import __version__
 from peerflow.blocking import call_blocking, portal_loop
 from peerflow.errors import (
     EncodeError,
@@ -125,6 +126,12 @@ class RemoteRef(RefDescriptor):
         return call_blocking(self.release)
 
 
+def node_user_agent(node_id: str) -> str:
+    """The gRPC user agent naming this client's node: ``peerflow/V (node ID)``."""
+    safe = "".join(c if c.isalnum() or c in "-_.:@" else "_" for c in node_id)
+    return f"peerflow/{__version__} (node {safe})"
+
+
 def _check_timeout(timeout_secs: float | None) -> int | None:
     """Seconds for the wire: positive sub-second values round up; None defers."""
     if timeout_secs is None:
@@ -143,7 +150,8 @@ class PeerClient:
     """A connection to one peer. Build with :meth:`connect`.
 
     Attributes:
-        node_id: this client's node id (sent as ``blazen-node-id`` metadata).
+        node_id: this client's node id (in the user agent, and as ``blazen-node-id``
+            metadata on calls that carry metadata).
         address: the peer's address as given.
     """
 
@@ -158,7 +166,12 @@ class PeerClient:
         self.node_id = client_node_id
         self.address = target.address
         self._channel = channel
-        self._metadata = metadata
+        # ``blazen-node-id`` goes as metadata only when a call carries metadata anyway
+        # (a token, trace context); otherwise the user agent names the node.
+        self._full_metadata = metadata
+        self._metadata: tuple[tuple[str, str], ...] | None = (
+            metadata if any(k == "authorization" for k, _ in metadata) else None
+        )
         self._closed = False
         self._loop = asyncio.get_running_loop()
         self._descriptors: dict[RegistryKey, RefDescriptor] = {}
@@ -218,6 +231,9 @@ class PeerClient:
         ):
             raise ValidationError(f"connect_timeout must be > 0 or None, got {connect_timeout!r}")
         options: list[tuple[str, Any]] = [
+            # The node id rides in the user agent, which gRPC's core sends with every call
+            # at no per-call cost; per-call metadata costs ~15-20 µs of CPU per call here.
+            ("grpc.primary_user_agent", node_user_agent(client_node_id)),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.enable_retries", 0),
@@ -319,9 +335,9 @@ class PeerClient:
         if self._closed:
             raise ValidationError(f"the client for {self.address} is closed")
 
-    def _call_metadata(self) -> tuple[tuple[str, str], ...] | list[Any]:
+    def _call_metadata(self) -> tuple[tuple[str, str], ...] | list[Any] | None:
         if telemetry.enabled():
-            return telemetry.inject_metadata(self._metadata)
+            return telemetry.inject_metadata(self._full_metadata)
         return self._metadata
 
     def _error(self, exc: grpc.RpcError, method: str) -> PeerflowError:

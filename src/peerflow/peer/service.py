@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
 __all__ = ["EXTENSIONS", "PeerService", "ServiceLimits"]
 
 log = logging.getLogger("peerflow.server")
+
+_NODE_IN_AGENT = re.compile(r"\(node ([^)\s]+)\)")
 
 BLAZEN = "/blazen.peer.v1.BlazenPeer/"
 EXTENSION = "/peerflow.peer.v1.PeerExtensions/"
@@ -413,7 +416,11 @@ class PeerService:
 
 
 def _caller_node(context: grpc.aio.ServicerContext) -> str:
+    agent = ""
     for key, value in context.invocation_metadata() or ():
         if key == "blazen-node-id":
             return str(value)
-    return "-"
+        if key == "user-agent":
+            agent = str(value)
+    match = _NODE_IN_AGENT.search(agent)
+    return match.group(1) if match else "-"
