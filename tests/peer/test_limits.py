@@ -51,19 +51,6 @@ async def started_gated_run(client: PeerClient) -> AsyncGenerator[Event | Workfl
     return stream
 
 
-async def wait_idle(server: PeerServer) -> None:
-    """Wait (bounded) until the server has let go of every run slot.
-
-    A streamed run's slot is released when the server's handler resumes after sending
-    ``Done``, which may be just after the client has the result.
-    """
-    for _ in range(500):
-        if not server.active_runs:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{server.active_runs} run slots still held")
-
-
 async def finish(stream: AsyncGenerator[Event | WorkflowResult, None]) -> Any:
     items = [item async for item in stream]
     assert isinstance(items[-1], WorkflowResult)
@@ -90,7 +77,8 @@ async def test_excess_runs_are_refused_at_once_and_the_server_stays_responsive()
         # The blocked runs finish; then new runs are admitted again.
         registry.gate_event().set()
         assert await asyncio.gather(*(finish(s) for s in running)) == [{"gated": "done"}] * 2
-        await wait_idle(server)
+        # The slot is free by the time the caller holds the result (Done is sent after).
+        assert server.active_runs == 0
         assert (await client.run_remote_workflow("record", input={"n": 5})).result == {"n": 5}
         assert registry.calls == [{"n": 5}]
 
@@ -103,7 +91,8 @@ async def test_refused_runs_do_not_leak_slots() -> None:
                 await client.run_remote_workflow("record")
         registry.gate_event().set()
         await finish(running)
-        await wait_idle(server)
+        # The slot is free by the time the caller holds the result (Done is sent after).
+        assert server.active_runs == 0
         for n in range(3):
             assert (await client.run_remote_workflow("record", input={"n": n})).result == {"n": n}
 
@@ -211,3 +200,31 @@ def test_documented_defaults_match_the_code() -> None:
 def test_nonsense_limits_are_validation_errors(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValidationError, match=match):
         PeerServer("bad-limits", **kwargs)
+
+
+async def test_a_streamed_run_frees_its_slot_before_done_is_sent() -> None:
+    from peerflow.peer import protocol as pb
+    from peerflow.peer.framing import frame, unframe
+
+    class Context:
+        def invocation_metadata(self) -> tuple[()]:
+            return ()
+
+        async def abort(self, code: object, details: str) -> None:
+            raise AssertionError(details)
+
+    server = PeerServer("slots", registry=build_registry("slots"), max_concurrent_runs=1)
+    handler = server._service.handlers()["/blazen.peer.v1.BlazenPeer/StreamSubWorkflowEvents"]
+    request = frame(pb.SubWorkflowRequest("record", (), b"{}", None).encode())
+    stream = handler.unary_stream(request, Context())
+    try:
+        async for message in stream:
+            kind = pb.SubWorkflowEvent.decode(unframe(message)).kind
+            if isinstance(kind, pb.StreamDone):
+                # The handler is suspended right where it hands Done to gRPC.
+                assert server.active_runs == 0
+                break
+        else:
+            raise AssertionError("no Done message")
+    finally:
+        await stream.aclose()

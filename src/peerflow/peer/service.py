@@ -327,11 +327,13 @@ class PeerService:
                     payload = pb.EventPayload(event.event_type, event_json(event))
                     yield frame(pb.SubWorkflowEvent(payload).encode())
                 response = await driver
-                yield frame(pb.SubWorkflowEvent(pb.StreamDone(response)).encode())
             finally:
                 if not driver.done():
                     driver.cancel()
                     await asyncio.wait([driver])
+        # The run's slot is free before the caller sees Done, so a caller that starts its
+        # next run on receiving it never finds its own finished run still counted.
+        yield frame(pb.SubWorkflowEvent(pb.StreamDone(response)).encode())
 
     async def wait_idle(self, timeout: float | None) -> bool:  # noqa: ASYNC109
         """Wait until no run is in flight (at most ``timeout`` s; None: no limit).
