@@ -8,22 +8,33 @@ the async method instead (blocking there would freeze that loop).
 
 Objects that hold loop-bound resources (a ``PeerClient``'s channel) and were created by a
 ``*_blocking`` call live on the portal loop; their ``*_blocking`` methods use it too.
+
+Classes declare their twins from the async methods, so no logic is written twice::
+
+    class PeerClient:
+        async def describe(self) -> PeerInfo: ...
+        describe_blocking = blocking_twin(describe)
+
+An object whose async methods only work on the loop it was created on defines
+``_check_portal()``, which raises when that loop is not the portal's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from peerflow.errors import ValidationError
 
-__all__ = ["call_blocking", "portal_loop"]
+__all__ = ["blocking_iter_twin", "blocking_twin", "call_blocking", "portal_loop"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+S = TypeVar("S")
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
@@ -49,6 +60,17 @@ def portal_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+def _refuse_inside_loop(name: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise ValidationError(
+        f"{name}_blocking() was called inside a running event loop; "
+        f"use `await {name}(...)` there instead"
+    )
+
+
 def call_blocking(fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """Run ``await fn(*args, **kwargs)`` on the portal loop and return its result.
 
@@ -56,19 +78,12 @@ def call_blocking(fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.k
         ValidationError: called from a thread that is running an event loop.
         BaseException: whatever ``fn`` raises.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        name = getattr(fn, "__name__", "this method")
-        raise ValidationError(
-            f"{name}_blocking() was called inside a running event loop; "
-            f"use `await {name}(...)` there instead"
-        )
+    _refuse_inside_loop(getattr(fn, "__name__", "this method"))
+    return _on_portal(fn, *args, **kwargs)
+
+
+def _on_portal(fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
     loop = portal_loop()
-    if threading.current_thread().name == "peerflow-blocking":  # pragma: no cover - guarded above
-        raise ValidationError("blocking call on the portal thread itself")
 
     async def runner() -> T:
         return await fn(*args, **kwargs)
@@ -81,3 +96,67 @@ def call_blocking(fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.k
         with contextlib.suppress(Exception):
             future.result(timeout=5)  # let the coroutine's cleanup run
         raise
+
+
+def _check_owner(obj: object) -> None:
+    check = getattr(obj, "_check_portal", None)
+    if check is not None:
+        check()
+
+
+def _name_twin(twin: Callable[..., Any], method: Callable[..., Any]) -> None:
+    functools.update_wrapper(twin, method)  # signature and annotations, for help()
+    twin.__name__ = f"{method.__name__}_blocking"
+    twin.__qualname__ = f"{method.__qualname__}_blocking"
+    twin.__doc__ = (
+        f"Blocking twin of :meth:`{method.__name__}`: the same arguments, result and "
+        "errors, for code without an event loop.\n\n"
+        "Raises:\n"
+        f"    ValidationError: called inside a running event loop (``await "
+        f"{method.__name__}()`` there), or on an object bound to another loop.\n"
+    )
+
+
+def blocking_twin(
+    method: Callable[Concatenate[S, P], Awaitable[T]],
+) -> Callable[Concatenate[S, P], T]:
+    """The ``*_blocking`` twin of an async method: it runs the method on the portal loop."""
+
+    def twin(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        _refuse_inside_loop(method.__name__)
+        _check_owner(self)
+        return _on_portal(method, self, *args, **kwargs)
+
+    _name_twin(twin, method)
+    return twin
+
+
+def blocking_iter_twin(
+    method: Callable[Concatenate[S, P], AsyncIterator[T]],
+) -> Callable[Concatenate[S, P], Iterator[T]]:
+    """The ``*_blocking`` twin of an async-generator method: a plain generator."""
+
+    def twin(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+        _refuse_inside_loop(method.__name__)
+        _check_owner(self)
+        items = method(self, *args, **kwargs)
+
+        async def step() -> T:
+            return await anext(items)
+
+        async def close() -> None:
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+        try:
+            while True:
+                try:
+                    yield _on_portal(step)
+                except StopAsyncIteration:
+                    return
+        finally:
+            _on_portal(close)
+
+    _name_twin(twin, method)
+    return twin

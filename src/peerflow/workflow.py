@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from peerflow import telemetry
-from peerflow.blocking import call_blocking
+from peerflow.blocking import blocking_twin
 from peerflow.errors import UnknownStepError, UnknownWorkflowError, ValidationError
 from peerflow.events import (
     START_EVENT_TYPE,
@@ -187,7 +187,7 @@ class Workflow:
             run_id=run_id,
         )
 
-    async def run(self, **fields: Any) -> WorkflowResult:
+    async def run(self, /, **fields: Any) -> WorkflowResult:
         """Run to completion; the keyword fields become the ``StartEvent``'s fields.
 
         Raises:
@@ -219,14 +219,7 @@ class Workflow:
             ) from None
         return WorkflowHandler(run)
 
-    def run_blocking(self, **fields: Any) -> WorkflowResult:
-        """:meth:`run` for code without an event loop.
-
-        Raises:
-            ValidationError: called inside a running event loop (``await run()`` there).
-            WorkflowError: as :meth:`run`.
-        """
-        return call_blocking(self.run, **fields)
+    run_blocking = blocking_twin(run)
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name} steps={list(self.step_ids)}>"

@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import math
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from peerflow import telemetry
 from peerflow._version import __version__
-from peerflow.blocking import call_blocking, portal_loop
+from peerflow.blocking import blocking_iter_twin, blocking_twin, call_blocking, portal_loop
 from peerflow.errors import (
     EncodeError,
     PeerError,
@@ -95,9 +95,10 @@ class RemoteRef(RefDescriptor):
         """
         return await self._client().fetch_ref(self.key)
 
-    def fetch_blocking(self) -> object:
-        """:meth:`fetch` for code without an event loop."""
-        return call_blocking(self.fetch)
+    fetch_blocking = blocking_twin(fetch)
+
+    def _check_portal(self) -> None:
+        self._client()._check_portal()
 
     async def deref(self) -> bytes | bytearray:
         """The value's serialized bytes.
@@ -108,9 +109,7 @@ class RemoteRef(RefDescriptor):
         """
         return await self._client().deref_session_ref(self.key)
 
-    def deref_blocking(self) -> bytes | bytearray:
-        """:meth:`deref` for code without an event loop."""
-        return call_blocking(self.deref)
+    deref_blocking = blocking_twin(deref)
 
     async def release(self) -> bool:
         """Release it on the peer; False when it was already gone.
@@ -121,9 +120,7 @@ class RemoteRef(RefDescriptor):
         """
         return await self._client().release_session_ref(self.key)
 
-    def release_blocking(self) -> bool:
-        """:meth:`release` for code without an event loop."""
-        return call_blocking(self.release)
+    release_blocking = blocking_twin(release)
 
 
 def node_user_agent(node_id: str) -> str:
@@ -425,11 +422,7 @@ class PeerClient:
                 f"bad response from {self.address}: {exc}", address=self.address
             ) from None
 
-    def invoke_sub_workflow_blocking(
-        self, request: pb.SubWorkflowRequest, *, deadline: float | None = None
-    ) -> pb.SubWorkflowResponse:
-        """:meth:`invoke_sub_workflow` for code without an event loop."""
-        return self._blocking(self.invoke_sub_workflow, request, deadline=deadline)
+    invoke_sub_workflow_blocking = blocking_twin(invoke_sub_workflow)
 
     async def run_remote_workflow(
         self,
@@ -467,24 +460,7 @@ class PeerClient:
             response, workflow=workflow_name, address=self.address, make_ref=self._make_ref
         )
 
-    def run_remote_workflow_blocking(
-        self,
-        workflow_name: str,
-        step_ids: Sequence[str] = (),
-        input: Mapping[str, Any] | None = None,
-        *,
-        input_json: str | bytes | None = None,
-        timeout_secs: float | None = None,
-    ) -> WorkflowResult:
-        """:meth:`run_remote_workflow` for code without an event loop."""
-        return self._blocking(
-            self.run_remote_workflow,
-            workflow_name,
-            step_ids,
-            input,
-            input_json=input_json,
-            timeout_secs=timeout_secs,
-        )
+    run_remote_workflow_blocking = blocking_twin(run_remote_workflow)
 
     async def stream_remote_workflow(
         self,
@@ -543,27 +519,7 @@ class PeerClient:
                 call.cancel()
         raise EncodeError(f"stream from {self.address} ended without its Done message")
 
-    def stream_remote_workflow_blocking(
-        self,
-        workflow_name: str,
-        step_ids: Sequence[str] = (),
-        input: Mapping[str, Any] | None = None,
-        *,
-        input_json: str | bytes | None = None,
-        timeout_secs: float | None = None,
-    ) -> Iterator[Event | WorkflowResult]:
-        """:meth:`stream_remote_workflow` for code without an event loop (a generator)."""
-        agen = self.stream_remote_workflow(
-            workflow_name, step_ids, input, input_json=input_json, timeout_secs=timeout_secs
-        )
-        try:
-            while True:
-                try:
-                    yield self._blocking(agen.__anext__)
-                except StopAsyncIteration:
-                    return
-        finally:
-            self._blocking(agen.aclose)
+    stream_remote_workflow_blocking = blocking_iter_twin(stream_remote_workflow)
 
     # -- session refs --------------------------------------------------------------------
 
@@ -671,17 +627,11 @@ class PeerClient:
         self._descriptors.pop(key, None)
         return released
 
-    def deref_session_ref_blocking(self, key: RegistryKey | uuid.UUID | str) -> bytes | bytearray:
-        """:meth:`deref_session_ref` for code without an event loop."""
-        return self._blocking(self.deref_session_ref, key)
+    deref_session_ref_blocking = blocking_twin(deref_session_ref)
 
-    def fetch_ref_blocking(self, key: RegistryKey | uuid.UUID | str) -> object:
-        """:meth:`fetch_ref` for code without an event loop."""
-        return self._blocking(self.fetch_ref, key)
+    fetch_ref_blocking = blocking_twin(fetch_ref)
 
-    def release_session_ref_blocking(self, key: RegistryKey | uuid.UUID | str) -> bool:
-        """:meth:`release_session_ref` for code without an event loop."""
-        return self._blocking(self.release_session_ref, key)
+    release_session_ref_blocking = blocking_twin(release_session_ref)
 
     # -- peer info -----------------------------------------------------------------------
 
@@ -704,9 +654,7 @@ class PeerClient:
             extensions=tuple(info.extensions),
         )
 
-    def describe_blocking(self) -> PeerInfo:
-        """:meth:`describe` for code without an event loop."""
-        return self._blocking(self.describe)
+    describe_blocking = blocking_twin(describe)
 
     async def health(self, service: str = "", *, timeout: float = 5.0) -> bool:  # noqa: ASYNC109
         """True when the peer's standard gRPC health service reports SERVING.
@@ -724,9 +672,7 @@ class PeerClient:
             raise self._error(exc, method) from exc
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
-    def health_blocking(self, service: str = "", *, timeout: float = 5.0) -> bool:
-        """:meth:`health` for code without an event loop."""
-        return self._blocking(self.health, service, timeout=timeout)
+    health_blocking = blocking_twin(health)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -736,9 +682,7 @@ class PeerClient:
             self._closed = True
             await self._channel.close()
 
-    def close_blocking(self) -> None:
-        """:meth:`close` for code without an event loop."""
-        self._blocking(self.close)
+    close_blocking = blocking_twin(close)
 
     async def __aenter__(self) -> Self:
         return self
@@ -751,13 +695,13 @@ class PeerClient:
     ) -> None:
         await self.close()
 
-    def _blocking(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    def _check_portal(self) -> None:
+        """Refuse ``*_blocking`` calls on a client bound to a loop other than the portal's."""
         if self._loop is not portal_loop():
             raise ValidationError(
                 "this client was connected inside an event loop; use its async methods there "
                 "(connect with PeerClient.connect_blocking() to use *_blocking methods)"
             )
-        return call_blocking(fn, *args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<PeerClient {self.node_id} -> {self.address}{' closed' if self._closed else ''}>"

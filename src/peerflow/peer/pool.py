@@ -70,7 +70,7 @@ from typing import Any, ParamSpec, Self, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2
 
-from peerflow.blocking import call_blocking, portal_loop
+from peerflow.blocking import blocking_iter_twin, blocking_twin, call_blocking, portal_loop
 from peerflow.errors import (
     PeerError,
     PeerErrorKind,
@@ -430,14 +430,7 @@ class PeerPool:
             await self.close()
             raise error
 
-    def start_blocking(self) -> None:
-        """:meth:`start` for code without an event loop (the pool then lives on the portal).
-
-        Raises:
-            ValidationError: called inside a running event loop, or the pool is closed.
-            TransportError: no peer is up after the wait.
-        """
-        self._blocking(self.start)
+    start_blocking = blocking_twin(start)
 
     async def close(self) -> None:
         """Stop the health watchers and close every channel (idempotent).
@@ -459,9 +452,7 @@ class PeerPool:
                 await peer.client.close()
         self._notify()
 
-    def close_blocking(self) -> None:
-        """:meth:`close` for code without an event loop."""
-        self._blocking(self.close)
+    close_blocking = blocking_twin(close)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -530,11 +521,7 @@ class PeerPool:
             )
         return member.snapshot()
 
-    def wait_for_state_blocking(
-        self, peer: str, *, up: bool = True, timeout: float = 10.0
-    ) -> PeerState:
-        """:meth:`wait_for_state` for code without an event loop."""
-        return self._blocking(self.wait_for_state, peer, up=up, timeout=timeout)
+    wait_for_state_blocking = blocking_twin(wait_for_state)
 
     def _find(self, name: str) -> _Peer:
         found = self._by_address.get(name)
@@ -793,24 +780,7 @@ class PeerPool:
         self._remember(peer, iter(result.remote_refs))
         return result
 
-    def run_remote_workflow_blocking(
-        self,
-        workflow_name: str,
-        step_ids: Sequence[str] = (),
-        input: Mapping[str, Any] | None = None,
-        *,
-        input_json: str | bytes | None = None,
-        timeout_secs: float | None = None,
-    ) -> WorkflowResult:
-        """:meth:`run_remote_workflow` for code without an event loop."""
-        return self._blocking(
-            self.run_remote_workflow,
-            workflow_name,
-            step_ids,
-            input,
-            input_json=input_json,
-            timeout_secs=timeout_secs,
-        )
+    run_remote_workflow_blocking = blocking_twin(run_remote_workflow)
 
     async def stream_remote_workflow(
         self,
@@ -859,27 +829,7 @@ class PeerPool:
                 peer.in_flight -= 1
                 await stream.aclose()
 
-    def stream_remote_workflow_blocking(
-        self,
-        workflow_name: str,
-        step_ids: Sequence[str] = (),
-        input: Mapping[str, Any] | None = None,
-        *,
-        input_json: str | bytes | None = None,
-        timeout_secs: float | None = None,
-    ) -> Iterator[Event | WorkflowResult]:
-        """:meth:`stream_remote_workflow` for code without an event loop (a generator)."""
-        agen = self.stream_remote_workflow(
-            workflow_name, step_ids, input, input_json=input_json, timeout_secs=timeout_secs
-        )
-        try:
-            while True:
-                try:
-                    yield self._blocking(agen.__anext__)
-                except StopAsyncIteration:
-                    return
-        finally:
-            self._blocking(agen.aclose)
+    stream_remote_workflow_blocking = blocking_iter_twin(stream_remote_workflow)
 
     async def invoke_sub_workflow(
         self, request: pb.SubWorkflowRequest, *, deadline: float | None = None
@@ -904,11 +854,7 @@ class PeerPool:
         self._remember(peer, iter(response.remote_refs))
         return response
 
-    def invoke_sub_workflow_blocking(
-        self, request: pb.SubWorkflowRequest, *, deadline: float | None = None
-    ) -> pb.SubWorkflowResponse:
-        """:meth:`invoke_sub_workflow` for code without an event loop."""
-        return self._blocking(self.invoke_sub_workflow, request, deadline=deadline)
+    invoke_sub_workflow_blocking = blocking_twin(invoke_sub_workflow)
 
     # -- session refs --------------------------------------------------------------------
 
@@ -953,9 +899,7 @@ class PeerPool:
         """
         return await self._on_owner(key, lambda client, k: client.deref_session_ref(k))
 
-    def deref_session_ref_blocking(self, key: RegistryKey | uuid.UUID | str) -> bytes | bytearray:
-        """:meth:`deref_session_ref` for code without an event loop."""
-        return self._blocking(self.deref_session_ref, key)
+    deref_session_ref_blocking = blocking_twin(deref_session_ref)
 
     async def fetch_ref(self, key: RegistryKey | uuid.UUID | str) -> object:
         """A ref's value, rebuilt by its type tag's serializer, from the peer holding it.
@@ -967,9 +911,7 @@ class PeerPool:
         """
         return await self._on_owner(key, lambda client, k: client.fetch_ref(k))
 
-    def fetch_ref_blocking(self, key: RegistryKey | uuid.UUID | str) -> object:
-        """:meth:`fetch_ref` for code without an event loop."""
-        return self._blocking(self.fetch_ref, key)
+    fetch_ref_blocking = blocking_twin(fetch_ref)
 
     async def release_session_ref(self, key: RegistryKey | uuid.UUID | str) -> bool:
         """Release a ref on the peer holding it; False when it was already gone.
@@ -985,9 +927,7 @@ class PeerPool:
         self._ref_owner.pop(RegistryKey.parse(key), None)
         return released
 
-    def release_session_ref_blocking(self, key: RegistryKey | uuid.UUID | str) -> bool:
-        """:meth:`release_session_ref` for code without an event loop."""
-        return self._blocking(self.release_session_ref, key)
+    release_session_ref_blocking = blocking_twin(release_session_ref)
 
     # -- peer info -----------------------------------------------------------------------
 
@@ -1016,9 +956,7 @@ class PeerPool:
         self._notify()
         return {p.address: info for p, info in zip(live, infos, strict=True) if info}
 
-    def describe_blocking(self) -> dict[str, PeerInfo]:
-        """:meth:`describe` for code without an event loop."""
-        return self._blocking(self.describe)
+    describe_blocking = blocking_twin(describe)
 
     async def health(self, *, timeout: float = 5.0) -> dict[str, bool]:  # noqa: ASYNC109
         """Ask every peer's health service now (concurrently).
@@ -1041,19 +979,17 @@ class PeerPool:
         answers = await asyncio.gather(*(one(peer) for peer in self._peers))
         return dict(zip(self.addresses, answers, strict=True))
 
-    def health_blocking(self, *, timeout: float = 5.0) -> dict[str, bool]:
-        """:meth:`health` for code without an event loop."""
-        return self._blocking(self.health, timeout=timeout)
+    health_blocking = blocking_twin(health)
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _blocking(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    def _check_portal(self) -> None:
+        """Refuse ``*_blocking`` calls on a pool bound to a loop other than the portal's."""
         if self._loop is not None and self._loop is not portal_loop():
             raise ValidationError(
                 "this pool was started inside an event loop; use its async methods there "
                 "(build it with PeerPool.connect_blocking() to use *_blocking methods)"
             )
-        return call_blocking(fn, *args, **kwargs)
 
     def __repr__(self) -> str:
         up = sum(peer.up for peer in self._peers)

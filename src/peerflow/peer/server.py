@@ -22,7 +22,7 @@ from typing import Self
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from peerflow.blocking import call_blocking
+from peerflow.blocking import blocking_twin
 from peerflow.errors import PeerError, PeerErrorKind, ValidationError
 from peerflow.peer.address import parse_listen_address
 from peerflow.peer.security import AuthInterceptor, ServerTls, resolve_token
@@ -258,14 +258,7 @@ class PeerServer:
         )
         return int(port)
 
-    def start_blocking(self, address: str = "127.0.0.1:0") -> int:
-        """:meth:`start` for code without an event loop: serves on the blocking portal's loop.
-
-        Raises:
-            ValidationError: called inside a running event loop, bad address, started twice.
-            PeerError: the address cannot be bound.
-        """
-        return call_blocking(self.start, address)
+    start_blocking = blocking_twin(start)
 
     async def serve(self, address: str) -> None:
         """Start on ``address`` and serve until :meth:`stop` (or cancellation).
@@ -280,14 +273,7 @@ class PeerServer:
         finally:
             await self.stop()
 
-    def serve_blocking(self, address: str) -> None:
-        """:meth:`serve` for code without an event loop (blocks until stopped).
-
-        Raises:
-            ValidationError: called inside a running event loop, bad address, served twice.
-            PeerError: the address cannot be bound.
-        """
-        call_blocking(self.serve, address)
+    serve_blocking = blocking_twin(serve)
 
     async def wait_stopped(self) -> None:
         """Wait until the server has stopped."""
@@ -295,13 +281,7 @@ class PeerServer:
             raise ValidationError("the server was never started")
         await self._stopped.wait()
 
-    def wait_stopped_blocking(self) -> None:
-        """:meth:`wait_stopped` for code without an event loop.
-
-        Raises:
-            ValidationError: called inside a running event loop, or never started.
-        """
-        call_blocking(self.wait_stopped)
+    wait_stopped_blocking = blocking_twin(wait_stopped)
 
     async def stop(self, grace: float | None = 5.0) -> None:
         """Stop serving (idempotent).
@@ -336,9 +316,7 @@ class PeerServer:
             self._stopped.set()
         log.info("peer %s stopped", self.node_id)
 
-    def stop_blocking(self, grace: float | None = 5.0) -> None:
-        """:meth:`stop` for code without an event loop."""
-        call_blocking(self.stop, grace)
+    stop_blocking = blocking_twin(stop)
 
     async def _sweep(self) -> None:
         interval = min(max(self.session_refs.ref_ttl / 4, 0.05), 30.0)
