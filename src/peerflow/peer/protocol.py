@@ -352,15 +352,8 @@ class SubWorkflowResponse(_Message):
 
 
 @dataclass(frozen=True, slots=True)
-class DerefRequest(_Message):
-    """Ask for the bytes of a session ref (``DerefSessionRef``, ``StreamDerefSessionRef``).
-
-    Wire order: ``envelope_version: u32, ref_uuid: Uuid``.
-
-    Attributes:
-        ref_uuid: the ref's key.
-        envelope_version: the protocol version (keyword-only).
-    """
+class _RefRequest(_Message):
+    """The one layout of both ref requests: ``envelope_version: u32, ref_uuid: Uuid``."""
 
     ref_uuid: uuid.UUID
     envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
@@ -373,6 +366,18 @@ class DerefRequest(_Message):
     def _read(cls, r: Reader) -> Self:
         version = r.read_u32()
         return cls(r.read_uuid(), envelope_version=version)
+
+
+@dataclass(frozen=True, slots=True)
+class DerefRequest(_RefRequest):
+    """Ask for the bytes of a session ref (``DerefSessionRef``, ``StreamDerefSessionRef``).
+
+    Wire order: ``envelope_version: u32, ref_uuid: Uuid``.
+
+    Attributes:
+        ref_uuid: the ref's key.
+        envelope_version: the protocol version (keyword-only).
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,7 +405,7 @@ class DerefResponse(_Message):
 
 
 @dataclass(frozen=True, slots=True)
-class ReleaseRequest(_Message):
+class ReleaseRequest(_RefRequest):
     """Ask a peer to drop a session ref (``ReleaseSessionRef``).
 
     Wire order: ``envelope_version: u32, ref_uuid: Uuid``.
@@ -409,18 +414,6 @@ class ReleaseRequest(_Message):
         ref_uuid: the ref's key.
         envelope_version: the protocol version (keyword-only).
     """
-
-    ref_uuid: uuid.UUID
-    envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
-
-    def _write(self, w: Writer) -> None:
-        w.write_u32(self.envelope_version)
-        w.write_uuid(self.ref_uuid)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        version = r.read_u32()
-        return cls(r.read_uuid(), envelope_version=version)
 
 
 @dataclass(frozen=True, slots=True)
