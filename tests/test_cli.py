@@ -160,6 +160,8 @@ def test_serve_missing_tls_file(tmp_path: Path) -> None:
 
 # -- against a served app ------------------------------------------------------------------
 
+REFS_BLOB = b"\x00" * 1000  # what cli_app's ``refs`` workflow leaves on the peer
+
 
 def test_run_prints_the_result_as_json(served: Served, env: dict[str, str]) -> None:
     proc = run_cli("run", served.address, "echo", "--input", '{"name": "Ada"}', env=env)
@@ -211,6 +213,33 @@ def test_result_lists_remote_refs(served: Served, env: dict[str, str]) -> None:
     assert out["remote_refs"][key]["origin_node_id"] == "cli-node"
     assert out["remote_refs"][key]["type_tag"] == "bytes"
     assert out["result"]["blob"] == {"__blazen_session_ref__": key}
+
+
+def test_fetch_and_release_a_remote_ref(
+    served: Served, env: dict[str, str], tmp_path: Path
+) -> None:
+    out = json.loads(run_cli("run", served.address, "refs", env=env).stdout)
+    (key,) = out["remote_refs"]
+    fetched = run_cli("fetch", served.address, key, env=env)
+    assert fetched.returncode == 0, fetched.stderr
+    assert fetched.stdout.encode() == REFS_BLOB
+    target = tmp_path / "blob.bin"
+    to_file = run_cli("fetch", served.address, key, "--out", str(target), env=env)
+    assert to_file.returncode == 0, to_file.stderr
+    assert target.read_bytes() == REFS_BLOB
+    released = run_cli("release", served.address, key, env=env)
+    assert (released.returncode, released.stdout) == (0, f"{key} released\n")
+    again = run_cli("release", served.address, key, env=env)
+    assert (again.returncode, again.stdout) == (0, f"{key} already gone\n")
+    gone = run_cli("fetch", served.address, key, env=env)
+    assert gone.returncode == 6  # not found
+    assert key in one_error_line(gone)
+
+
+def test_release_of_a_malformed_key_is_a_usage_error(served: Served, env: dict[str, str]) -> None:
+    proc = run_cli("release", served.address, "not-a-uuid", env=env)
+    assert proc.returncode == 2
+    assert "not-a-uuid" in one_error_line(proc)
 
 
 def test_unknown_workflow(served: Served, env: dict[str, str]) -> None:

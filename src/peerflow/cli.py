@@ -774,6 +774,71 @@ def health(
     raise CliError(f"peer {address} is NOT_SERVING", ExitCode.NOT_SERVING)
 
 
+# -- session refs ------------------------------------------------------------------------
+
+
+@cli.command(epilog=_EPILOG)
+@click.argument("address")
+@click.argument("key")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+    default="-",
+    show_default=True,
+    help="Write the bytes to this file ('-': standard output).",
+)
+@_client_options
+def fetch(
+    address: str,
+    key: str,
+    out: str,
+    client_node_id: str,
+    token_env: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+) -> int:
+    """Fetch the serialized bytes of the session ref KEY (any size, streamed)."""
+    tls = _client_tls(tls_cert, tls_key, tls_ca)
+
+    async def go() -> bytes | bytearray:
+        async with await _connect(address, client_node_id, token_env, tls) as client:
+            return await client.deref_session_ref(key)
+
+    data = _run_async(go())
+    with click.open_file(out, "wb") as sink:
+        sink.write(data)
+    if out != "-":
+        click.echo(f"{key}: {len(data):,} bytes written to {out}", err=True)
+    return ExitCode.OK
+
+
+@cli.command(epilog=_EPILOG)
+@click.argument("address")
+@click.argument("keys", nargs=-1, required=True, metavar="KEY...")
+@_client_options
+def release(
+    address: str,
+    keys: tuple[str, ...],
+    client_node_id: str,
+    token_env: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+) -> int:
+    """Release session refs on the peer (each line says released or already gone)."""
+    tls = _client_tls(tls_cert, tls_key, tls_ca)
+
+    async def go() -> list[bool]:
+        async with await _connect(address, client_node_id, token_env, tls) as client:
+            return [await client.release_session_ref(key) for key in keys]
+
+    for key, released in zip(keys, _run_async(go()), strict=True):
+        click.echo(f"{key} {'released' if released else 'already gone'}")
+    return ExitCode.OK
+
+
 # -- demo --------------------------------------------------------------------------------
 
 
