@@ -526,6 +526,17 @@ async def test_stream_deref_moves_64_mib(client: PeerClient, peer: Peer) -> None
     assert hashlib.sha256(data).digest() == hashlib.sha256(value).digest()
 
 
+@pytest.mark.parametrize("window", [None, 65_535])
+async def test_stream_deref_with_other_flow_control_windows(window: int | None, peer: Peer) -> None:
+    value = np.random.default_rng(8).integers(0, 256, 6 << 20, dtype=np.uint8).tobytes()
+    key = peer.server.session_refs.insert(value)
+    async with await PeerClient.connect(
+        peer.server.address or "", "w", flow_control_window=window
+    ) as client:
+        data = await client.deref_session_ref(key)
+    assert hashlib.sha256(data).digest() == hashlib.sha256(value).digest()
+
+
 async def test_unary_deref_over_4_mib_is_resource_exhausted(client: PeerClient, peer: Peer) -> None:
     value = b"\x07" * ((4 << 20) + 1)
     key = peer.server.session_refs.insert(value)
@@ -637,3 +648,9 @@ async def test_closing_the_client_cancels_runs_in_flight(peer: Peer) -> None:
         await task
     await asyncio.wait_for(peer.hooks.cleaned_event("cl").wait(), 10)
     await wait_until(lambda: peer.server.active_runs == 0, "the run to leave the server")
+
+
+@pytest.mark.parametrize("window", [0, 65_534, 1.5, True, "1M"])
+async def test_flow_control_window_is_validated(window: object) -> None:
+    with pytest.raises(ValidationError, match="flow_control_window"):
+        await PeerClient.connect("127.0.0.1:1", "c", flow_control_window=window)  # type: ignore[arg-type]
