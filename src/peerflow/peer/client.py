@@ -124,6 +124,20 @@ class RemoteRef(RefDescriptor):
     release_blocking = blocking_twin(release)
 
 
+def check_call(workflow_name: str, step_ids: Sequence[str]) -> tuple[str, ...]:
+    """Validate a call's workflow name and step ids; return the ids as a tuple.
+
+    Raises:
+        ValidationError: an empty or non-string name, or step ids that are not a list of
+            non-empty strings.
+    """
+    if not isinstance(workflow_name, str) or not workflow_name:
+        raise ValidationError(f"workflow_name must be a non-empty string, got {workflow_name!r}")
+    if isinstance(step_ids, str) or not all(isinstance(s, str) and s for s in step_ids):
+        raise ValidationError(f"step_ids must be a list of non-empty strings, got {step_ids!r}")
+    return tuple(step_ids)
+
+
 def node_user_agent(node_id: str) -> str:
     """The gRPC user agent naming this client's node: ``peerflow/V (node ID)``."""
     safe = "".join(c if c.isalnum() or c in "-_.:@" else "_" for c in node_id)
@@ -397,12 +411,7 @@ class PeerClient:
         input_json: str | bytes | None,
         timeout_secs: float | None,
     ) -> tuple[pb.SubWorkflowRequest, float | None]:
-        if not isinstance(workflow_name, str) or not workflow_name:
-            raise ValidationError(
-                f"workflow_name must be a non-empty string, got {workflow_name!r}"
-            )
-        if isinstance(step_ids, str) or not all(isinstance(s, str) and s for s in step_ids):
-            raise ValidationError(f"step_ids must be a list of non-empty strings, got {step_ids!r}")
+        step_ids = check_call(workflow_name, step_ids)
         if input is not None and input_json is not None:
             raise ValidationError("pass input= or input_json=, not both")
         if input_json is not None:

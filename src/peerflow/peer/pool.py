@@ -23,28 +23,9 @@ peer is re-watched with ``wait_for_ready``, so gRPC's own reconnect backoff deci
 is back — there is no polling loop. Peers without ``Watch`` are polled with ``Check``
 every ``health_interval`` seconds.
 
-**Routing** (pure, in :func:`lacks` and :meth:`PeerPool._pick`): a call goes only to a
-peer that is up and has what it needs — the named workflow when ``step_ids`` is empty,
-otherwise every step id (a peer without ``DescribePeer`` is assumed capable). Among those,
-the one with the fewest calls in flight from this pool wins; ties go round-robin.
-
-**Failover.** A call moves to another peer only when the request provably never ran:
-
-* ``UNAVAILABLE`` whose status comes from gRPC's *pick* (``failed to connect to all
-  addresses``, DNS resolution failed, empty address list): the channel had no connection
-  to put the call on, so nothing was sent. gRPC reports a connection that dropped while a
-  call was on it with the same code (``UNAVAILABLE: Stream removed (Socket closed)``) —
-  the code alone cannot tell the two apart, the status details can;
-* ``UnknownStepError`` / ``UnknownWorkflowError`` (the peer rejects the request before
-  building a run; the pool's capability view was stale).
-
-Nothing else is retried: ``DEADLINE_EXCEEDED``, ``INTERNAL``, ``UNKNOWN``, ``CANCELLED``,
-``RESOURCE_EXHAUSTED`` (the ref budget can refuse a result *after* the run), a dropped
-connection, and any failure of a stream that already produced an event reach the caller
-unchanged — a peer killed mid-call gives :class:`~peerflow.errors.TransportError`.
-When no peer can take a call the pool raises one error naming every peer and why:
-``UnknownStepError`` / ``UnknownWorkflowError`` when no peer has what the call needs,
-otherwise ``TransportError``.
+**Routing and failover** follow the pure rules of :mod:`peerflow.peer.routing`: a call
+goes only to peers that are up and have what it needs, the least busy first (ties
+round-robin), and moves to another peer only when it provably never ran there.
 
 **Refs** returned through the pool stay bound to the peer that made them
 (``result.remote_refs[key].fetch()`` goes there); the pool's own ``deref_session_ref`` /
@@ -83,12 +64,13 @@ from peerflow.errors import (
 )
 from peerflow.events import Event
 from peerflow.peer import protocol as pb
-from peerflow.peer.client import DEFAULT_MAX_MESSAGE_BYTES, PeerClient, PeerInfo
+from peerflow.peer.client import DEFAULT_MAX_MESSAGE_BYTES, PeerClient, PeerInfo, check_call
+from peerflow.peer.routing import lacks, never_ran, short_reason
 from peerflow.peer.security import ClientTls
 from peerflow.refs import RegistryKey
 from peerflow.result import WorkflowResult
 
-__all__ = ["PeerPool", "PeerState", "lacks", "never_ran"]
+__all__ = ["PeerPool", "PeerState", "lacks", "never_ran"]  # rules re-exported from routing
 
 log = logging.getLogger("peerflow.pool")
 
@@ -98,15 +80,6 @@ T = TypeVar("T")
 DEFAULT_HEALTH_INTERVAL = 5.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
-# Status details gRPC core gives when the call found no connection to go on (the LB pick
-# or the resolver failed), lower-cased. A call that was on a connection when it broke
-# reads "Stream removed", "Socket closed", "Connection reset", "GOAWAY", ...
-_NEVER_SENT = (
-    "failed to connect to all addresses",
-    "connections to all backends failing",
-    "dns resolution failed",
-    "empty address list",
-)
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
@@ -167,89 +140,6 @@ class _Peer:
         return PeerState(self.address, self.up, self.reason, self.info, self.in_flight, self.calls)
 
 
-# -- pure decisions ------------------------------------------------------------------------
-
-
-def lacks(info: PeerInfo | None, workflow_name: str, step_ids: Sequence[str]) -> str | None:
-    """Why a peer cannot take a call, or None when it can.
-
-    Args:
-        info: the peer's description (None: unknown, assumed capable).
-        workflow_name: the workflow the call names.
-        step_ids: the step ids it needs; empty means the peer's registered workflow.
-
-    Returns:
-        ``"lacks workflow `x`"`` / ``"lacks step `y`"``, or None.
-
-    Raises:
-        Nothing.
-    """
-    if info is None:
-        return None
-    if not step_ids:
-        return None if workflow_name in info.workflows else f"lacks workflow `{workflow_name}`"
-    have = set(info.step_ids)
-    missing = [step_id for step_id in step_ids if step_id not in have]
-    if missing:
-        return "lacks step " + ", ".join(f"`{step_id}`" for step_id in missing)
-    return None
-
-
-def never_ran(error: BaseException) -> bool:
-    """Whether a failed call provably never started on the peer (safe to send elsewhere).
-
-    True for ``UNAVAILABLE`` raised by gRPC's pick/resolver (no connection to send on)
-    and for unknown-step/-workflow rejections; False for everything else, including an
-    ``UNAVAILABLE`` from a connection that broke under the call.
-
-    Args:
-        error: what the call raised.
-
-    Returns:
-        Whether failing over cannot run the work twice.
-
-    Raises:
-        Nothing.
-    """
-    if isinstance(error, UnknownStepError | UnknownWorkflowError):
-        return True
-    if not isinstance(error, PeerError) or error.kind is not PeerErrorKind.TRANSPORT:
-        return False
-    if error.code != "UNAVAILABLE":
-        return False
-    details = _details(error).lower()
-    return any(marker in details for marker in _NEVER_SENT)
-
-
-def _details(error: BaseException) -> str:
-    cause = error.__cause__
-    details = getattr(cause, "details", None)
-    if callable(details):
-        with contextlib.suppress(Exception):
-            text = details()
-            if isinstance(text, str):
-                return text
-    return str(error)
-
-
-def _short_reason(error: BaseException) -> str:
-    """A few words for 'why is this peer down' messages."""
-    if isinstance(error, grpc.RpcError):
-        code = error.code()
-        text = str(error.details() or "")
-        name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
-    else:
-        text = _details(error)
-        name = str(getattr(error, "code", None) or type(error).__name__)
-    lowered = text.lower()
-    if "connection refused" in lowered:
-        return "connection refused"
-    if any(marker in lowered for marker in _NEVER_SENT):
-        return "unreachable"
-    text = " ".join(text.split())
-    return f"{name}: {text[:120]}" if text else name
-
-
 def _check_seconds(value: float, name: str) -> float:
     if (
         isinstance(value, bool)
@@ -259,14 +149,6 @@ def _check_seconds(value: float, name: str) -> float:
     ):
         raise ValidationError(f"{name} must be a number > 0, got {value!r}")
     return float(value)
-
-
-def _check_call(workflow_name: str, step_ids: Sequence[str]) -> tuple[str, ...]:
-    if not isinstance(workflow_name, str) or not workflow_name:
-        raise ValidationError(f"workflow_name must be a non-empty string, got {workflow_name!r}")
-    if isinstance(step_ids, str) or not all(isinstance(s, str) and s for s in step_ids):
-        raise ValidationError(f"step_ids must be a list of non-empty strings, got {step_ids!r}")
-    return tuple(step_ids)
 
 
 # -- the pool ------------------------------------------------------------------------------
@@ -589,9 +471,9 @@ class PeerPool:
                 if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
                     await self._poll(peer)
                     return
-                self._mark(peer, up=False, reason=_short_reason(exc))
+                self._mark(peer, up=False, reason=short_reason(exc))
             except PeerflowError as exc:  # DescribePeer failed
-                self._mark(peer, up=False, reason=_short_reason(exc))
+                self._mark(peer, up=False, reason=short_reason(exc))
             wait_for_ready = True  # from now on gRPC's reconnect backoff paces us
             await asyncio.sleep(self._health_interval)
 
@@ -604,13 +486,13 @@ class PeerPool:
             except UnsupportedError:
                 serving = True  # no health service at all: calls' own errors tell
             except PeerflowError as exc:
-                self._mark(peer, up=False, reason=_short_reason(exc))
+                self._mark(peer, up=False, reason=short_reason(exc))
             else:
                 if serving and not peer.up:
                     try:
                         await self._describe(peer)
                     except PeerflowError as exc:
-                        self._mark(peer, up=False, reason=_short_reason(exc))
+                        self._mark(peer, up=False, reason=short_reason(exc))
                     else:
                         self._mark(peer, up=True)
                 elif not serving:
@@ -700,7 +582,7 @@ class PeerPool:
         self, peer: _Peer, error: PeerflowError, tried: dict[str, tuple[str, bool]]
     ) -> None:
         stale = isinstance(error, UnknownStepError | UnknownWorkflowError)
-        why = f"rejected it ({error})" if stale else f"refused ({_short_reason(error)})"
+        why = f"rejected it ({error})" if stale else f"refused ({short_reason(error)})"
         tried[peer.address] = (why, stale)
         log.info("pool %s: %s %s; trying another peer", self.node_id, peer.address, why)
         if stale and peer.client is not None and self._loop is not None:
@@ -769,7 +651,7 @@ class PeerPool:
                 that may have run the work (never retried).
             ValidationError: bad arguments, or the pool is not started / closed.
         """
-        ids = _check_call(workflow_name, step_ids)
+        ids = check_call(workflow_name, step_ids)
         peer, result = await self._call(
             workflow_name,
             ids,
@@ -800,7 +682,7 @@ class PeerPool:
             WorkflowError / UnknownStepError / UnknownWorkflowError / TransportError /
                 ValidationError: as :meth:`run_remote_workflow`.
         """
-        ids = _check_call(workflow_name, step_ids)
+        ids = check_call(workflow_name, step_ids)
         self._check_ready()
         tried: dict[str, tuple[str, bool]] = {}
         while True:
@@ -845,7 +727,7 @@ class PeerPool:
             raise ValidationError(
                 f"invoke_sub_workflow takes a SubWorkflowRequest, got {request!r}"
             )
-        ids = _check_call(request.workflow_name, request.step_ids)
+        ids = check_call(request.workflow_name, request.step_ids)
         peer, response = await self._call(
             request.workflow_name,
             ids,
