@@ -269,6 +269,16 @@ async def test_blocking_method_of_an_async_client_is_refused(client: PeerClient)
         client.describe_blocking()
 
 
+async def test_blocking_twins_refuse_a_client_bound_to_another_loop(client: PeerClient) -> None:
+    # From a plain thread (no running loop) the twin would run on the portal loop, but this
+    # client's channel belongs to the test's loop: refused with a clear message.
+    with pytest.raises(ValidationError, match="connect_blocking"):
+        await asyncio.to_thread(client.describe_blocking)
+    stream = client.stream_remote_workflow_blocking("echo")
+    with pytest.raises(ValidationError, match="connect_blocking"):
+        await asyncio.to_thread(next, stream)
+
+
 def test_blocking_parity(assert_blocking_twins: Callable[[type], None]) -> None:
     for cls in (PeerClient, PeerServer, RemoteRef):
         assert_blocking_twins(cls)
