@@ -128,6 +128,14 @@ def test_serve_unknown_app() -> None:
     assert "no_such_module_xyz" in one_error_line(proc)
 
 
+def test_serve_bad_max_connection_age() -> None:
+    proc = run_cli(
+        "serve", APP, "--node-id", "n", "--listen", "127.0.0.1:0", "--max-connection-age", "0"
+    )
+    assert proc.returncode == 2
+    assert "--max-connection-age" in one_error_line(proc)
+
+
 def test_serve_port_in_use() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -384,6 +384,13 @@ def _import_app(target: str) -> ModuleType:
     help="Seconds a session ref that outlived its run lives without a deref (lease).",
 )
 @click.option(
+    "--max-connection-age",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="S",
+    help="Ask clients to reconnect after S seconds (lets dns:/// clients find new pods).",
+)
+@click.option(
     "--grace",
     type=click.FloatRange(min=0),
     default=10.0,
@@ -401,6 +408,7 @@ def serve(
     tls_ca: str | None,
     max_concurrent_runs: int | None,
     ref_ttl: float | None,
+    max_connection_age: float | None,
     grace: float,
 ) -> int:
     """Serve APP's workflows and steps to other machines.
@@ -419,6 +427,8 @@ def serve(
         options["max_concurrent_runs"] = max_concurrent_runs
     if ref_ttl is not None:
         options["ref_ttl"] = ref_ttl
+    if max_connection_age is not None:
+        options["max_connection_age"] = max_connection_age
     _run_async(_serve(node_id, listen, grace, workflows, options), fast_loop=True)
     return ExitCode.OK
 

@@ -96,6 +96,10 @@ class PeerServer:
             an insert past it fails the run that made it.
         default_timeout_secs: the deadline of requests that carry no ``timeout_secs``
             (default None: no deadline).
+        max_connection_age: seconds after which a client connection is asked to move to a
+            new one (HTTP/2 GOAWAY; calls in flight finish on the old one). Behind a
+            Kubernetes headless Service this is what lets ``dns:///`` clients re-resolve
+            and spread onto pods added since they connected. Default None: never.
 
     Raises:
         ValidationError: a bad argument.
@@ -115,6 +119,7 @@ class PeerServer:
         ref_ttl: float = DEFAULT_REF_TTL,
         ref_budget_bytes: int = DEFAULT_REF_BUDGET,
         default_timeout_secs: float | None = None,
+        max_connection_age: float | None = None,
     ) -> None:
         if not isinstance(node_id, str) or not node_id.strip():
             raise ValidationError(f"node_id must be a non-empty string, got {node_id!r}")
@@ -152,6 +157,8 @@ class PeerServer:
         self._token = resolve_token(token)
         self._tls = tls
         self._max_message_bytes = max_message_bytes
+        age = _positive(max_connection_age, "max_connection_age", allow_none=True)
+        self._connection_age_ms = None if age is None else max(1, round(age * 1000))
         self.session_refs = session_refs
         self.registry = default_registry() if registry is None else registry
         self._service = PeerService(
@@ -218,6 +225,7 @@ class PeerServer:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
+                *self._connection_age_options(),
             ],
         )
         server.add_generic_rpc_handlers((_MethodTable(self._service.handlers()),))
@@ -259,6 +267,15 @@ class PeerServer:
         return int(port)
 
     start_blocking = blocking_twin(start)
+
+    def _connection_age_options(self) -> list[tuple[str, int]]:
+        if self._connection_age_ms is None:
+            return []
+        # Calls in flight may run as long as they like on the old connection.
+        return [
+            ("grpc.max_connection_age_ms", self._connection_age_ms),
+            ("grpc.max_connection_age_grace_ms", 2**31 - 1),
+        ]
 
     async def serve(self, address: str) -> None:
         """Start on ``address`` and serve until :meth:`stop` (or cancellation).
