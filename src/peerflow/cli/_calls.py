@@ -1,0 +1,390 @@
+"""``peerflow run / describe / health / fetch / release / demo``: calls to a peer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+import orjson
+
+from peerflow.cli._base import (
+    _EPILOG,
+    CliError,
+    ExitCode,
+    _client_options,
+    _client_tls,
+    _connect,
+    _run_async,
+    _settings,
+    cli,
+)
+
+if TYPE_CHECKING:
+    from peerflow.events import Event
+    from peerflow.peer.security import ClientTls
+    from peerflow.result import WorkflowResult
+
+
+# -- run ---------------------------------------------------------------------------------
+
+
+def _read_input(value: str | None) -> bytes | None:
+    """``--input``: JSON text, ``@file`` or ``@-`` (stdin); must be a JSON object."""
+    if value is None:
+        return None
+    source = "--input"
+    if value.startswith("@"):
+        name = value[1:]
+        source = f"--input @{name}"
+        try:
+            raw = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+        except OSError as exc:
+            raise CliError(f"{source}: cannot read {name!r}: {exc.strerror or exc}") from None
+    else:
+        raw = value.encode()
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CliError(f"{source} is not valid JSON: {exc}") from None
+    if parsed is not None and not isinstance(parsed, dict):
+        raise CliError(f"{source} must be a JSON object, got {type(parsed).__name__}")
+    return raw
+
+
+def _json_default(value: Any) -> Any:
+    from peerflow.events import Event
+    from peerflow.refs import RefDescriptor, RegistryKey
+
+    if isinstance(value, RefDescriptor):
+        return {"__blazen_session_ref__": str(value.key)}
+    if isinstance(value, RegistryKey):
+        return str(value)
+    if isinstance(value, Event):
+        return value.to_dict()
+    return repr(value)
+
+
+def _dumps(value: Any, *, pretty: bool = False) -> str:
+    option = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
+    option |= orjson.OPT_INDENT_2 if pretty else 0
+    return orjson.dumps(value, default=_json_default, option=option).decode()
+
+
+def event_line(event: Event) -> str:
+    """One streamed event as one JSON line: ``{"event_type": ..., "data": {...}}``."""
+    return _dumps({"event_type": event.event_type, "data": event.to_dict()})
+
+
+class _Progress:
+    """An elapsed-time spinner on stderr while waiting (only when stderr is a TTY)."""
+
+    FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+        stream = sys.stderr
+        self.enabled = stream.isatty() and not _settings.debug
+        encoding = (getattr(stream, "encoding", "") or "").lower()
+        self._frames = self.FRAMES if "utf" in encoding else "|/-\\"
+        self._task: asyncio.Task[None] | None = None
+        self._shown = False
+        self._start = time.monotonic()
+
+    async def _spin(self) -> None:
+        await asyncio.sleep(0.4)  # short runs never see a spinner
+        i = 0
+        while True:
+            elapsed = time.monotonic() - self._start
+            frame = self._frames[i % len(self._frames)]
+            click.echo(f"\r\x1b[2K{frame} {self._label}  {elapsed:.1f}s", nl=False, err=True)
+            self._shown = True
+            i += 1
+            await asyncio.sleep(0.1)
+
+    def clear(self) -> None:
+        """Erase the spinner line (before printing anything else)."""
+        if self._shown:
+            click.echo("\r\x1b[2K", nl=False, err=True)
+            self._shown = False
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[_Progress]:
+        """Spin while the body runs."""
+        if self.enabled:
+            self._task = asyncio.get_running_loop().create_task(self._spin())
+        try:
+            yield self
+        finally:
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            self.clear()
+
+
+@cli.command(epilog=_EPILOG)
+@click.argument("address")
+@click.argument("workflow")
+@click.option(
+    "--step",
+    "step_ids",
+    multiple=True,
+    metavar="ID",
+    help="A step id to assemble on the peer (repeat, in order); none: the registered workflow.",
+)
+@click.option(
+    "--input",
+    "input_text",
+    metavar="JSON|@FILE",
+    help="The start event's fields: a JSON object, @file, or @- for stdin.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="S",
+    help="Bound the run on the peer (it is cancelled there). Default: the peer's.",
+)
+@click.option("--stream", is_flag=True, help="Print each streamed event as a JSON line.")
+@_client_options
+def run(
+    address: str,
+    workflow: str,
+    step_ids: tuple[str, ...],
+    input_text: str | None,
+    timeout: float | None,
+    stream: bool,
+    client_node_id: str,
+    token_env: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+) -> int:
+    """Run WORKFLOW on the peer at ADDRESS and print its result as JSON.
+
+    ADDRESS is host:port, http://host:port, https://host:port or dns:///name:port.
+    With --stream, each event the remote steps publish is printed as one JSON line as it
+    arrives, before the result. On a terminal, a spinner on stderr shows the elapsed time.
+    Ctrl-C cancels the remote run.
+    """
+    raw = _read_input(input_text)
+    tls = _client_tls(tls_cert, tls_key, tls_ca)
+    result = _run_async(
+        _run(address, workflow, step_ids, raw, timeout, stream, client_node_id, token_env, tls)
+    )
+    click.echo(_dumps(result_dict(result), pretty=True))
+    return ExitCode.OK
+
+
+async def _run(
+    address: str,
+    workflow: str,
+    step_ids: Sequence[str],
+    raw: bytes | None,
+    timeout_secs: float | None,
+    stream: bool,
+    node_id: str,
+    token_env: str | None,
+    tls: ClientTls | None,
+) -> WorkflowResult:
+    from peerflow.result import WorkflowResult
+
+    client = await _connect(address, node_id, token_env, tls)
+    async with client, _Progress(f"{workflow} on {address}").running() as progress:
+        if not stream:
+            return await client.run_remote_workflow(
+                workflow, step_ids, input_json=raw, timeout_secs=timeout_secs
+            )
+        result: WorkflowResult | None = None
+        async for item in client.stream_remote_workflow(
+            workflow, step_ids, input_json=raw, timeout_secs=timeout_secs
+        ):
+            if isinstance(item, WorkflowResult):
+                result = item
+            else:
+                progress.clear()
+                click.echo(event_line(item))
+        if result is None:  # pragma: no cover - the client raises instead
+            raise CliError(f"{address} ended the stream without a result", ExitCode.PROTOCOL)
+        return result
+
+
+def result_dict(result: WorkflowResult) -> dict[str, Any]:
+    """``WorkflowResult.to_dict()`` with the remote refs' keys listed for the user."""
+    return result.to_dict()
+
+
+# -- describe / health -------------------------------------------------------------------
+
+
+@cli.command(epilog=_EPILOG)
+@click.argument("address")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_client_options
+def describe(
+    address: str,
+    as_json: bool,
+    client_node_id: str,
+    token_env: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+) -> int:
+    """Show the peer's node id, software, workflows, step ids and extensions."""
+    tls = _client_tls(tls_cert, tls_key, tls_ca)
+
+    async def go() -> Any:
+        async with await _connect(address, client_node_id, token_env, tls) as client:
+            return await client.describe()
+
+    info = _run_async(go())
+    if as_json:
+        click.echo(
+            _dumps(
+                {
+                    "node_id": info.node_id,
+                    "implementation": info.implementation,
+                    "workflows": {k: list(v) for k, v in info.workflows.items()},
+                    "step_ids": list(info.step_ids),
+                    "extensions": list(info.extensions),
+                },
+                pretty=True,
+            )
+        )
+        return ExitCode.OK
+    click.echo(f"node        {info.node_id}  ({address})")
+    click.echo(f"software    {info.implementation}")
+    click.echo(f"workflows   {len(info.workflows)}")
+    for name, ids in info.workflows.items():
+        click.echo(f"  {name}: {' -> '.join(ids)}")
+    click.echo(f"step ids    {', '.join(info.step_ids) or '(none)'}")
+    click.echo(f"extensions  {', '.join(info.extensions) or '(none)'}")
+    return ExitCode.OK
+
+
+@cli.command(epilog=_EPILOG)
+@click.argument("address")
+@click.option(
+    "--service",
+    default="",
+    metavar="NAME",
+    help="A service name to check (e.g. blazen.peer.v1.BlazenPeer); default: the server.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds to wait for the answer.",
+)
+@_client_options
+def health(
+    address: str,
+    service: str,
+    timeout: float,
+    client_node_id: str,
+    token_env: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+) -> int:
+    """Check the peer's gRPC health: print SERVING and exit 0, or exit non-zero."""
+    tls = _client_tls(tls_cert, tls_key, tls_ca)
+
+    async def go() -> bool:
+        async with await _connect(address, client_node_id, token_env, tls) as client:
+            return await client.health(service, timeout=timeout)
+
+    if _run_async(go()):
+        click.echo("SERVING")
+        return ExitCode.OK
+    raise CliError(f"peer {address} is NOT_SERVING", ExitCode.NOT_SERVING)
+
+
+# -- session refs ------------------------------------------------------------------------
+
+
+@cli.command(epilog=_EPILOG)
+@click.argument("address")
+@click.argument("key")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+    default="-",
+    show_default=True,
+    help="Write the bytes to this file ('-': standard output).",
+)
+@_client_options
+def fetch(
+    address: str,
+    key: str,
+    out: str,
+    client_node_id: str,
+    token_env: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+) -> int:
+    """Fetch the serialized bytes of the session ref KEY (any size, streamed)."""
+    tls = _client_tls(tls_cert, tls_key, tls_ca)
+
+    async def go() -> bytes | bytearray:
+        async with await _connect(address, client_node_id, token_env, tls) as client:
+            return await client.deref_session_ref(key)
+
+    data = _run_async(go())
+    with click.open_file(out, "wb") as sink:
+        sink.write(data)
+    if out != "-":
+        click.echo(f"{key}: {len(data):,} bytes written to {out}", err=True)
+    return ExitCode.OK
+
+
+@cli.command(epilog=_EPILOG)
+@click.argument("address")
+@click.argument("keys", nargs=-1, required=True, metavar="KEY...")
+@_client_options
+def release(
+    address: str,
+    keys: tuple[str, ...],
+    client_node_id: str,
+    token_env: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+) -> int:
+    """Release session refs on the peer (each line says released or already gone)."""
+    tls = _client_tls(tls_cert, tls_key, tls_ca)
+
+    async def go() -> list[bool]:
+        async with await _connect(address, client_node_id, token_env, tls) as client:
+            return [await client.release_session_ref(key) for key in keys]
+
+    for key, released in zip(keys, _run_async(go()), strict=True):
+        click.echo(f"{key} {'released' if released else 'already gone'}")
+    return ExitCode.OK
+
+
+# -- demo --------------------------------------------------------------------------------
+
+
+@cli.command(epilog=_EPILOG)
+def demo() -> int:
+    """Start two peers on loopback and run a distributed workflow across them.
+
+    No set-up needed: a "data node" keeps private records and redacts them where they
+    live, a "GPU node" embeds the redacted text and keeps the matrix as a session ref; this
+    process streams their progress, rolls up token/cost totals, fetches the ref lazily,
+    releases it, and stops both peers.
+    """
+    from peerflow.demo.driver import run_demo
+
+    return run_demo(debug=_settings.debug)
