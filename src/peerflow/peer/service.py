@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import time
@@ -78,28 +79,14 @@ EXTENSIONS = (
 M = TypeVar("M", bound=pb._Message)
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ServiceLimits:
     """The numeric limits a service enforces (validated by PeerServer)."""
 
-    __slots__ = (
-        "default_timeout_secs",
-        "max_concurrent_runs",
-        "max_input_bytes",
-        "max_unary_bytes",
-    )
-
-    def __init__(
-        self,
-        *,
-        max_concurrent_runs: int,
-        max_input_bytes: int,
-        max_unary_bytes: int,
-        default_timeout_secs: float | None,
-    ) -> None:
-        self.max_concurrent_runs = max_concurrent_runs
-        self.max_input_bytes = max_input_bytes
-        self.max_unary_bytes = max_unary_bytes
-        self.default_timeout_secs = default_timeout_secs
+    max_concurrent_runs: int
+    max_input_bytes: int
+    max_unary_bytes: int
+    default_timeout_secs: float | None
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: PeerflowError) -> None:
