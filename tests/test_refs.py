@@ -726,3 +726,13 @@ def test_thread_safety_smoke() -> None:
     explicit = sum(1 for ks in kept for j, _ in enumerate(ks) if (2 * j) % 3 == 0)
     assert len(reg) == explicit
     assert reg.used_bytes == 4 * explicit
+
+
+def test_lifetime_of_a_ref() -> None:
+    registry = SessionRefRegistry()
+    key = registry.insert(b"x", lifetime=RefLifetime.UNTIL_EXPLICIT_DROP)
+    assert registry.lifetime(key) is RefLifetime.UNTIL_EXPLICIT_DROP
+    assert registry.lifetime(str(key)) is RefLifetime.UNTIL_EXPLICIT_DROP
+    registry.release(key)
+    with pytest.raises(RefNotFoundError):
+        registry.lifetime(key)

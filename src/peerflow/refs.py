@@ -404,6 +404,17 @@ class SessionRefRegistry:
         with self._lock:
             return self._descriptor(self._lookup(RegistryKey.parse(key), None))
 
+    def lifetime(self, key: KeyLike) -> RefLifetime:
+        """The ref's lifetime policy.
+
+        Raises:
+            ValidationError: ``key`` is not a key.
+            RefNotFoundError: no live ref under ``key``.
+
+        """
+        with self._lock:
+            return self._lookup(RegistryKey.parse(key), None).lifetime
+
     def ttl_remaining(self, key: KeyLike) -> float | None:
         """Seconds left on the ref's lease, or None when it holds no lease.
 

@@ -31,7 +31,9 @@ U1 = uuid.UUID("00112233-4455-6677-8899-aabbccddeeff")
 U2 = uuid.UUID("123e4567-e89b-12d3-a456-426614174000")
 
 
-def _make_ref(u: uuid.UUID, d: RemoteRefDescriptor | None) -> tuple[str, uuid.UUID, Any]:
+def _make_ref(
+    u: uuid.UUID, d: RemoteRefDescriptor | None, lifetime: object = None
+) -> tuple[str, uuid.UUID, Any]:
     return ("ref", u, d)
 
 

@@ -42,7 +42,7 @@ from peerflow.peer.results import encode_input, response_to_result
 from peerflow.peer.security import ClientTls, bearer_metadata, resolve_token
 from peerflow.peer.service import BLAZEN, EXTENSION
 from peerflow.peer.status import error_from_rpc, kind_for_status
-from peerflow.refs import RefDescriptor, RegistryKey, loads_value
+from peerflow.refs import RefDescriptor, RefLifetime, RegistryKey, loads_value
 from peerflow.result import WorkflowResult
 
 __all__ = ["PeerClient", "PeerInfo", "RemoteRef"]
@@ -76,9 +76,16 @@ class PeerInfo:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RemoteRef(RefDescriptor):
-    """A session ref that stays on a peer: fetch its value lazily, release it when done."""
+    """A session ref that stays on a peer: fetch its value lazily, release it when done.
+
+    Attributes:
+        client: the client that reaches its peer.
+        lifetime: its lifetime policy on the peer (``UNTIL_PARENT_FINISH`` or
+            ``UNTIL_EXPLICIT_DROP``); None when the peer does not say (a Blazen peer).
+    """
 
     client: PeerClient | None = dataclasses.field(default=None, repr=False, compare=False)
+    lifetime: RefLifetime | None = None
 
     def _client(self) -> PeerClient:
         if self.client is None:
@@ -387,7 +394,12 @@ class PeerClient:
                 raise self._error(exc, method) from exc
         return unframe(reply)
 
-    def _make_ref(self, ref_uuid: uuid.UUID, wire: pb.RemoteRefDescriptor | None) -> RemoteRef:
+    def _make_ref(
+        self,
+        ref_uuid: uuid.UUID,
+        wire: pb.RemoteRefDescriptor | None,
+        lifetime: RefLifetime | None = None,
+    ) -> RemoteRef:
         key = RegistryKey(ref_uuid)
         if wire is None:
             known = self._descriptors.get(key)
@@ -398,7 +410,7 @@ class PeerClient:
             )
         else:
             origin, tag, created = wire.origin_node_id, wire.type_tag, wire.created_at_epoch_ms
-        ref = RemoteRef(key, origin, tag, created, self)
+        ref = RemoteRef(key, origin, tag, created, self, lifetime)
         if tag:
             self._descriptors[key] = ref
         return ref

@@ -7,9 +7,9 @@ The rest of a workflow treats it as any other step::
 
 It forwards its event's fields as the remote start input, re-emits the remote run's stream
 events on the parent's stream as they arrive, rolls the remote token/cost usage into the
-parent's totals, and returns the remote ``StopEvent`` (its ``result``). Refs the remote run
-left alive are released when the parent run ends (``UNTIL_PARENT_FINISH`` semantics)
-unless ``keep_remote_refs=True``.
+parent's totals, and returns the remote ``StopEvent`` (its ``result``). The remote run's
+``UNTIL_PARENT_FINISH`` refs are released when the parent run ends (unless
+``keep_remote_refs=True``); its ``UNTIL_EXPLICIT_DROP`` refs are never released here.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from peerflow.context import Context
 from peerflow.errors import PeerflowError, ValidationError
 from peerflow.events import Event, StartEvent, StopEvent
+from peerflow.refs import RefLifetime
 from peerflow.result import WorkflowResult
 from peerflow.step import StepSpec, step
 
@@ -125,8 +126,11 @@ def _releaser(result: WorkflowResult) -> Any:
     async def release() -> None:
         for key, ref in result.remote_refs.items():
             releaser = getattr(ref, "release", None)
-            if releaser is None:
-                continue
+            if (
+                releaser is None
+                or getattr(ref, "lifetime", None) is RefLifetime.UNTIL_EXPLICIT_DROP
+            ):
+                continue  # explicit-drop refs are released by whoever holds them, never here
             try:
                 await releaser()
             except PeerflowError as exc:

@@ -238,7 +238,7 @@ class SubWorkflowResponse(_Message):
     result_json: Option<bytes>, remote_refs: HashMap<Uuid, RemoteRefDescriptor>,
     error: Option<String>``; then peerflow's optional trailing extensions
     ``usage: Option<Usage>, error_kind: Option<String>, event_type: Option<String>,
-    run_id: Option<String>``.
+    run_id: Option<String>, explicit_refs: Option<Vec<Uuid>>``.
 
     Attributes:
         state_json: JSON of each ``ctx.state`` entry (Blazen sends it empty).
@@ -249,6 +249,9 @@ class SubWorkflowResponse(_Message):
         error_kind: ``step_failed`` | ``timeout`` | ``cancelled`` | ``stalled`` (extension).
         event_type: the terminal event's type, normally ``blazen::StopEvent`` (extension).
         run_id: the remote run's id (extension).
+        explicit_refs: which of ``remote_refs`` are ``UNTIL_EXPLICIT_DROP`` (the others
+            are ``UNTIL_PARENT_FINISH``), so a caller's framework never releases them on
+            its own (extension).
         envelope_version: the protocol version (keyword-only).
     """
 
@@ -260,6 +263,7 @@ class SubWorkflowResponse(_Message):
     error_kind: str | None = None
     event_type: str | None = None
     run_id: str | None = None
+    explicit_refs: tuple[uuid.UUID, ...] | None = None
     envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
 
     def _write(self, w: Writer) -> None:
@@ -284,7 +288,9 @@ class SubWorkflowResponse(_Message):
             descriptor._write(w)
         _write_opt_str(w, self.error)
         # Extensions: only when one is set; unset earlier ones hold their place as 00.
-        if self.run_id is not None:
+        if self.explicit_refs is not None:
+            count = 5
+        elif self.run_id is not None:
             count = 4
         elif self.event_type is not None:
             count = 3
@@ -309,6 +315,12 @@ class SubWorkflowResponse(_Message):
             _write_opt_str(w, self.event_type)
         if count > 3:
             _write_opt_str(w, self.run_id)
+        if count > 4:
+            w.write_option(True)
+            refs = tuple(self.explicit_refs or ())
+            w.write_len(len(refs))
+            for ref_uuid in refs:
+                w.write_uuid(ref_uuid)
 
     @classmethod
     def _read(cls, r: Reader) -> Self:
@@ -327,6 +339,7 @@ class SubWorkflowResponse(_Message):
             return cls(state, result, refs, error, envelope_version=version)
         usage: Usage | None = None
         error_kind = event_type = run_id = None
+        explicit: tuple[uuid.UUID, ...] | None = None
         try:
             if r.read_option():
                 usage = Usage._read(r)
@@ -336,6 +349,8 @@ class SubWorkflowResponse(_Message):
                     event_type = r.read_str() if r.read_option() else None
                     if r.remaining:
                         run_id = r.read_str() if r.read_option() else None
+                        if r.remaining and r.read_option():
+                            explicit = tuple(r.read_uuid() for _ in range(r.read_len()))
         except EncodeError:
             pass  # trailing bytes that are not extensions: ignored, as Blazen ignores them
         return cls(
@@ -347,6 +362,7 @@ class SubWorkflowResponse(_Message):
             error_kind,
             event_type,
             run_id,
+            explicit,
             envelope_version=version,
         )
 

@@ -20,6 +20,7 @@ import orjson
 from peerflow.errors import (
     EncodeError,
     PeerflowError,
+    RefNotFoundError,
     ValidationError,
     WorkflowCancelledError,
     WorkflowError,
@@ -156,6 +157,20 @@ def _usage(ctx_usage: Any) -> Usage:
     return Usage(ctx_usage.input_tokens, ctx_usage.output_tokens, ctx_usage.cost_usd)
 
 
+def _explicit(
+    refs: SessionRefRegistry, survivors: list[RefDescriptor]
+) -> tuple[uuid.UUID, ...] | None:
+    """The survivors a caller must never release on its own (``UNTIL_EXPLICIT_DROP``)."""
+    explicit = []
+    for descriptor in survivors:
+        try:
+            if refs.lifetime(descriptor.key) is RefLifetime.UNTIL_EXPLICIT_DROP:
+                explicit.append(descriptor.key.uuid)
+        except RefNotFoundError:
+            continue  # released meanwhile
+    return tuple(explicit) or None
+
+
 def result_response(
     result: WorkflowResult,
     *,
@@ -179,6 +194,7 @@ def result_response(
         usage=_usage(usage),
         event_type=result.event_type,
         run_id=result.run_id,
+        explicit_refs=_explicit(refs, survivors),
     )
 
 
@@ -189,17 +205,23 @@ def error_response(
     state: Mapping[str, Any],
     survivors: list[RefDescriptor],
     usage: Any,
-    encoder: ResultEncoder,
+    refs: SessionRefRegistry,
+    owner: str,
 ) -> SubWorkflowResponse:
     """The response for a run that failed, timed out or stalled (the RPC itself is OK)."""
+    encoder = ResultEncoder(refs, owner=owner, run_id=run_id)
+    state_json = {k: encoder.dumps(v) for k, v in state.items()}
+    if encoder.created:
+        survivors = refs.end_run(run_id)  # lists (and leases) the refs the state needed
     return SubWorkflowResponse(
-        state_json={k: encoder.dumps(v) for k, v in state.items()},
+        state_json=state_json,
         result_json=None,
         remote_refs=wire_descriptors(survivors),
         error=str(error),
         usage=_usage(usage),
         error_kind=error.kind,
         run_id=run_id,
+        explicit_refs=_explicit(refs, survivors),
     )
 
 
@@ -233,23 +255,34 @@ def response_to_result(
     *,
     workflow: str,
     address: str,
-    make_ref: Callable[[uuid.UUID, RemoteRefDescriptor | None], Any],
+    make_ref: Callable[[uuid.UUID, RemoteRefDescriptor | None, RefLifetime | None], Any],
 ) -> WorkflowResult:
     """Turn a response into a result, or raise the remote run's error.
 
-    ``make_ref(uuid, descriptor)`` builds the caller's remote-ref handle.
+    ``make_ref(uuid, descriptor, lifetime)`` builds the caller's remote-ref handle;
+    ``lifetime`` is None when the peer does not say (a Blazen peer).
 
     Raises:
         WorkflowError: the remote run failed (``remote=True``; timeout and cancel map to
             their subclasses).
         EncodeError: the response's JSON is malformed.
     """
-    handles = {k: make_ref(k, d) for k, d in response.remote_refs.items()}
+    known = response.run_id is not None  # peerflow peers send the extensions
+    explicit = set(response.explicit_refs or ())
+
+    def lifetime(ref_uuid: uuid.UUID) -> RefLifetime | None:
+        if not known:
+            return None
+        if ref_uuid in explicit:
+            return RefLifetime.UNTIL_EXPLICIT_DROP
+        return RefLifetime.UNTIL_PARENT_FINISH
+
+    handles = {k: make_ref(k, d, lifetime(k)) for k, d in response.remote_refs.items()}
 
     def handle(ref_uuid: uuid.UUID) -> Any:
         found = handles.get(ref_uuid)
         if found is None:
-            found = handles[ref_uuid] = make_ref(ref_uuid, None)
+            found = handles[ref_uuid] = make_ref(ref_uuid, None, lifetime(ref_uuid))
         return found
 
     if response.error is not None:

@@ -37,7 +37,6 @@ from peerflow.errors import (
 from peerflow.peer import protocol as pb
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.results import (
-    ResultEncoder,
     decode_input,
     error_response,
     event_json,
@@ -245,18 +244,15 @@ class PeerService:
         owner = current_principal()
         if error is None:
             return result_response(result, refs=self.refs, owner=owner, usage=run.ctx.usage)
-        encoder = ResultEncoder(self.refs, owner=owner, run_id=run.run_id)
-        response = error_response(
+        return error_response(
             error,
             run_id=run.run_id,
             state=run.ctx.state,
             survivors=run.survivors,
             usage=run.ctx.usage,
-            encoder=encoder,
+            refs=self.refs,
+            owner=owner,
         )
-        if encoder.created:
-            self.refs.end_run(run.run_id)
-        return response
 
     async def _drive(self, run: Run, context: grpc.aio.ServicerContext) -> pb.SubWorkflowResponse:
         started = time.perf_counter()
