@@ -117,3 +117,9 @@ def test_bad_event_construction_is_a_validation_error(build: Any, match: str) ->
 def test_validation_error_is_also_value_error() -> None:
     with pytest.raises(ValueError):
         Greeting(name=1.5)
+
+
+def test_a_field_named_self_is_just_a_field() -> None:
+    # JSON from the wire may carry any key; "self" must not collide with the method.
+    assert StartEvent(**{"self": 1}).to_dict() == {"self": 1}
+    assert Event("X", **{"self": 2}).to_dict() == {"self": 2}

@@ -63,7 +63,7 @@ class Event(BaseModel):
         cls.event_type_name = event_type or cls.__name__
         _CLASSES.setdefault(cls.event_type_name, cls)
 
-    def __init__(self, *args: Any, **data: Any) -> None:
+    def __init__(self, /, *args: Any, **data: Any) -> None:
         if len(args) > 1:
             raise ValidationError(
                 f"{type(self).__name__}() takes at most one positional argument (a dynamic "

@@ -128,19 +128,39 @@ class ResultEncoder:
         """``value`` as JSON, refs in place of what JSON cannot carry.
 
         Raises:
-            ResourceExhaustedError: the ref budget refused a value; the refs this encoder
-                stored are released (no response will name them).
+            ResourceExhaustedError: the ref budget refused a value.
+            EncodeError: the value cannot be encoded even with refs (an int beyond 64
+                bits, a non-scalar dict key, nesting deeper than 254 levels).
+
+        On either error, the refs this encoder stored are released: no response will name
+        them.
         """
         try:
             return orjson.dumps(value, default=self._default, option=orjson.OPT_NON_STR_KEYS)
-        except TypeError:
+        except TypeError as exc:  # orjson turns errors raised in default into TypeError
             error, self._error = self._error, None
-            if error is None:
-                raise
-            for key in self._keys:  # orjson turns errors raised in default into TypeError
-                self._refs.release(key)
-            self._keys.clear()
-            raise error from None
+            self.discard()
+            if error is not None:
+                raise error from None
+            raise EncodeError(f"cannot encode {type(value).__name__} as JSON: {exc}") from None
+
+    def discard(self) -> None:
+        """Release every ref this encoder stored."""
+        for key in self._keys:
+            self._refs.release(key)
+        self._keys.clear()
+        self.created = 0
+
+    def dumps_or_describe(self, value: Any) -> bytes:
+        """:meth:`dumps`, or a JSON string describing ``value`` when it cannot be encoded.
+
+        Raises:
+            ResourceExhaustedError: the ref budget refused a value.
+        """
+        try:
+            return self.dumps(value)
+        except EncodeError as exc:
+            return orjson.dumps(f"<not encodable: {exc}>")
 
 
 def wire_descriptors(
@@ -210,7 +230,7 @@ def error_response(
 ) -> SubWorkflowResponse:
     """The response for a run that failed, timed out or stalled (the RPC itself is OK)."""
     encoder = ResultEncoder(refs, owner=owner, run_id=run_id)
-    state_json = {k: encoder.dumps(v) for k, v in state.items()}
+    state_json = {str(k): encoder.dumps_or_describe(v) for k, v in state.items()}
     if encoder.created:
         survivors = refs.end_run(run_id)  # lists (and leases) the refs the state needed
     return SubWorkflowResponse(
@@ -226,8 +246,19 @@ def error_response(
 
 
 def event_json(event: Event) -> bytes:
-    """A streamed event's data as JSON (values JSON cannot carry become their ``repr``)."""
-    return orjson.dumps(event.to_dict(), default=repr, option=orjson.OPT_NON_STR_KEYS)
+    """A streamed event's data as JSON; what JSON cannot carry becomes its ``repr``."""
+    data = event.to_dict()
+    try:
+        return orjson.dumps(data, default=repr, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # beyond default's reach: huge ints, tuple keys, deep nesting
+        return orjson.dumps({str(k): _jsonable_or_repr(v) for k, v in data.items()})
+
+
+def _jsonable_or_repr(value: Any) -> Any:
+    try:
+        return orjson.Fragment(orjson.dumps(value, default=repr, option=orjson.OPT_NON_STR_KEYS))
+    except TypeError:
+        return repr(value)
 
 
 def _replace_markers(value: Any, make_ref: Callable[[uuid.UUID], Any]) -> Any:

@@ -29,6 +29,7 @@ import grpc
 from peerflow import telemetry
 from peerflow._version import __version__
 from peerflow.errors import (
+    EncodeError,
     PeerflowError,
     ResourceExhaustedError,
     TransportError,
@@ -243,7 +244,15 @@ class PeerService:
     ) -> pb.SubWorkflowResponse:
         owner = current_principal()
         if error is None:
-            return result_response(result, refs=self.refs, owner=owner, usage=run.ctx.usage)
+            try:
+                return result_response(result, refs=self.refs, owner=owner, usage=run.ctx.usage)
+            except EncodeError as exc:
+                error = WorkflowError(
+                    f"run {run.run_id} of workflow `{run.workflow_name}` finished, but its "
+                    f"result cannot be sent: {exc}",
+                    run_id=run.run_id,
+                    workflow=run.workflow_name,
+                )
         return error_response(
             error,
             run_id=run.run_id,
