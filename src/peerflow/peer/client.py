@@ -31,6 +31,7 @@ from peerflow.errors import (
     PeerError,
     PeerErrorKind,
     PeerflowError,
+    ResourceExhaustedError,
     UnsupportedError,
     ValidationError,
 )
@@ -53,6 +54,9 @@ T = TypeVar("T")
 DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
 DEFAULT_FLOW_CONTROL_WINDOW = 1 << 20
 DEADLINE_SLACK_SECS = 5.0
+MAX_CLIENT_DEADLINE_SECS = 366 * 24 * 3600
+MAX_U64 = 2**64 - 1
+DEFAULT_MAX_VALUE_BYTES = 4 << 30
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -162,7 +166,20 @@ def _check_timeout(timeout_secs: float | None) -> int | None:
         or timeout_secs <= 0
     ):
         raise ValidationError(f"timeout_secs must be a number > 0 or None, got {timeout_secs!r}")
+    if timeout_secs > MAX_U64:
+        raise ValidationError(f"timeout_secs must be at most {MAX_U64}, got {timeout_secs!r}")
     return math.ceil(timeout_secs)
+
+
+def _grpc_deadline(wire_timeout: int | None) -> float | None:
+    """The call's gRPC deadline: a little beyond the remote run's own timeout.
+
+    gRPC deadlines overflow past ~292 years; beyond a year the peer's timeout alone
+    bounds the run.
+    """
+    if wire_timeout is None or wire_timeout > MAX_CLIENT_DEADLINE_SECS:
+        return None
+    return wire_timeout + DEADLINE_SLACK_SECS
 
 
 class PeerClient:
@@ -180,8 +197,10 @@ class PeerClient:
         client_node_id: str,
         channel: grpc.aio.Channel,
         metadata: tuple[tuple[str, str], ...],
+        max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
     ) -> None:
         self._target = target
+        self._max_value_bytes = max_value_bytes
         self.node_id = client_node_id
         self.address = target.address
         self._channel = channel
@@ -218,6 +237,7 @@ class PeerClient:
         connect_timeout: float | None = 10.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         flow_control_window: int | None = DEFAULT_FLOW_CONTROL_WINDOW,
+        max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
     ) -> PeerClient:
         """Open a channel to ``address`` and wait until it is ready.
 
@@ -237,6 +257,9 @@ class PeerClient:
                 speed. Throughput is capped near window / round-trip time (1 GB/s at
                 1 ms, 20 MB/s at 50 ms): for distant peers raise it, or pass None to let
                 gRPC size it from the measured bandwidth-delay product.
+            max_value_bytes: the largest session-ref value this client accepts from a
+                deref (default 4 GiB; None: no limit). A peer announcing more is refused
+                before anything is allocated.
 
         Raises:
             ValidationError: bad arguments or address.
@@ -280,6 +303,14 @@ class PeerClient:
                 )
             options.append(("grpc.http2.bdp_probe", 0))
             options.append(("grpc.http2.lookahead_bytes", flow_control_window))
+        if max_value_bytes is not None and (
+            isinstance(max_value_bytes, bool)
+            or not isinstance(max_value_bytes, int)
+            or max_value_bytes < 1
+        ):
+            raise ValidationError(
+                f"max_value_bytes must be an int >= 1 or None, got {max_value_bytes!r}"
+            )
         if target.balanced:
             options.append(("grpc.lb_policy_name", "round_robin"))
         secure = target.secure or tls is not None
@@ -291,7 +322,7 @@ class PeerClient:
         else:
             channel = grpc.aio.insecure_channel(target.grpc_target, options=options)
         metadata = (*bearer_metadata(resolve_token(token)), ("blazen-node-id", client_node_id))
-        client = cls(target, client_node_id, channel, metadata)
+        client = cls(target, client_node_id, channel, metadata, max_value_bytes)
         if connect_timeout is not None:
             try:
                 await client._wait_ready(connect_timeout, secure)
@@ -311,6 +342,7 @@ class PeerClient:
         connect_timeout: float | None = 10.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         flow_control_window: int | None = DEFAULT_FLOW_CONTROL_WINDOW,
+        max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
     ) -> PeerClient:
         """:meth:`connect` for code without an event loop (the client lives on the portal).
 
@@ -327,6 +359,7 @@ class PeerClient:
             connect_timeout=connect_timeout,
             max_message_bytes=max_message_bytes,
             flow_control_window=flow_control_window,
+            max_value_bytes=max_value_bytes,
         )
 
     # -- plumbing ------------------------------------------------------------------------
@@ -433,7 +466,7 @@ class PeerClient:
         else:
             raw = encode_input(input)
         wire_timeout = _check_timeout(timeout_secs)
-        deadline = None if wire_timeout is None else wire_timeout + DEADLINE_SLACK_SECS
+        deadline = _grpc_deadline(wire_timeout)
         request = pb.SubWorkflowRequest(workflow_name, tuple(step_ids), raw, wire_timeout)
         return request, deadline
 
@@ -456,7 +489,7 @@ class PeerClient:
             )
         method = BLAZEN + "InvokeSubWorkflow"
         if deadline is None and request.timeout_secs is not None:
-            deadline = request.timeout_secs + DEADLINE_SLACK_SECS
+            deadline = _grpc_deadline(request.timeout_secs)
         reply = await self._unary(self._invoke, method, request.encode(), deadline)
         try:
             return pb.SubWorkflowResponse.decode(reply)
@@ -612,7 +645,20 @@ class PeerClient:
                     async for _ in call:
                         pass
                     raise EncodeError(f"{self.address} sent no blazen-total-len for a deref")
-                buffer = bytearray(total)
+                limit = self._max_value_bytes
+                if limit is not None and total > limit:
+                    raise ResourceExhaustedError(
+                        f"{self.address} announced a {total}-byte value, more than this "
+                        f"client's max_value_bytes ({limit}); nothing was allocated",
+                        address=self.address,
+                    )
+                try:
+                    buffer = bytearray(total)
+                except MemoryError:
+                    raise ResourceExhaustedError(
+                        f"no memory for the {total}-byte value {self.address} announced",
+                        address=self.address,
+                    ) from None
                 offset = 0
                 async for message in call:
                     chunk = unframe(message)

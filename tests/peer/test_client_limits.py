@@ -1,0 +1,86 @@
+"""Client-side limits: announced value sizes and very long timeouts."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from peerflow import (
+    Context,
+    PeerClient,
+    ResourceExhaustedError,
+    StartEvent,
+    StopEvent,
+    ValidationError,
+    Workflow,
+    step,
+)
+from peerflow.peer.framing import frame
+from peerflow.testing import serve_in_process
+
+STREAM_DEREF = "/peerflow.peer.v1.PeerExtensions/StreamDerefSessionRef"
+
+
+async def _lying_peer(announced: int) -> tuple[grpc.aio.Server, int]:
+    """A peer that announces ``announced`` bytes and sends one."""
+
+    async def deref(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        await context.send_initial_metadata(
+            (("blazen-type-tag", "bytes"), ("blazen-total-len", str(announced)))
+        )
+        yield frame(b"x")
+
+    server = grpc.aio.server()
+    handler = grpc.unary_stream_rpc_method_handler(deref)
+
+    class Table(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+            return handler if details.method == STREAM_DEREF else None
+
+    server.add_generic_rpc_handlers((Table(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
+@pytest.mark.parametrize(("announced", "limit"), [(1 << 40, 4 << 30), (1 << 62, None)])
+async def test_an_announced_size_beyond_the_limit_or_memory_is_refused(
+    announced: int, limit: int | None
+) -> None:
+    server, port = await _lying_peer(announced)
+    try:
+        async with await PeerClient.connect(
+            f"127.0.0.1:{port}", "a", max_value_bytes=limit
+        ) as client:
+            with pytest.raises(ResourceExhaustedError, match=str(announced)):
+                await client.deref_session_ref(uuid.uuid4())
+    finally:
+        await server.stop(0)
+
+
+@step(name="limits::echo")
+async def echo(ctx: Context, ev: StartEvent) -> StopEvent:
+    return StopEvent(result=ev.to_dict())
+
+
+async def test_max_value_bytes_applies_to_real_values_and_is_validated() -> None:
+    async with serve_in_process(Workflow("echo", [echo])) as server:
+        key = server.session_refs.insert(b"y" * 5000)
+        async with await PeerClient.connect(
+            server.address or "", "a", max_value_bytes=4096
+        ) as client:
+            with pytest.raises(ResourceExhaustedError, match="max_value_bytes"):
+                await client.deref_session_ref(key)
+        async with await PeerClient.connect(server.address or "", "b") as client:
+            assert len(await client.deref_session_ref(key)) == 5000
+            # Long timeouts: the peer bounds the run; no overflowing gRPC deadline.
+            result = await client.run_remote_workflow("echo", input={"a": 1}, timeout_secs=1e12)
+            assert result.result == {"a": 1}
+            with pytest.raises(ValidationError, match="timeout_secs"):
+                await client.run_remote_workflow("echo", timeout_secs=1e30)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValidationError, match="max_value_bytes"):
+            await PeerClient.connect("127.0.0.1:1", "c", max_value_bytes=bad)  # type: ignore[arg-type]
