@@ -308,6 +308,16 @@ def _error(code: str, details: str, kind: PeerErrorKind = PeerErrorKind.TRANSPOR
         (_error("NOT_FOUND", "unknown step id `x`", PeerErrorKind.UNKNOWN_STEP), True),
         (_error("NOT_FOUND", "unknown workflow `x`", PeerErrorKind.UNKNOWN_WORKFLOW), True),
         (_error("RESOURCE_EXHAUSTED", "ref budget", PeerErrorKind.RESOURCE_EXHAUSTED), False),
+        (
+            _error(
+                "RESOURCE_EXHAUSTED",
+                "peer a is running its maximum of 1 concurrent runs; the run was not "
+                "started, retry later",
+                PeerErrorKind.RESOURCE_EXHAUSTED,
+            ),
+            True,
+        ),
+        (_error("UNAVAILABLE", "peer a is shutting down; the run was not started"), True),
         (WorkflowError("step failed", remote=True), False),
     ],
 )

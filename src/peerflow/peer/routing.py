@@ -12,11 +12,14 @@ the one with the fewest calls in flight from this pool wins; ties go round-robin
   to put the call on, so nothing was sent. gRPC reports a connection that dropped while a
   call was on it with the same code (``UNAVAILABLE: Stream removed (Socket closed)``) —
   the code alone cannot tell the two apart, the status details can;
+* a peerflow peer's refusal before it created the run — it is shutting down
+  (``UNAVAILABLE``) or at its concurrency limit (``RESOURCE_EXHAUSTED``); such details say
+  "the run was not started";
 * ``UnknownStepError`` / ``UnknownWorkflowError`` (the peer rejects the request before
   building a run; the pool's capability view was stale).
 
 Nothing else is retried: ``DEADLINE_EXCEEDED``, ``INTERNAL``, ``UNKNOWN``, ``CANCELLED``,
-``RESOURCE_EXHAUSTED`` (the ref budget can refuse a result *after* the run), a dropped
+any other ``RESOURCE_EXHAUSTED`` (the ref budget can refuse a result *after* the run), a dropped
 connection, and any failure of a stream that already produced an event reach the caller
 unchanged — a peer killed mid-call gives :class:`~peerflow.errors.TransportError`.
 When no peer can take a call the pool raises one error naming every peer and why:
@@ -33,6 +36,7 @@ import grpc
 
 from peerflow.errors import PeerError, PeerErrorKind, UnknownStepError, UnknownWorkflowError
 from peerflow.peer.client import PeerInfo
+from peerflow.peer.status import NOT_STARTED
 
 __all__ = ["lacks", "never_ran", "short_reason"]
 
@@ -75,8 +79,10 @@ def lacks(info: PeerInfo | None, workflow_name: str, step_ids: Sequence[str]) ->
 def never_ran(error: BaseException) -> bool:
     """Whether a failed call provably never started on the peer (safe to send elsewhere).
 
-    True for ``UNAVAILABLE`` raised by gRPC's pick/resolver (no connection to send on)
-    and for unknown-step/-workflow rejections; False for everything else, including an
+    True for ``UNAVAILABLE`` raised by gRPC's pick/resolver (no connection to send on),
+    for a peer's refusal before it created the run (shutting down, or at its concurrency
+    limit: the details say :data:`~peerflow.peer.status.NOT_STARTED`), and for
+    unknown-step/-workflow rejections; False for everything else, including an
     ``UNAVAILABLE`` from a connection that broke under the call.
 
     Args:
@@ -90,11 +96,13 @@ def never_ran(error: BaseException) -> bool:
     """
     if isinstance(error, UnknownStepError | UnknownWorkflowError):
         return True
-    if not isinstance(error, PeerError) or error.kind is not PeerErrorKind.TRANSPORT:
-        return False
-    if error.code != "UNAVAILABLE":
+    if not isinstance(error, PeerError) or error.code not in ("UNAVAILABLE", "RESOURCE_EXHAUSTED"):
         return False
     details = _details(error).lower()
+    if NOT_STARTED in details:  # a peerflow peer refused before creating the run
+        return True
+    if error.kind is not PeerErrorKind.TRANSPORT or error.code != "UNAVAILABLE":
+        return False
     return any(marker in details for marker in _NEVER_SENT)
 
 

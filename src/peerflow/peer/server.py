@@ -27,6 +27,7 @@ from peerflow.errors import PeerError, PeerErrorKind, ValidationError
 from peerflow.peer.address import parse_listen_address
 from peerflow.peer.security import AuthInterceptor, ServerTls, resolve_token
 from peerflow.peer.service import PeerService, ServiceLimits
+from peerflow.peer.status import NOT_STARTED
 from peerflow.refs import SessionRefRegistry
 from peerflow.registry import Registry, default_registry
 
@@ -313,7 +314,7 @@ class PeerServer:
         if server is None:
             return
         self._server = None
-        self._service.closing = f"peer {self.node_id} is shutting down; the run was not started"
+        self._service.closing = f"peer {self.node_id} is shutting down; {NOT_STARTED}"
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._sweeper is not None:

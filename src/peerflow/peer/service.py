@@ -44,7 +44,7 @@ from peerflow.peer.results import (
     result_response,
 )
 from peerflow.peer.security import current_principal
-from peerflow.peer.status import status_for
+from peerflow.peer.status import NOT_STARTED, status_for
 from peerflow.refs import RegistryKey, SessionRefRegistry
 from peerflow.registry import Registry
 from peerflow.workflow import Workflow
@@ -194,7 +194,7 @@ class PeerService:
         if self.active_runs >= self.limits.max_concurrent_runs:
             raise ResourceExhaustedError(
                 f"peer {self.node_id} is running its maximum of "
-                f"{self.limits.max_concurrent_runs} concurrent runs; retry later"
+                f"{self.limits.max_concurrent_runs} concurrent runs; {NOT_STARTED}, retry later"
             )
         self.active_runs += 1
         try:

@@ -58,6 +58,10 @@ from peerflow.errors import (
     WorkflowTimeoutError,
 )
 
+NOT_STARTED = "the run was not started"
+"""Said in the details of every refusal that happens before a run exists (the peer is
+shutting down, or at its concurrency limit), so a caller may send the call elsewhere."""
+
 __all__ = [
     "STATUS_BY_KIND",
     "error_from_rpc",
