@@ -41,3 +41,15 @@ async def test_calls_refused_at_a_busy_peer_go_to_another() -> None:
         assert busy.active_runs == 1  # only the held run ever ran on the busy peer
         GATE["release"].set()
         assert (await held).result == "ok"
+
+
+async def test_releasing_a_key_the_pool_never_saw_asks_every_peer() -> None:
+    async with (
+        serve_in_process(WORKFLOW, node_id="a") as a,
+        serve_in_process(WORKFLOW, node_id="b") as b,
+        await PeerPool.connect([a.address or "", b.address or ""], client_node_id="p") as pool,
+    ):
+        key = b.session_refs.insert(b"made on b, not through the pool")
+        assert await pool.release_session_ref(key) is True
+        assert key not in b.session_refs
+        assert await pool.release_session_ref(key) is False  # gone everywhere now

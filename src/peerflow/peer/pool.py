@@ -802,11 +802,20 @@ class PeerPool:
             RefPermissionError / TransportError / ValidationError: as
                 :meth:`deref_session_ref`.
         """
+        async def release(client: PeerClient, k: RegistryKey) -> bool:
+            # Release answers False, not NOT_FOUND, for a ref a peer does not hold: turn
+            # that into "not here" so a key this pool did not hand out is asked for on
+            # every peer, not only the first.
+            if await client.release_session_ref(k):
+                return True
+            raise RefNotFoundError(f"{client.address} does not hold {k}")
+
+        parsed = RegistryKey.parse(key)
         try:
-            released = await self._on_owner(key, lambda client, k: client.release_session_ref(k))
+            released = await self._on_owner(parsed, release)
         except RefNotFoundError:
             released = False
-        self._ref_owner.pop(RegistryKey.parse(key), None)
+        self._ref_owner.pop(parsed, None)
         return released
 
     release_session_ref_blocking = blocking_twin(release_session_ref)
