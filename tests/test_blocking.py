@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import asyncio
+import gc
+import os
+import signal
 import threading
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,7 +18,7 @@ from peerflow import (
     WorkflowError,
     step,
 )
-from peerflow.blocking import call_blocking, portal_loop
+from peerflow.blocking import blocking_iter_twin, call_blocking, portal_loop
 
 
 @step
@@ -84,3 +89,55 @@ def test_call_blocking_passes_arguments() -> None:
         return a + b
 
     assert call_blocking(add, 1, b=2) == 3
+
+
+class _Numbers:
+    async def count(self) -> AsyncIterator[int]:
+        for i in range(3):
+            yield i
+
+    count_blocking = blocking_iter_twin(count)
+
+
+def test_an_abandoned_blocking_generator_collected_on_the_portal_does_not_deadlock_it() -> None:
+    it = _Numbers().count_blocking()
+    assert next(it) == 0
+    holder: list[object] = [it]
+    holder.append(holder)  # a cycle: only the cyclic GC frees it
+    del it, holder
+
+    async def collect() -> int:
+        return gc.collect()  # on the portal thread: the generator's cleanup runs here
+
+    loop = portal_loop()
+    asyncio.run_coroutine_threadsafe(collect(), loop).result(timeout=10)
+
+    async def ping() -> str:
+        return "pong"
+
+    assert asyncio.run_coroutine_threadsafe(ping(), loop).result(timeout=10) == "pong"
+
+
+@pytest.mark.skipif(
+    signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
+    reason="SIGINT is handled by someone else in this process",
+)
+def test_ctrl_c_cancels_the_coroutine_and_waits_for_its_cleanup() -> None:
+    entered, cleaned = threading.Event(), threading.Event()
+
+    async def work() -> None:
+        try:
+            entered.set()
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0.2)  # a cleanup that takes a while (a remote cancel)
+            cleaned.set()
+
+    def interrupt() -> None:
+        entered.wait(10)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        call_blocking(work)
+    assert cleaned.is_set()

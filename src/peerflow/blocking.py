@@ -84,18 +84,34 @@ def call_blocking(fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.k
 
 def _on_portal(fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
     loop = portal_loop()
+    started = threading.Event()
+    finished = threading.Event()
+    task: list[asyncio.Task[T]] = []
 
     async def runner() -> T:
-        return await fn(*args, **kwargs)
+        task.append(asyncio.current_task())  # type: ignore[arg-type]
+        started.set()
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            finished.set()
 
     future = asyncio.run_coroutine_threadsafe(runner(), loop)
     try:
         return future.result()
     except KeyboardInterrupt:
-        future.cancel()
-        with contextlib.suppress(Exception):
-            future.result(timeout=5)  # let the coroutine's cleanup run
+        # Cancel the coroutine itself (not just our view of it) and give its cleanup (a
+        # run's shutdown, a remote cancel) up to 5 s before the interrupt propagates.
+        if started.wait(1):
+            loop.call_soon_threadsafe(task[0].cancel)
+            finished.wait(5)
+        else:
+            future.cancel()
         raise
+
+
+def _on_portal_thread() -> bool:
+    return threading.current_thread().name == "peerflow-blocking"
 
 
 def _check_owner(obj: object) -> None:
@@ -156,7 +172,13 @@ def blocking_iter_twin(
                 except StopAsyncIteration:
                     return
         finally:
-            _on_portal(close)
+            if _on_portal_thread():
+                # Collected on the portal thread itself (by the cyclic GC): waiting for the
+                # portal here would deadlock it, so only schedule the close.
+                portal_loop().create_task(close())
+            else:
+                with contextlib.suppress(Exception):  # never mask what ended the iteration
+                    _on_portal(close)
 
     _name_twin(twin, method)
     return twin

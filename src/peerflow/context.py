@@ -60,13 +60,18 @@ class RunRefs:
     survive it and are listed in the run's result.
     """
 
-    __slots__ = ("_owner", "_registry", "_run_id", "used")
+    __slots__ = ("_closed", "_owner", "_registry", "_run_id", "used")
 
     def __init__(self, registry: SessionRefRegistry, run_id: str, owner: str) -> None:
         self._registry = registry
         self._run_id = run_id
         self._owner = owner
         self.used = False
+        self._closed = False
+
+    def close(self) -> None:
+        """Refuse further inserts: the run has ended (its lifetimes were applied)."""
+        self._closed = True
 
     @property
     def registry(self) -> SessionRefRegistry:
@@ -83,10 +88,14 @@ class RunRefs:
 
         Raises:
             ResourceExhaustedError: the registry's byte budget would be exceeded.
-            ValidationError: bad lifetime or type tag.
+            ValidationError: bad lifetime or type tag, or the run has already ended.
         """
         if not isinstance(lifetime, RefLifetime):
             raise ValidationError(f"lifetime must be a RefLifetime, got {lifetime!r}")
+        if self._closed:
+            raise ValidationError(
+                f"run {self._run_id} has ended; a step still running cannot add session refs"
+            )
         self.used = True
         return self._registry.insert(
             value, lifetime=lifetime, type_tag=type_tag, owner=self._owner, run_id=self._run_id

@@ -51,20 +51,27 @@ Finalizer = Callable[[], Awaitable[None]]
 class _Stream:
     """The run's event stream: a buffer with one consumer."""
 
-    __slots__ = ("_buffer", "_closed", "_loop", "_waiter", "taken")
+    __slots__ = ("_buffer", "_closed", "_loop", "_waiter", "sealed", "taken")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._buffer: deque[Event] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        self.sealed = False
         self.taken = False
 
     def put(self, event: Event) -> None:
-        if self._closed:
+        if self._closed or self.sealed:
             return
         self._buffer.append(event)
         self._wake()
+
+    def put_last(self, event: Event | None) -> None:
+        """Publish the terminal event (if any); nothing published later is kept."""
+        if event is not None:
+            self.put(event)
+        self.sealed = True
 
     def close(self) -> None:
         self._closed = True
@@ -120,6 +127,17 @@ class _StepRunner:
             event = queue.popleft()
             try:
                 await run.execute(self.spec, event)
+            except Exception as exc:  # routing what the step returned failed: end the run
+                run.fail(
+                    WorkflowError(
+                        f"step `{self.spec.id}` of workflow `{run.workflow_name}` could not be "
+                        f"completed: {type(exc).__name__}: {_describe(exc)} (run {run.run_id})",
+                        step_id=self.spec.id,
+                        cause=exc,
+                        run_id=run.run_id,
+                        workflow=run.workflow_name,
+                    )
+                )
             finally:
                 run.pending -= 1
             if run.outcome is not None:
@@ -129,6 +147,14 @@ class _StepRunner:
                 return
             if run.pending == 0:
                 run.check_stalled()
+
+
+def _describe(exc: BaseException) -> str:
+    """``str(exc)``, or a fallback when the exception cannot even describe itself."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} whose str() failed>"
 
 
 class Run:
@@ -160,6 +186,7 @@ class Run:
         self.outcome: StopEvent | Event | PeerflowError | None = None
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.finalizers: list[Finalizer] = []
+        self.early: list[Event] | None = []  # events sent from outside before drive() began
         self.survivors: list[RefDescriptor] = []
         self._runners: dict[str, _StepRunner] = {}
         self._routes: dict[str, list[_StepRunner]] = {}
@@ -222,6 +249,9 @@ class Run:
 
     def send_external(self, event: Event) -> None:
         """Route an event that came from outside the steps (a handler, a sync step)."""
+        if self.early is not None:  # before drive() dispatched the StartEvent: wait for it
+            self.early.append(event)
+            return
         self.dispatch(event)
         if self.pending == 0:
             self.check_stalled()
@@ -278,11 +308,11 @@ class Run:
                 self.fail(self._step_error(spec, attempt, exc))
                 return
             except BaseException as exc:
-                # KeyboardInterrupt, SystemExit, a test framework's failure: not retried, but
-                # the run must still end (a dead worker would leave it hanging forever).
+                # SystemExit, KeyboardInterrupt, a test framework's failure raised by a step:
+                # not retried, and the run ends with it. It is not re-raised: a step calling
+                # sys.exit() must not take the event loop (a peer server) down with it.
+                # (Ctrl-C itself reaches asyncio.run as a cancellation, not from a step.)
                 self.fail(self._step_error(spec, attempt, exc))
-                if isinstance(exc, KeyboardInterrupt | SystemExit):
-                    raise
                 return
         if output is None:
             return
@@ -315,18 +345,20 @@ class Run:
         future = self.loop.run_in_executor(None, call, spec.fn, ctx, event)
         if spec.timeout is None:
             output = await future
-        else:
-            async with asyncio.timeout(spec.timeout):
-                output = await future
-        if inspect.isawaitable(output):
-            output = await output
+            if inspect.isawaitable(output):
+                output = await output
+            return output
+        async with asyncio.timeout(spec.timeout):  # covers an awaitable the call returned
+            output = await future
+            if inspect.isawaitable(output):
+                output = await output
         return output
 
     def _step_error(self, spec: StepSpec, attempts: int, exc: BaseException) -> WorkflowError:
         if isinstance(exc, TimeoutError) and spec.timeout is not None:
             what = f"timed out after {spec.timeout:g}s"
         else:
-            what = f"raised {type(exc).__name__}: {exc}"
+            what = f"raised {type(exc).__name__}: {_describe(exc)}"
         remote = isinstance(exc, WorkflowError) and exc.remote
         return WorkflowError(
             f"step `{spec.id}` of workflow `{self.workflow_name}` {what} "
@@ -345,7 +377,7 @@ class Run:
         if self.outcome is None:
             self.outcome = event
             if self.stream is not None:
-                self.stream.put(event)
+                self.stream.put_last(event)
             if not self.done.done():
                 self.done.set_result(None)
 
@@ -353,12 +385,17 @@ class Run:
         """End the run with ``error`` (first outcome wins)."""
         if self.outcome is None:
             self.outcome = error
+            if self.stream is not None:
+                self.stream.put_last(None)
             if not self.done.done():
                 self.done.set_result(None)
 
     async def drive(self) -> WorkflowResult:
         """Start the run, wait for its outcome, stop every step, return or raise."""
         self.dispatch(self.start_event)
+        early, self.early = self.early, None
+        for event in early or ():
+            self.send_external(event)
         try:
             if self.timeout is None:
                 await self.done
@@ -408,11 +445,14 @@ class Run:
                 else:
                     break
         finally:
+            self.ctx.refs.close()  # a sync step still running cannot add refs past end_run
             if self.ctx.refs.used:
                 self.survivors = self.ctx.refs.registry.end_run(self.run_id)
             for finalizer in self.finalizers:
                 try:
                     await finalizer()
+                except asyncio.CancelledError:
+                    interrupted = True  # run the remaining finalizers anyway, re-raise below
                 except Exception:
                     log.warning("run %s: finalizer failed", self.run_id, exc_info=True)
             if self.stream is not None:
@@ -529,6 +569,8 @@ class WorkflowHandler:
         async for event in stream.events():
             yield event
         await asyncio.wait([self._task])
+        if self._task.cancelled():  # its task was cancelled outright (not handler.cancel())
+            raise self._run.cancelled_error()
         error = self._task.exception()
         if error is not None:
             raise error

@@ -220,7 +220,7 @@ def _build(
         retries=retries,
         retry_backoff=float(retry_backoff),
         timeout=float(timeout) if timeout is not None else None,
-        is_async=inspect.iscoroutinefunction(fn),
+        is_async=_is_async_callable(fn),
     )
 
 
@@ -252,10 +252,11 @@ def _annotated_classes(fn: StepFn) -> list[type[Event]]:
     raw = params[1].annotation
     if raw is inspect.Parameter.empty:
         return []
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn).__call__
     try:
-        hint = typing.get_type_hints(fn).get(params[1].name, raw)
+        hint = typing.get_type_hints(target).get(params[1].name, raw)
     except Exception:
-        hint = _resolve_one(fn, raw)
+        hint = _resolve_one(target, raw)
     candidates = typing.get_args(hint) if _is_union(hint) else (hint,)
     found = [
         c for c in candidates if isinstance(c, type) and issubclass(c, Event) and c is not Event
@@ -269,7 +270,8 @@ def _resolve_one(fn: StepFn, raw: Any) -> Any:
         return raw
     namespace = dict(getattr(fn, "__globals__", {}))
     closure = getattr(fn, "__closure__", None) or ()
-    for name, cell in zip(getattr(fn.__code__, "co_freevars", ()), closure, strict=False):
+    code = getattr(fn, "__code__", None)
+    for name, cell in zip(getattr(code, "co_freevars", ()), closure, strict=False):
         try:
             namespace[name] = cell.cell_contents
         except ValueError:
@@ -286,6 +288,15 @@ def _resolve_one(fn: StepFn, raw: Any) -> Any:
 def _is_union(hint: Any) -> bool:
     origin = typing.get_origin(hint)
     return origin is typing.Union or origin is types.UnionType
+
+
+def _is_async_callable(fn: StepFn) -> bool:
+    """A coroutine function, or an object whose ``__call__`` is one."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if inspect.isfunction(fn) or inspect.ismethod(fn):
+        return False
+    return inspect.iscoroutinefunction(type(fn).__call__)
 
 
 def _check_signature(fn: StepFn) -> None:

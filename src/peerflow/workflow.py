@@ -149,7 +149,9 @@ class Workflow:
             found = reg.workflow(name)
             if found is None:
                 raise UnknownWorkflowError(f"unknown workflow `{name}`")
-            return found
+            if timeout is None or timeout == found.timeout:
+                return found
+            return cls(found.name, found.steps, timeout=timeout, session_refs=found.session_refs)
         specs = []
         for step_id in step_ids:
             spec = reg.step(step_id)

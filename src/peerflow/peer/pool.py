@@ -802,6 +802,7 @@ class PeerPool:
             RefPermissionError / TransportError / ValidationError: as
                 :meth:`deref_session_ref`.
         """
+
         async def release(client: PeerClient, k: RegistryKey) -> bool:
             # Release answers False, not NOT_FOUND, for a ref a peer does not hold: turn
             # that into "not here" so a key this pool did not hand out is asked for on

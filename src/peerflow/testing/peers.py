@@ -27,10 +27,11 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import IO, Any, Self
 
 from peerflow.errors import PeerError, PeerErrorKind, ValidationError
 from peerflow.peer.server import PeerServer
@@ -204,23 +205,51 @@ class PeerProcess:
         return f"<PeerProcess {self.node_id} pid={self.pid} {self.address} {state}>"
 
 
-def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
-    """The child's first stdout line, waiting at most ``timeout`` seconds."""
+_PORT_LINE = b'{"port":'
+
+
+def _read_port_line(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes]:
+    """The child's port line (``{"port": ...}``), skipping whatever the app printed before.
+
+    Returns:
+        The port line and the bytes read after it (the app's output, to pass on).
+
+    Raises:
+        TimeoutError: no port line within ``timeout`` seconds.
+        EOFError: the child closed its stdout (exited) first.
+    """
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     deadline = time.monotonic() + timeout
     data = bytearray()
     with selectors.DefaultSelector() as sel:
         sel.register(fd, selectors.EVENT_READ)
-        while b"\n" not in data:
+        while True:
+            while b"\n" in data:
+                line, _, rest = bytes(data).partition(b"\n")
+                if line.startswith(_PORT_LINE):
+                    return line, rest
+                sys.stdout.buffer.write(line + b"\n")  # the app's own output
+                data = bytearray(rest)
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not sel.select(remaining):
                 raise TimeoutError
-            chunk = os.read(fd, 4096)
+            chunk = os.read(fd, 65536)
             if not chunk:
-                break  # EOF: the child exited
+                raise EOFError
             data += chunk
-    return bytes(data.split(b"\n", 1)[0])
+
+
+def _pass_on(stream: IO[bytes], first: bytes) -> None:
+    """Copy a child's stdout to ours until it closes, so the child never blocks on it."""
+    out = sys.stdout.buffer
+    with contextlib.suppress(OSError, ValueError):
+        if first:
+            out.write(first)
+        fd = stream.fileno()
+        for chunk in iter(lambda: os.read(fd, 65536), b""):
+            out.write(chunk)
+            out.flush()
 
 
 def start_peer_process(
@@ -280,7 +309,7 @@ def start_peer_process(
     ]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env)
     try:
-        line = _read_line(proc, startup_timeout)
+        line, rest = _read_port_line(proc, startup_timeout)
         port = int(json.loads(line)["port"])
     except BaseException as exc:
         proc.kill()
@@ -300,4 +329,8 @@ def start_peer_process(
             kind=PeerErrorKind.TRANSPORT,
             address=f"{LOOPBACK}:0",
         ) from None
+    assert proc.stdout is not None
+    threading.Thread(
+        target=_pass_on, args=(proc.stdout, rest), name=f"peer-{node_id}-stdout", daemon=True
+    ).start()
     return PeerProcess(proc, node_id=node_id, port=port)
