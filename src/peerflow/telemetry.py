@@ -226,6 +226,9 @@ class _NoopScope:
     ) -> None:
         return None
 
+    def release_current(self) -> None:
+        """Nothing to release while tracing is off."""
+
 
 _NOOP_SCOPE: Final = _NoopScope()
 
@@ -280,6 +283,15 @@ class _SpanScope:
         finally:
             _detach(self._token)
             span.end()
+
+    def release_current(self) -> None:
+        """Stop being the current span now; the span itself stays open until the end.
+
+        For a ``with`` body that yields (an async generator): the span must not stay the
+        consumer's current span across its yields.
+        """
+        _detach(self._token)
+        self._token = None
 
     def _record_outcome(self, span: Span, exc: BaseException | None) -> None:
         if exc is None:
@@ -429,7 +441,7 @@ def step_span(step_id: str, attempt: int = 1) -> AbstractContextManager[Span]:
     )
 
 
-def client_rpc_span(method: str, address: str) -> AbstractContextManager[Span]:
+def client_rpc_span(method: str, address: str) -> _SpanScope | _NoopScope:
     """CLIENT span around one outgoing gRPC call; call :func:`inject_metadata` inside it.
 
     Args:
@@ -439,7 +451,8 @@ def client_rpc_span(method: str, address: str) -> AbstractContextManager[Span]:
     Returns:
         A context manager yielding the span (a no-op when tracing is off). A failure's
         gRPC code (``grpc.RpcError.code()`` or ``PeerError.code``) becomes
-        ``rpc.grpc.status_code``.
+        ``rpc.grpc.status_code``. Its ``release_current()`` stops the span being current
+        (after :func:`inject_metadata`) while keeping it open, for bodies that yield.
 
     Raises:
         Nothing itself; exceptions from the body are recorded and re-raised unchanged.

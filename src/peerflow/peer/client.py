@@ -37,6 +37,7 @@ from peerflow.errors import (
 )
 from peerflow.events import Event, event_from_data
 from peerflow.peer import protocol as pb
+from peerflow.peer._bounded import BoundedDict
 from peerflow.peer.address import Target, parse_target
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.results import encode_input, response_to_result
@@ -57,6 +58,7 @@ DEADLINE_SLACK_SECS = 5.0
 MAX_CLIENT_DEADLINE_SECS = 366 * 24 * 3600
 MAX_U64 = 2**64 - 1
 DEFAULT_MAX_VALUE_BYTES = 4 << 30
+REMEMBERED_REFS = 65_536  # type tags of refs seen, kept for fetch_ref by key
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -212,7 +214,7 @@ class PeerClient:
         )
         self._closed = False
         self._loop = asyncio.get_running_loop()
-        self._descriptors: dict[RegistryKey, RefDescriptor] = {}
+        self._descriptors: BoundedDict[RegistryKey, RefDescriptor] = BoundedDict(REMEMBERED_REFS)
         self._stream_deref: bool | None = None
         unary = channel.unary_unary
         stream = channel.unary_stream
@@ -563,10 +565,12 @@ class PeerClient:
         request, deadline = self._request(workflow_name, step_ids, input, input_json, timeout_secs)
         self._check_open()
         method = BLAZEN + "StreamSubWorkflowEvents"
-        with telemetry.client_rpc_span(method, self.address):
+        scope = telemetry.client_rpc_span(method, self.address)
+        with scope:
             call = self._stream(
                 frame(request.encode()), metadata=self._call_metadata(), timeout=deadline
             )
+            scope.release_current()  # not the consumer's current span across our yields
             try:
                 async for message in call:
                     item = pb.SubWorkflowEvent.decode(unframe(message)).kind

@@ -64,7 +64,14 @@ from peerflow.errors import (
 )
 from peerflow.events import Event
 from peerflow.peer import protocol as pb
-from peerflow.peer.client import DEFAULT_MAX_MESSAGE_BYTES, PeerClient, PeerInfo, check_call
+from peerflow.peer._bounded import BoundedDict
+from peerflow.peer.client import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    REMEMBERED_REFS,
+    PeerClient,
+    PeerInfo,
+    check_call,
+)
 from peerflow.peer.routing import lacks, never_ran, short_reason
 from peerflow.peer.security import ClientTls
 from peerflow.refs import RegistryKey
@@ -204,7 +211,7 @@ class PeerPool:
         self._max_message_bytes = max_message_bytes
         self._peers = [_Peer(address) for address in cleaned]
         self._by_address = {peer.address: peer for peer in self._peers}
-        self._ref_owner: dict[RegistryKey, _Peer] = {}
+        self._ref_owner: BoundedDict[RegistryKey, _Peer] = BoundedDict(REMEMBERED_REFS)
         self._rr = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
