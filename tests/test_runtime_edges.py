@@ -177,3 +177,27 @@ async def test_an_event_sent_right_after_start_waits_for_the_start_event() -> No
 
 def test_refs_lifetime_constant_is_public() -> None:
     assert RefLifetime.UNTIL_EXPLICIT_DROP.name == "UNTIL_EXPLICIT_DROP"
+
+
+async def test_a_timed_out_sync_attempt_is_cancelled_and_unheard() -> None:
+    attempts: list[int] = []
+    release_first, first_sent = threading.Event(), threading.Event()
+    first_saw_cancelled: list[bool] = []
+
+    @step(timeout=0.1, retries=1, retry_backoff=0)
+    def flaky(ctx: Context, ev: StartEvent) -> StopEvent | None:
+        attempts.append(len(attempts) + 1)
+        if attempts[-1] == 1:
+            release_first.wait(10)  # outlives its timeout: the retry starts meanwhile
+            first_saw_cancelled.append(ctx.cancelled)
+            ctx.send_event(StopEvent(result="attempt 1"))  # too late: must be dropped
+            first_sent.set()
+            return None
+        release_first.set()
+        first_sent.wait(10)
+        return StopEvent(result="attempt 2")
+
+    result = await Workflow("retry", [flaky]).run()
+    assert result.result == "attempt 2"
+    assert attempts == [1, 2]
+    assert first_saw_cancelled == [True]

@@ -236,5 +236,23 @@ class Context:
             )
         self._run.add_finalizer(finalizer)
 
+    def _attempt_view(self, gate: _RunHooks) -> Context:
+        """This context for one attempt of a sync step that has a timeout.
+
+        The same state, session, refs and usage, but its own cancellation flag and event
+        gate: when the attempt times out (its thread cannot be killed), ``cancelled`` turns
+        True for it and whatever it still sends is dropped, so a retry never competes with
+        the attempt it replaced.
+        """
+        view = Context.__new__(Context)
+        view._run = gate
+        view._cancelled = threading.Event()
+        view.run_id = self.run_id
+        view.refs = self.refs
+        view.state = self.state
+        view.session = self.session
+        view.usage = self.usage
+        return view
+
     def _mark_cancelled(self) -> None:
         self._cancelled.set()

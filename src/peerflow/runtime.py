@@ -10,6 +10,7 @@ running, nothing queued and nobody waiting for human input fails at once ("stall
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -91,6 +92,31 @@ class _Stream:
             self._waiter = self._loop.create_future()
             await self._waiter
             self._waiter = None
+
+
+class _AttemptGate:
+    """The run as one sync-step attempt sees it: closed once that attempt is abandoned."""
+
+    __slots__ = ("open", "run")
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.open = True
+
+    def close(self, view: Context) -> None:
+        self.open = False
+        view._mark_cancelled()
+
+    def send_event_threadsafe(self, event: Event) -> None:
+        if self.open:
+            self.run.send_event_threadsafe(event)
+
+    def write_to_stream_threadsafe(self, event: Event) -> None:
+        if self.open:
+            self.run.write_to_stream_threadsafe(event)
+
+    def add_finalizer(self, finalizer: Finalizer) -> None:
+        self.run.add_finalizer(finalizer)
 
 
 class _StepRunner:
@@ -186,6 +212,7 @@ class Run:
         self.outcome: StopEvent | Event | PeerflowError | None = None
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.finalizers: list[Finalizer] = []
+        self._attempts: list[tuple[_AttemptGate, Context]] = []  # sync attempts with timeouts
         self.early: list[Event] | None = []  # events sent from outside before drive() began
         self.survivors: list[RefDescriptor] = []
         self._runners: dict[str, _StepRunner] = {}
@@ -342,16 +369,25 @@ class Run:
             async with asyncio.timeout(spec.timeout):
                 return await spec.fn(ctx, event)
         call = contextvars.copy_context().run
-        future = self.loop.run_in_executor(None, call, spec.fn, ctx, event)
         if spec.timeout is None:
-            output = await future
+            output = await self.loop.run_in_executor(None, call, spec.fn, ctx, event)
             if inspect.isawaitable(output):
                 output = await output
             return output
-        async with asyncio.timeout(spec.timeout):  # covers an awaitable the call returned
-            output = await future
-            if inspect.isawaitable(output):
-                output = await output
+        gate = _AttemptGate(self)
+        view = ctx._attempt_view(gate)
+        self._attempts.append((gate, view))
+        try:
+            async with asyncio.timeout(spec.timeout):  # covers an awaitable the call returned
+                output = await self.loop.run_in_executor(None, call, spec.fn, view, event)
+                if inspect.isawaitable(output):
+                    output = await output
+        except BaseException:
+            gate.close(view)  # timed out or cancelled: the thread runs on, unheard
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._attempts.remove((gate, view))
         return output
 
     def _step_error(self, spec: StepSpec, attempts: int, exc: BaseException) -> WorkflowError:
@@ -429,6 +465,8 @@ class Run:
 
     async def _shutdown(self) -> None:
         self.ctx._mark_cancelled()
+        for gate, view in self._attempts:
+            gate.close(view)
         tasks = [w for r in self._runners.values() for w in r.workers if not w.done()]
         for task in tasks:
             task.cancel()
