@@ -172,6 +172,8 @@ class PeerServer:
         self._address: str | None = None
         self._port: int | None = None
         self._consumed = False
+        self._starting: asyncio.Event | None = None
+        self._stopping: asyncio.Task[None] | None = None
 
     # -- properties ----------------------------------------------------------------------
 
@@ -211,6 +213,17 @@ class PeerServer:
                 "to serve again"
             )
         self._consumed = True
+        self._starting = asyncio.Event()
+        try:
+            return await self._start(listen)
+        except BaseException:
+            if self._server is None:
+                self._consumed = False  # never served: the object may try again
+            raise
+        finally:
+            self._starting.set()
+
+    async def _start(self, listen: str) -> int:
         # Interceptors cost every call ~20-40 µs of server CPU on this stack, so install
         # only what is needed: AuthInterceptor when there is a token to check or a client
         # certificate to read the principal from (without either, every caller is
@@ -302,17 +315,36 @@ class PeerServer:
     wait_stopped_blocking = blocking_twin(wait_stopped)
 
     async def stop(self, grace: float | None = 5.0) -> None:
-        """Stop serving (idempotent).
+        """Stop serving (idempotent; concurrent callers all wait for the same shutdown).
 
         Health goes NOT_SERVING and new runs are refused with UNAVAILABLE ("shutting
         down", so callers know they never ran and may go elsewhere) while runs in flight
         get ``grace`` seconds (None: no limit) to finish; meanwhile refs stay servable.
         Runs still in flight then are cancelled (their callers get the cancelled
         result), the port closes, and other calls in flight get what is left of ``grace``.
+        Cancelling a caller of ``stop`` does not interrupt the shutdown.
+
+        Raises:
+            ValidationError: ``grace`` is not a number >= 0 or None.
         """
+        if grace is not None and (
+            isinstance(grace, bool)
+            or not isinstance(grace, int | float)
+            or not math.isfinite(grace)
+            or grace < 0
+        ):
+            raise ValidationError(f"grace must be a number >= 0 or None, got {grace!r}")
+        if self._starting is not None and not self._starting.is_set():
+            await self._starting.wait()  # stopping a server that is still starting
+        if self._stopping is None:
+            if self._server is None:
+                return
+            self._stopping = asyncio.get_running_loop().create_task(self._shutdown(grace))
+        await asyncio.shield(self._stopping)
+
+    async def _shutdown(self, grace: float | None) -> None:
         server = self._server
-        if server is None:
-            return
+        assert server is not None
         self._server = None
         self._service.closing = f"peer {self.node_id} is shutting down; {NOT_STARTED}"
         if self._health is not None:
@@ -345,8 +377,12 @@ class PeerServer:
                 log.info("peer %s: %d expired session refs dropped", self.node_id, dropped)
 
     async def __aenter__(self) -> Self:
-        if self._server is None and not self._consumed:
+        if not self._consumed:
             await self.start()
+        elif self._server is None:
+            raise ValidationError(
+                f"PeerServer {self.node_id!r} has stopped; build a new PeerServer to serve again"
+            )
         return self
 
     async def __aexit__(

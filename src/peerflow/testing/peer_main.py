@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 
 from peerflow.errors import PeerflowError, ValidationError
@@ -95,7 +96,16 @@ async def _serve(args: argparse.Namespace) -> None:
                 loop.remove_reader(fd)
                 stop.set()
 
-        loop.add_reader(fd, on_stdin)
+        try:
+            loop.add_reader(fd, on_stdin)
+        except OSError:  # a regular file or /dev/null cannot be watched: read it in a thread
+
+            def wait_eof() -> None:
+                while os.read(fd, 4096):
+                    pass
+                loop.call_soon_threadsafe(stop.set)
+
+            threading.Thread(target=wait_eof, name="stdin-eof", daemon=True).start()
     port = await server.start(args.listen)
     try:
         line = json.dumps({"port": port, "pid": os.getpid(), "node_id": args.node_id})
