@@ -105,8 +105,11 @@ def test_unreachable_peer() -> None:
     assert f"127.0.0.1:{port}" in one_error_line(proc)
 
 
-def test_unreachable_peer_with_debug_shows_the_traceback() -> None:
-    proc = run_cli("--debug", "health", f"127.0.0.1:{closed_port()}")
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_unreachable_peer_with_debug_shows_the_traceback(where: str) -> None:
+    address = f"127.0.0.1:{closed_port()}"
+    argv = ("--debug", "health", address) if where == "before" else ("health", address, "--debug")
+    proc = run_cli(*argv)
     assert proc.returncode == 3
     assert "Traceback" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("peerflow: error: ")

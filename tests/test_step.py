@@ -205,6 +205,21 @@ def test_unresolvable_event_annotation_is_a_validation_error() -> None:
     namespace: dict[str, Any] = {}
     exec(
         "from __future__ import annotations\n"
+        "from peerflow import step\n"
+        "def make():\n"
+        "    async def s(ctx, ev: Nowhere):\n"
+        "        return None\n"
+        "    return step(s)\n",
+        namespace,
+    )
+    with pytest.raises(ValidationError, match="cannot resolve the annotation 'Nowhere'"):
+        namespace["make"]()
+
+
+def test_annotation_resolved_from_the_defining_functions_locals() -> None:
+    namespace: dict[str, Any] = {}
+    exec(
+        "from __future__ import annotations\n"
         "from peerflow import Event, step\n"
         "def make():\n"
         "    class Local(Event):\n"
@@ -214,8 +229,7 @@ def test_unresolvable_event_annotation_is_a_validation_error() -> None:
         "    return step(s)\n",
         namespace,
     )
-    with pytest.raises(ValidationError, match="cannot resolve the annotation 'Local'"):
-        namespace["make"]()
+    assert namespace["make"]().accepts == ("Local",)
 
 
 def test_annotation_resolved_through_the_closure() -> None:

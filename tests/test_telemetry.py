@@ -441,3 +441,16 @@ def test_global_provider_set_later_is_picked_up_in_a_subprocess() -> None:
     assert names == ["peerflow.step s", "peerflow.run wf"]
     step, run = report["spans"]
     assert step["parent_id"] == run["context"]["span_id"]
+
+
+async def test_a_started_run_has_a_run_span_over_its_steps(exporter: InMemorySpanExporter) -> None:
+    from peerflow import StartEvent, StopEvent, Workflow, step
+
+    @step(name="span::s")
+    async def s(ctx: object, ev: StartEvent) -> StopEvent:
+        return StopEvent(result=1)
+
+    await Workflow("started", [s]).start()
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    run, step_span = spans["peerflow.run started"], spans["peerflow.step span::s"]
+    assert step_span.parent is not None and step_span.parent.span_id == run.context.span_id

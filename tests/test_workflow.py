@@ -214,3 +214,18 @@ def test_workflow_session_refs_must_be_a_registry() -> None:
 
     with pytest.raises(ValidationError, match="session_refs must be a SessionRefRegistry"):
         Workflow("bad", [s], session_refs={})  # type: ignore[arg-type]
+
+
+async def test_remote_refs_accept_every_key_form() -> None:
+    from peerflow import RefLifetime, RegistryKey, StopEvent, step
+
+    @step
+    async def keep(ctx: Any, ev: StartEvent) -> StopEvent:
+        return StopEvent(result=str(ctx.refs.insert(b"abc", RefLifetime.UNTIL_PARENT_FINISH)))
+
+    result = await Workflow("forms", [keep]).run()
+    key = RegistryKey.parse(result.result)
+    assert result.remote_refs[result.result] is result.remote_refs[key]
+    assert result.remote_refs[key.uuid] is result.remote_refs[key]
+    assert result.result in result.remote_refs and "not-a-key" not in result.remote_refs
+    assert result.remote_refs.get("not-a-key") is None

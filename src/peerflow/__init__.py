@@ -34,7 +34,7 @@ from peerflow.errors import (
 )
 from peerflow.events import Event, HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent
 from peerflow.refs import RefLifetime, RegistryKey, SessionRefRegistry, register_serializer
-from peerflow.registry import register_step, register_workflow
+from peerflow.registry import Registry, default_registry, register_step, register_workflow
 from peerflow.result import WorkflowResult
 from peerflow.runtime import WorkflowHandler
 from peerflow.step import step
@@ -64,6 +64,7 @@ __all__ = [
     "RefLifetime",
     "RefNotFoundError",
     "RefPermissionError",
+    "Registry",
     "RegistryKey",
     "RemoteRef",
     "ResourceExhaustedError",
@@ -83,6 +84,7 @@ __all__ = [
     "WorkflowResult",
     "WorkflowTimeoutError",
     "__version__",
+    "default_registry",
     "load_client_tls",
     "load_server_tls",
     "register_serializer",

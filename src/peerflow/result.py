@@ -4,12 +4,37 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
+from peerflow.errors import ValidationError
 from peerflow.events import Event
 from peerflow.refs import RefDescriptor, RegistryKey
 
-__all__ = ["WorkflowResult"]
+__all__ = ["RefMap", "WorkflowResult"]
+
+V = TypeVar("V")
+
+
+class RefMap(dict[RegistryKey, V]):
+    """Refs by key; looked up by a :class:`RegistryKey`, a ``uuid.UUID`` or its string."""
+
+    def _key(self, key: object) -> object:
+        if isinstance(key, RegistryKey):
+            return key
+        try:
+            return RegistryKey.parse(key)  # type: ignore[arg-type]
+        except ValidationError:
+            return key
+
+    def __getitem__(self, key: object) -> V:
+        return super().__getitem__(self._key(key))  # type: ignore[index]
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(self._key(key))
+
+    def get(self, key: object, default: Any = None) -> Any:
+        """The ref under ``key`` (any key form), or ``default``."""
+        return super().get(self._key(key), default)  # type: ignore[call-overload]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ from peerflow.events import (
     StopEvent,
 )
 from peerflow.refs import RefDescriptor, SessionRefRegistry
-from peerflow.result import WorkflowResult
+from peerflow.result import RefMap, WorkflowResult
 
 if TYPE_CHECKING:
     from peerflow.step import StepSpec
@@ -525,7 +525,7 @@ class Run:
             total_input_tokens=usage.input_tokens,
             total_output_tokens=usage.output_tokens,
             total_cost_usd=usage.cost_usd,
-            remote_refs={d.key: d for d in self.survivors},
+            remote_refs=RefMap((d.key, d) for d in self.survivors),
             run_id=self.run_id,
             workflow=self.workflow_name,
         )
@@ -549,6 +549,11 @@ class _EndedRun:
 _ENDED = _EndedRun()
 
 
+async def _traced_drive(run: Run) -> WorkflowResult:
+    with telemetry.run_span(run.workflow_name, run.run_id):
+        return await run.drive()
+
+
 class WorkflowHandler:
     """A run in progress: await it, stream its events, send it events, cancel it.
 
@@ -560,7 +565,8 @@ class WorkflowHandler:
 
     def __init__(self, run: Run) -> None:
         self._run = run
-        self._task: asyncio.Task[WorkflowResult] = run.loop.create_task(run.drive())
+        drive = _traced_drive(run) if telemetry.enabled() else run.drive()
+        self._task: asyncio.Task[WorkflowResult] = run.loop.create_task(drive)
 
     @property
     def run_id(self) -> str:

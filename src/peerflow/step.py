@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
@@ -269,6 +270,13 @@ def _resolve_one(fn: StepFn, raw: Any) -> Any:
     if not isinstance(raw, str):
         return raw
     namespace = dict(getattr(fn, "__globals__", {}))
+    # The locals of the code that defined the step (a class or an import inside a
+    # function): the nearest calling frame outside peerflow.
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith("peerflow"):
+        frame = frame.f_back
+    if frame is not None:
+        namespace.update(frame.f_locals)
     closure = getattr(fn, "__closure__", None) or ()
     code = getattr(fn, "__code__", None)
     for name, cell in zip(getattr(code, "co_freevars", ()), closure, strict=False):

@@ -62,8 +62,8 @@ class Workflow:
         self,
         name: str,
         steps: Sequence[StepSpec | StepFn],
-        *,
         timeout: float | None = None,
+        *,
         session_refs: SessionRefRegistry | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():

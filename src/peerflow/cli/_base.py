@@ -278,8 +278,15 @@ def _fail(exc: BaseException, code: ExitCode) -> int:
 def run_cli(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit code (never raises, never exits)."""
     _settings.debug = os.environ.get("PEERFLOW_DEBUG", "") not in ("", "0")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args[1:]:
+        # `peerflow run ... --debug` works like `peerflow --debug run ...`.
+        end = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[1:end]:
+            args = [a for i, a in enumerate(args) if not (a == "--debug" and 0 < i < end)]
+            args.insert(0, "--debug")
     try:
-        rv = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        rv = cli.main(args=args, standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.Abort as exc:

@@ -29,7 +29,7 @@ from peerflow.errors import (
 from peerflow.events import STOP_EVENT_TYPE, Event, StartEvent, StopEvent, event_from_data
 from peerflow.peer.protocol import RemoteRefDescriptor, SubWorkflowResponse, Usage
 from peerflow.refs import RefDescriptor, RefLifetime, RegistryKey, SessionRefRegistry
-from peerflow.result import WorkflowResult
+from peerflow.result import RefMap, WorkflowResult
 
 __all__ = [
     "REF_MARKER",
@@ -348,7 +348,7 @@ def response_to_result(
         total_input_tokens=usage.input_tokens,
         total_output_tokens=usage.output_tokens,
         total_cost_usd=usage.cost_usd,
-        remote_refs={RegistryKey(k): v for k, v in handles.items()},
+        remote_refs=RefMap((RegistryKey(k), v) for k, v in handles.items()),
         run_id=response.run_id or "",
         workflow=workflow,
     )
