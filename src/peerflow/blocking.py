@@ -22,7 +22,9 @@ An object whose async methods only work on the loop it was created on defines
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -84,29 +86,27 @@ def call_blocking(fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.k
 
 def _on_portal(fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
     loop = portal_loop()
-    started = threading.Event()
-    finished = threading.Event()
-    task: list[asyncio.Task[T]] = []
+    # The coroutine runs in a copy of the caller's context variables, as if called there:
+    # trace context, and the step whose remote calls should roll into its run's usage.
+    context = contextvars.copy_context()
+    done: concurrent.futures.Future[T] = concurrent.futures.Future()
+    tasks: list[asyncio.Task[None]] = []
 
-    async def runner() -> T:
-        task.append(asyncio.current_task())  # type: ignore[arg-type]
-        started.set()
+    async def runner() -> None:
         try:
-            return await fn(*args, **kwargs)
-        finally:
-            finished.set()
+            done.set_result(await fn(*args, **kwargs))
+        except BaseException as exc:  # delivered to the waiting thread, whatever it is
+            done.set_exception(exc)
 
-    future = asyncio.run_coroutine_threadsafe(runner(), loop)
+    loop.call_soon_threadsafe(lambda: tasks.append(loop.create_task(runner(), context=context)))
     try:
-        return future.result()
+        return done.result()
     except KeyboardInterrupt:
-        # Cancel the coroutine itself (not just our view of it) and give its cleanup (a
-        # run's shutdown, a remote cancel) up to 5 s before the interrupt propagates.
-        if started.wait(1):
-            loop.call_soon_threadsafe(task[0].cancel)
-            finished.wait(5)
-        else:
-            future.cancel()
+        # Cancel the coroutine itself and give its cleanup (a run's shutdown, a remote
+        # cancel) up to 5 s before the interrupt propagates.
+        loop.call_soon_threadsafe(lambda: [task.cancel() for task in tasks])
+        with contextlib.suppress(Exception):
+            done.exception(timeout=5)
         raise
 
 

@@ -7,6 +7,7 @@ session refs (values that stay in this process and are handed out by key).
 
 from __future__ import annotations
 
+import contextvars
 import math
 import threading
 from collections.abc import Awaitable, Callable
@@ -21,7 +22,20 @@ from peerflow.refs import RefLifetime, RegistryKey, SessionRefRegistry
 if TYPE_CHECKING:
     import uuid
 
-__all__ = ["Context", "RunRefs", "Usage"]
+__all__ = ["Context", "RunRefs", "Usage", "current_context"]
+
+_CURRENT: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
+    "peerflow_step_context", default=None
+)
+
+
+def current_context() -> Context | None:
+    """The context of the step running in this task or thread, or None outside steps.
+
+    A :class:`~peerflow.peer.client.PeerClient` call made inside a step uses it to roll the
+    remote run's token/cost usage into the step's run.
+    """
+    return _CURRENT.get()
 
 
 class _RunHooks(Protocol):
@@ -51,6 +65,14 @@ class Usage:
             self.input_tokens += input_tokens
             self.output_tokens += output_tokens
             self.cost_usd += cost_usd
+
+    def add_reported(self, input_tokens: int, output_tokens: int, cost_usd: float) -> None:
+        """Add usage a peer reported; values no peer should send (NaN, negative) count 0."""
+        self.add(
+            max(0, input_tokens),
+            max(0, output_tokens),
+            cost_usd if math.isfinite(cost_usd) and cost_usd > 0 else 0.0,
+        )
 
 
 class RunRefs:

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Seque
 from typing import TYPE_CHECKING, Any
 
 from peerflow import telemetry
-from peerflow.context import Context, RunRefs
+from peerflow.context import _CURRENT, Context, RunRefs
 from peerflow.errors import (
     PeerflowError,
     ValidationError,
@@ -320,11 +320,15 @@ class Run:
             try:
                 if cls is not None and not isinstance(event, cls):
                     event = cls(**event.to_dict())
-                if telemetry.enabled():
-                    with telemetry.step_span(spec.id, attempt):
+                token = _CURRENT.set(self.ctx)  # remote calls made here roll into this run
+                try:
+                    if telemetry.enabled():
+                        with telemetry.step_span(spec.id, attempt):
+                            output = await self._invoke(spec, event)
+                    else:
                         output = await self._invoke(spec, event)
-                else:
-                    output = await self._invoke(spec, event)
+                finally:
+                    _CURRENT.reset(token)
                 break
             except asyncio.CancelledError:
                 raise

@@ -234,6 +234,15 @@ async def test_fails_over_when_the_chosen_peer_refuses_the_connection(
         ) as pool:
             victim.kill()
             await pool.wait_for_state(victim.address, up=False)
+            # ... and V's channel has seen its connection go (else a call may still be
+            # written to the dead socket: "broken pipe", which may have run, no failover).
+            member = pool._by_address[victim.address]
+            assert member.client is not None
+            channel = member.client._channel
+            while channel.get_state() is grpc.ChannelConnectivity.READY:
+                await asyncio.wait_for(
+                    channel.wait_for_state_change(grpc.ChannelConnectivity.READY), 10
+                )
             # Replay the window between a peer's death and its watcher noticing: the pool
             # still believes V is up (white-box; the watcher now pauses 60 s). V's channel
             # already saw the socket close, so a call finds no connection: gRPC fails the

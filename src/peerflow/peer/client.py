@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from peerflow import telemetry
 from peerflow._version import __version__
 from peerflow.blocking import blocking_iter_twin, blocking_twin, call_blocking, portal_loop
+from peerflow.context import current_context
 from peerflow.errors import (
     EncodeError,
     PeerError,
@@ -494,7 +495,7 @@ class PeerClient:
             deadline = _grpc_deadline(request.timeout_secs)
         reply = await self._unary(self._invoke, method, request.encode(), deadline)
         try:
-            return pb.SubWorkflowResponse.decode(reply)
+            return _accounted(pb.SubWorkflowResponse.decode(reply))
         except EncodeError as exc:
             raise EncodeError(
                 f"bad response from {self.address}: {exc}", address=self.address
@@ -576,7 +577,7 @@ class PeerClient:
                     item = pb.SubWorkflowEvent.decode(unframe(message)).kind
                     if isinstance(item, pb.StreamDone):
                         yield response_to_result(
-                            item.response,
+                            _accounted(item.response),
                             workflow=workflow_name,
                             address=self.address,
                             make_ref=self._make_ref,
@@ -798,6 +799,15 @@ class PeerClient:
 
     def __repr__(self) -> str:
         return f"<PeerClient {self.node_id} -> {self.address}{' closed' if self._closed else ''}>"
+
+
+def _accounted(response: pb.SubWorkflowResponse) -> pb.SubWorkflowResponse:
+    """Roll a remote run's usage into the run of the step making the call, if any."""
+    ctx = current_context()
+    if ctx is not None and response.usage is not None:
+        usage = response.usage
+        ctx.usage.add_reported(usage.input_tokens, usage.output_tokens, usage.cost_usd)
+    return response
 
 
 def _stream_event(item: pb.EventPayload, address: str) -> Event:

@@ -98,11 +98,8 @@ def remote_step(
                 await stream.aclose()
         if result is None:  # pragma: no cover - the client raises instead
             raise ValidationError(f"remote workflow `{workflow_name}` returned no result")
-        ctx.record_usage(
-            input_tokens=result.total_input_tokens,
-            output_tokens=result.total_output_tokens,
-            cost_usd=result.total_cost_usd,
-        )
+        # The remote run's usage is already in this run's totals: every PeerClient call
+        # made inside a step rolls its usage into the step's run (peerflow.context).
         if result.remote_refs and not keep_remote_refs:
             ctx.on_run_end(_releaser(result))
         return StopEvent(result=result.result)
