@@ -231,6 +231,19 @@ def _write_opt_str(w: Writer, value: str | None) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class FailedStep:
+    """Which step failed a remote run, and after how many attempts (an extension).
+
+    Attributes:
+        step_id: the failing step's id.
+        attempts: how many times it was tried.
+    """
+
+    step_id: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
 class SubWorkflowResponse(_Message):
     """The outcome of a sub-workflow run.
 
@@ -238,7 +251,8 @@ class SubWorkflowResponse(_Message):
     result_json: Option<bytes>, remote_refs: HashMap<Uuid, RemoteRefDescriptor>,
     error: Option<String>``; then peerflow's optional trailing extensions
     ``usage: Option<Usage>, error_kind: Option<String>, event_type: Option<String>,
-    run_id: Option<String>, explicit_refs: Option<Vec<Uuid>>``.
+    run_id: Option<String>, explicit_refs: Option<Vec<Uuid>>,
+    failed_step: Option<FailedStep { step_id: String, attempts: u32 }>``.
 
     Attributes:
         state_json: JSON of each ``ctx.state`` entry (Blazen sends it empty).
@@ -252,6 +266,8 @@ class SubWorkflowResponse(_Message):
         explicit_refs: which of ``remote_refs`` are ``UNTIL_EXPLICIT_DROP`` (the others
             are ``UNTIL_PARENT_FINISH``), so a caller's framework never releases them on
             its own (extension).
+        failed_step: the step that failed and its attempts, when a step failed
+            (extension).
         envelope_version: the protocol version (keyword-only).
     """
 
@@ -264,6 +280,7 @@ class SubWorkflowResponse(_Message):
     event_type: str | None = None
     run_id: str | None = None
     explicit_refs: tuple[uuid.UUID, ...] | None = None
+    failed_step: FailedStep | None = None
     envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
 
     def _write(self, w: Writer) -> None:
@@ -288,7 +305,9 @@ class SubWorkflowResponse(_Message):
             descriptor._write(w)
         _write_opt_str(w, self.error)
         # Extensions: only when one is set; unset earlier ones hold their place as 00.
-        if self.explicit_refs is not None:
+        if self.failed_step is not None:
+            count = 6
+        elif self.explicit_refs is not None:
             count = 5
         elif self.run_id is not None:
             count = 4
@@ -316,11 +335,18 @@ class SubWorkflowResponse(_Message):
         if count > 3:
             _write_opt_str(w, self.run_id)
         if count > 4:
+            if self.explicit_refs is None:
+                w.write_option(False)
+            else:
+                w.write_option(True)
+                w.write_len(len(self.explicit_refs))
+                for ref_uuid in self.explicit_refs:
+                    w.write_uuid(ref_uuid)
+        if count > 5:
             w.write_option(True)
-            refs = tuple(self.explicit_refs or ())
-            w.write_len(len(refs))
-            for ref_uuid in refs:
-                w.write_uuid(ref_uuid)
+            assert self.failed_step is not None
+            w.write_str(self.failed_step.step_id)
+            w.write_u32(self.failed_step.attempts)
 
     @classmethod
     def _read(cls, r: Reader) -> Self:
@@ -340,6 +366,7 @@ class SubWorkflowResponse(_Message):
         usage: Usage | None = None
         error_kind = event_type = run_id = None
         explicit: tuple[uuid.UUID, ...] | None = None
+        failed: FailedStep | None = None
         try:
             if r.read_option():
                 usage = Usage._read(r)
@@ -349,8 +376,11 @@ class SubWorkflowResponse(_Message):
                     event_type = r.read_str() if r.read_option() else None
                     if r.remaining:
                         run_id = r.read_str() if r.read_option() else None
-                        if r.remaining and r.read_option():
-                            explicit = tuple(r.read_uuid() for _ in range(r.read_len()))
+                        if r.remaining:
+                            if r.read_option():
+                                explicit = tuple(r.read_uuid() for _ in range(r.read_len()))
+                            if r.remaining and r.read_option():
+                                failed = FailedStep(r.read_str(), r.read_u32())
         except EncodeError:
             pass  # trailing bytes that are not extensions: ignored, as Blazen ignores them
         return cls(
@@ -363,6 +393,7 @@ class SubWorkflowResponse(_Message):
             event_type,
             run_id,
             explicit,
+            failed,
             envelope_version=version,
         )
 

@@ -27,7 +27,12 @@ from peerflow.errors import (
     WorkflowTimeoutError,
 )
 from peerflow.events import STOP_EVENT_TYPE, Event, StartEvent, StopEvent, event_from_data
-from peerflow.peer.protocol import RemoteRefDescriptor, SubWorkflowResponse, Usage
+from peerflow.peer.protocol import (
+    FailedStep,
+    RemoteRefDescriptor,
+    SubWorkflowResponse,
+    Usage,
+)
 from peerflow.refs import RefDescriptor, RefLifetime, RegistryKey, SessionRefRegistry
 from peerflow.result import RefMap, WorkflowResult
 
@@ -242,6 +247,9 @@ def error_response(
         error_kind=error.kind,
         run_id=run_id,
         explicit_refs=_explicit(refs, survivors),
+        failed_step=(
+            FailedStep(error.step_id, error.attempts) if error.step_id is not None else None
+        ),
     )
 
 
@@ -319,8 +327,11 @@ def response_to_result(
     if response.error is not None:
         kind = response.error_kind or "step_failed"
         cls = _ERROR_CLASSES.get(kind, WorkflowError)
+        failed = response.failed_step
         raise cls(
             f"remote workflow `{workflow}` on {address} failed: {response.error}",
+            step_id=failed.step_id if failed is not None else None,
+            attempts=failed.attempts if failed is not None else 0,
             remote=True,
             run_id=response.run_id,
             workflow=workflow,
