@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -14,6 +15,7 @@ from peerflow import (
     ResourceExhaustedError,
     StartEvent,
     StopEvent,
+    TransportError,
     ValidationError,
     Workflow,
     step,
@@ -84,3 +86,38 @@ async def test_max_value_bytes_applies_to_real_values_and_is_validated() -> None
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValidationError, match="max_value_bytes"):
             await PeerClient.connect("127.0.0.1:1", "c", max_value_bytes=bad)  # type: ignore[arg-type]
+
+
+async def _stalling_peer() -> tuple[grpc.aio.Server, int]:
+    """A peer that announces a value and then never sends it."""
+
+    async def deref(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        await context.send_initial_metadata(
+            (("blazen-type-tag", "bytes"), ("blazen-total-len", "10"))
+        )
+        await asyncio.Event().wait()  # stalls until the call is cancelled
+        yield b""  # pragma: no cover
+
+    server = grpc.aio.server()
+    handler = grpc.unary_stream_rpc_method_handler(deref)
+
+    class Table(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+            return handler if details.method == STREAM_DEREF else None
+
+    server.add_generic_rpc_handlers((Table(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
+async def test_a_deref_timeout_bounds_a_stalled_transfer() -> None:
+    server, port = await _stalling_peer()
+    try:
+        async with await PeerClient.connect(f"127.0.0.1:{port}", "a") as client:
+            with pytest.raises(TransportError, match="DEADLINE_EXCEEDED"):
+                await client.deref_session_ref(uuid.uuid4(), timeout=0.2)
+            with pytest.raises(ValidationError, match="timeout"):
+                await client.release_session_ref(uuid.uuid4(), timeout=0)
+    finally:
+        await server.stop(0)

@@ -174,6 +174,24 @@ def _check_timeout(timeout_secs: float | None) -> int | None:
     return math.ceil(timeout_secs)
 
 
+def _check_deadline(timeout: float | None) -> float | None:
+    """A call's own deadline in seconds (None: no limit).
+
+    Raises:
+        ValidationError: not a number > 0 or None.
+    """
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ValidationError(f"timeout must be a number > 0 or None, got {timeout!r}")
+    return float(timeout)
+
+
 def _grpc_deadline(wire_timeout: int | None) -> float | None:
     """The call's gRPC deadline: a little beyond the remote run's own timeout.
 
@@ -367,7 +385,7 @@ class PeerClient:
 
     # -- plumbing ------------------------------------------------------------------------
 
-    async def _probe(self, timeout: float = 2.0) -> str | None:  # noqa: ASYNC109
+    async def _probe(self, timeout: float = 2.0) -> str | None:
         """The channel's last connection error (a health call that fails fast), or None."""
         try:
             await self._health.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
@@ -376,7 +394,7 @@ class PeerClient:
                 return str(exc.details() or "unavailable")
         return None  # answered (UNIMPLEMENTED from a peer without health is an answer too)
 
-    async def _wait_ready(self, timeout: float, secure: bool) -> None:  # noqa: ASYNC109
+    async def _wait_ready(self, timeout: float, secure: bool) -> None:
         """Wait for the channel to connect; fail early on a certificate the client rejects.
 
         A failed certificate check on this side (untrusted server certificate, wrong
@@ -604,11 +622,14 @@ class PeerClient:
 
     # -- session refs --------------------------------------------------------------------
 
-    async def deref_session_ref(self, key: RegistryKey | uuid.UUID | str) -> bytes | bytearray:
+    async def deref_session_ref(
+        self, key: RegistryKey | uuid.UUID | str, *, timeout: float | None = None
+    ) -> bytes | bytearray:
         """The serialized bytes of a ref on the peer, of any size.
 
         Uses ``StreamDerefSessionRef`` (chunks received into one preallocated buffer) and
-        falls back to Blazen's unary ``DerefSessionRef`` on peers without it.
+        falls back to Blazen's unary ``DerefSessionRef`` on peers without it. ``timeout``
+        bounds the whole transfer (seconds; None: no limit).
 
         Raises:
             RefNotFoundError: no such ref on the peer (released or expired).
@@ -617,30 +638,36 @@ class PeerClient:
             ValidationError: ``key`` is not a key.
         """
         key = RegistryKey.parse(key)
-        _tag, data = await self._fetch_bytes(key)
+        _tag, data = await self._fetch_bytes(key, _check_deadline(timeout))
         return data
 
-    async def _fetch_bytes(self, key: RegistryKey) -> tuple[str | None, bytes | bytearray]:
+    async def _fetch_bytes(
+        self, key: RegistryKey, deadline: float | None
+    ) -> tuple[str | None, bytes | bytearray]:
         payload = pb.DerefRequest(key.uuid).encode()
         probing = False
         if self._stream_deref is not False:
             try:
-                return await self._stream_bytes(payload)
+                return await self._stream_bytes(payload, deadline)
             except UnsupportedError:
                 if self._stream_deref:
                     raise  # the peer streams: it is this value that has no serializer
                 probing = True
-        reply = await self._unary(self._deref, BLAZEN + "DerefSessionRef", payload)
+        reply = await self._unary(self._deref, BLAZEN + "DerefSessionRef", payload, deadline)
         if probing:  # unary works where streaming did not: the peer lacks the extension
             self._stream_deref = False
         known = self._descriptors.get(key)
         return (known.type_tag if known else None), pb.DerefResponse.decode(reply).payload
 
-    async def _stream_bytes(self, payload: bytes) -> tuple[str | None, bytes | bytearray]:
+    async def _stream_bytes(
+        self, payload: bytes, deadline: float | None
+    ) -> tuple[str | None, bytes | bytearray]:
         self._check_open()
         method = EXTENSION + "StreamDerefSessionRef"
         with telemetry.client_rpc_span(method, self.address):
-            call = self._stream_deref_call(frame(payload), metadata=self._call_metadata())
+            call = self._stream_deref_call(
+                frame(payload), metadata=self._call_metadata(), timeout=deadline
+            )
             try:
                 initial = dict(await call.initial_metadata() or ())
                 total = int(initial.get("blazen-total-len", -1))
@@ -685,8 +712,12 @@ class PeerClient:
             finally:
                 call.cancel()
 
-    async def fetch_ref(self, key: RegistryKey | uuid.UUID | str) -> object:
+    async def fetch_ref(
+        self, key: RegistryKey | uuid.UUID | str, *, timeout: float | None = None
+    ) -> object:
         """A ref's value, rebuilt by the serializer registered for its type tag.
+
+        ``timeout`` bounds the transfer, as in :meth:`deref_session_ref`.
 
         Raises:
             RefNotFoundError: no such ref on the peer.
@@ -697,7 +728,7 @@ class PeerClient:
             TransportError: the peer is unreachable.
         """
         key = RegistryKey.parse(key)
-        tag, data = await self._fetch_bytes(key)
+        tag, data = await self._fetch_bytes(key, _check_deadline(timeout))
         if tag is None:
             known = self._descriptors.get(key)
             tag = known.type_tag if known else None
@@ -705,8 +736,12 @@ class PeerClient:
             raise UnsupportedError(f"the type tag of ref {key} on {self.address} is unknown")
         return loads_value(tag, memoryview(data))
 
-    async def release_session_ref(self, key: RegistryKey | uuid.UUID | str) -> bool:
+    async def release_session_ref(
+        self, key: RegistryKey | uuid.UUID | str, *, timeout: float | None = None
+    ) -> bool:
         """Release a ref on the peer; False when it was already gone.
+
+        ``timeout``: seconds to wait for the peer's answer (None: no limit).
 
         Raises:
             RefPermissionError: the ref belongs to another principal.
@@ -715,7 +750,10 @@ class PeerClient:
         """
         key = RegistryKey.parse(key)
         reply = await self._unary(
-            self._release, BLAZEN + "ReleaseSessionRef", pb.ReleaseRequest(key.uuid).encode()
+            self._release,
+            BLAZEN + "ReleaseSessionRef",
+            pb.ReleaseRequest(key.uuid).encode(),
+            _check_deadline(timeout),
         )
         released = pb.ReleaseResponse.decode(reply).released
         self._descriptors.pop(key, None)
@@ -750,7 +788,7 @@ class PeerClient:
 
     describe_blocking = blocking_twin(describe)
 
-    async def health(self, service: str = "", *, timeout: float = 5.0) -> bool:  # noqa: ASYNC109
+    async def health(self, service: str = "", *, timeout: float = 5.0) -> bool:
         """True when the peer's standard gRPC health service reports SERVING.
 
         Raises:

@@ -380,7 +380,7 @@ class PeerPool:
         peer: str,
         *,
         up: bool = True,
-        timeout: float = 10.0,  # noqa: ASYNC109 - a bound on a condition, not an I/O timeout
+        timeout: float = 10.0,
     ) -> PeerState:
         """Wait until a member is up (or down), driven by the pool's own state changes.
 
@@ -421,7 +421,7 @@ class PeerPool:
                 return peer
         raise ValidationError(f"no peer {name!r} in this pool ({', '.join(self.addresses)})")
 
-    async def _wait(self, predicate: Callable[[], bool], timeout: float) -> bool:  # noqa: ASYNC109
+    async def _wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
         assert self._loop is not None
         deadline = self._loop.time() + timeout
         while not predicate():
@@ -777,7 +777,9 @@ class PeerPool:
             code="NOT_FOUND",
         )
 
-    async def deref_session_ref(self, key: RegistryKey | uuid.UUID | str) -> bytes | bytearray:
+    async def deref_session_ref(
+        self, key: RegistryKey | uuid.UUID | str, *, timeout: float | None = None
+    ) -> bytes | bytearray:
         """The serialized bytes of a ref, from the peer that returned it.
 
         Raises:
@@ -786,11 +788,15 @@ class PeerPool:
             TransportError: its peer is unreachable (refs never move between peers).
             ValidationError: ``key`` is not a key.
         """
-        return await self._on_owner(key, lambda client, k: client.deref_session_ref(k))
+        return await self._on_owner(
+            key, lambda client, k: client.deref_session_ref(k, timeout=timeout)
+        )
 
     deref_session_ref_blocking = blocking_twin(deref_session_ref)
 
-    async def fetch_ref(self, key: RegistryKey | uuid.UUID | str) -> object:
+    async def fetch_ref(
+        self, key: RegistryKey | uuid.UUID | str, *, timeout: float | None = None
+    ) -> object:
         """A ref's value, rebuilt by its type tag's serializer, from the peer holding it.
 
         Raises:
@@ -798,11 +804,13 @@ class PeerPool:
                 :meth:`deref_session_ref`.
             UnsupportedError: no serializer here for its type tag.
         """
-        return await self._on_owner(key, lambda client, k: client.fetch_ref(k))
+        return await self._on_owner(key, lambda client, k: client.fetch_ref(k, timeout=timeout))
 
     fetch_ref_blocking = blocking_twin(fetch_ref)
 
-    async def release_session_ref(self, key: RegistryKey | uuid.UUID | str) -> bool:
+    async def release_session_ref(
+        self, key: RegistryKey | uuid.UUID | str, *, timeout: float | None = None
+    ) -> bool:
         """Release a ref on the peer holding it; False when it was already gone.
 
         Raises:
@@ -814,7 +822,7 @@ class PeerPool:
             # Release answers False, not NOT_FOUND, for a ref a peer does not hold: turn
             # that into "not here" so a key this pool did not hand out is asked for on
             # every peer, not only the first.
-            if await client.release_session_ref(k):
+            if await client.release_session_ref(k, timeout=timeout):
                 return True
             raise RefNotFoundError(f"{client.address} does not hold {k}")
 
@@ -857,7 +865,7 @@ class PeerPool:
 
     describe_blocking = blocking_twin(describe)
 
-    async def health(self, *, timeout: float = 5.0) -> dict[str, bool]:  # noqa: ASYNC109
+    async def health(self, *, timeout: float = 5.0) -> dict[str, bool]:
         """Ask every peer's health service now (concurrently).
 
         Returns:

@@ -327,7 +327,7 @@ class PeerService:
         # next run on receiving it never finds its own finished run still counted.
         yield frame(pb.SubWorkflowEvent(pb.StreamDone(response)).encode())
 
-    async def wait_idle(self, timeout: float | None) -> bool:  # noqa: ASYNC109
+    async def wait_idle(self, timeout: float | None) -> bool:
         """Wait until no run is in flight (at most ``timeout`` s; None: no limit).
 
         Returns:
