@@ -99,7 +99,7 @@ class RemoteRef(RefDescriptor):
             raise ValidationError(f"remote ref {self.key} is not bound to a client")
         return self.client
 
-    async def fetch(self) -> object:
+    async def fetch(self, *, timeout: float | None = None) -> object:
         """The value, rebuilt from its bytes by the serializer of its type tag.
 
         Raises:
@@ -108,32 +108,32 @@ class RemoteRef(RefDescriptor):
             UnsupportedError: no serializer is registered here for its type tag.
             TransportError: the peer is unreachable.
         """
-        return await self._client().fetch_ref(self.key)
+        return await self._client().fetch_ref(self.key, timeout=timeout)
 
     fetch_blocking = blocking_twin(fetch)
 
     def _check_portal(self) -> None:
         self._client()._check_portal()
 
-    async def deref(self) -> bytes | bytearray:
+    async def deref(self, *, timeout: float | None = None) -> bytes | bytearray:
         """The value's serialized bytes.
 
         Raises:
             RefNotFoundError: released or expired on the peer.
             TransportError: the peer is unreachable.
         """
-        return await self._client().deref_session_ref(self.key)
+        return await self._client().deref_session_ref(self.key, timeout=timeout)
 
     deref_blocking = blocking_twin(deref)
 
-    async def release(self) -> bool:
+    async def release(self, *, timeout: float | None = None) -> bool:
         """Release it on the peer; False when it was already gone.
 
         Raises:
             RefPermissionError: it belongs to another principal.
             TransportError: the peer is unreachable.
         """
-        return await self._client().release_session_ref(self.key)
+        return await self._client().release_session_ref(self.key, timeout=timeout)
 
     release_blocking = blocking_twin(release)
 
