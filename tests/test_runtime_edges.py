@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 import threading
 from typing import Any
@@ -201,3 +202,47 @@ async def test_a_timed_out_sync_attempt_is_cancelled_and_unheard() -> None:
     assert result.result == "attempt 2"
     assert attempts == [1, 2]
     assert first_saw_cancelled == [True]
+
+
+async def test_current_context_in_a_timed_sync_attempt_is_the_gated_view() -> None:
+    from peerflow.context import current_context
+
+    seen: list[bool] = []
+
+    @step(timeout=5)
+    def check(ctx: Context, ev: StartEvent) -> StopEvent:
+        seen.append(current_context() is ctx)
+        return StopEvent(result="ok")
+
+    assert (await Workflow("view", [check]).run()).result == "ok"
+    assert seen == [True]
+
+
+async def test_a_step_raising_cancelled_error_of_its_own_fails_the_run() -> None:
+    @step
+    async def odd(ctx: Context, ev: StartEvent) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future  # raises CancelledError, though nobody cancelled this run
+
+    with pytest.raises(WorkflowError, match="CancelledError"):
+        await asyncio.wait_for(Workflow("odd", [odd]).run(), 10)
+
+
+def test_keyboard_interrupt_in_a_step_still_stops_the_program() -> None:
+    # Run in a child: a KeyboardInterrupt leaves the event loop, as Ctrl-C should.
+    script = (
+        "import asyncio\n"
+        "from peerflow import StartEvent, Workflow, step\n"
+        "@step\n"
+        "async def interrupted(ctx, ev: StartEvent):\n"
+        "    raise KeyboardInterrupt\n"
+        "try:\n"
+        "    asyncio.run(Workflow('kbd', [interrupted]).run())\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.stdout.strip() == "interrupted", proc.stderr

@@ -175,6 +175,17 @@ class _StepRunner:
                 run.check_stalled()
 
 
+def _being_cancelled() -> bool:
+    """Whether the current task has been asked to cancel (not: something it awaited was).
+
+    A function, so the caller's frame holds no reference to its task: a CancelledError's
+    traceback keeps that frame alive, and task -> exception -> frame -> task would be a
+    cycle left to the garbage collector.
+    """
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 def _describe(exc: BaseException) -> str:
     """``str(exc)``, or a fallback when the exception cannot even describe itself."""
     try:
@@ -330,8 +341,13 @@ class Run:
                 finally:
                     _CURRENT.reset(token)
                 break
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as exc:
+                if _being_cancelled():
+                    raise  # this worker is being cancelled: the run is ending
+                # The step raised CancelledError of its own (an awaited future was
+                # cancelled): a failure, or the run would be left without an outcome.
+                self.fail(self._step_error(spec, attempt, exc))
+                return
             except Exception as exc:
                 if attempt <= spec.retries:
                     await asyncio.sleep(spec.retry_backoff * (2 ** (attempt - 1)))
@@ -342,8 +358,11 @@ class Run:
                 # SystemExit, KeyboardInterrupt, a test framework's failure raised by a step:
                 # not retried, and the run ends with it. It is not re-raised: a step calling
                 # sys.exit() must not take the event loop (a peer server) down with it.
-                # (Ctrl-C itself reaches asyncio.run as a cancellation, not from a step.)
+                # KeyboardInterrupt (Ctrl-C on a loop whose SIGINT handler raises it) still
+                # propagates after ending the run: the user asked to stop the program.
                 self.fail(self._step_error(spec, attempt, exc))
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
                 return
         if output is None:
             return
@@ -372,8 +391,8 @@ class Run:
                 return await spec.fn(ctx, event)
             async with asyncio.timeout(spec.timeout):
                 return await spec.fn(ctx, event)
-        call = contextvars.copy_context().run
         if spec.timeout is None:
+            call = contextvars.copy_context().run
             output = await self.loop.run_in_executor(None, call, spec.fn, ctx, event)
             if inspect.isawaitable(output):
                 output = await output
@@ -381,9 +400,13 @@ class Run:
         gate = _AttemptGate(self)
         view = ctx._attempt_view(gate)
         self._attempts.append((gate, view))
+        attempt_context = contextvars.copy_context()
+        attempt_context.run(_CURRENT.set, view)  # current_context() is the gated view too
         try:
             async with asyncio.timeout(spec.timeout):  # covers an awaitable the call returned
-                output = await self.loop.run_in_executor(None, call, spec.fn, view, event)
+                output = await self.loop.run_in_executor(
+                    None, attempt_context.run, spec.fn, view, event
+                )
                 if inspect.isawaitable(output):
                     output = await output
         except BaseException:

@@ -53,3 +53,25 @@ async def test_releasing_a_key_the_pool_never_saw_asks_every_peer() -> None:
         assert await pool.release_session_ref(key) is True
         assert key not in b.session_refs
         assert await pool.release_session_ref(key) is False  # gone everywhere now
+
+
+async def test_when_every_capable_peer_is_busy_the_pool_says_so() -> None:
+    from peerflow import ResourceExhaustedError
+
+    GATE["started"], GATE["release"] = asyncio.Event(), asyncio.Event()
+    async with (
+        serve_in_process(WORKFLOW, node_id="busy", max_concurrent_runs=1) as busy,
+        await PeerClient.connect(busy.address or "", "direct") as direct,
+        await PeerPool.connect([busy.address or ""], client_node_id="pool") as pool,
+    ):
+        held = asyncio.create_task(direct.run_remote_workflow("work", input={"hold": True}))
+        await GATE["started"].wait()
+        try:
+            await pool.run_remote_workflow("work")
+        except ResourceExhaustedError as exc:
+            assert exc.code == "RESOURCE_EXHAUSTED" and "retry later" in str(exc)
+        else:
+            raise AssertionError("the pool should report the busy peer")
+        finally:
+            GATE["release"].set()
+            await held

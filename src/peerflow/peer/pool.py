@@ -57,6 +57,7 @@ from peerflow.errors import (
     PeerErrorKind,
     PeerflowError,
     RefNotFoundError,
+    ResourceExhaustedError,
     UnknownStepError,
     UnknownWorkflowError,
     UnsupportedError,
@@ -543,15 +544,17 @@ class PeerPool:
         self,
         workflow_name: str | None,
         step_ids: Sequence[str],
-        tried: Mapping[str, tuple[str, bool]],
+        tried: Mapping[str, tuple[str, bool, bool]],
     ) -> PeerError:
         reasons: list[str] = []
         someone_could = False
+        all_busy = bool(tried)
         for peer in self._peers:
             missing = None if workflow_name is None else lacks(peer.info, workflow_name, step_ids)
             if peer.address in tried:
-                why, lacking = tried[peer.address]
+                why, lacking, busy = tried[peer.address]
                 someone_could = someone_could or not lacking
+                all_busy = all_busy and busy
             elif missing is not None:
                 why = missing
             else:
@@ -570,6 +573,14 @@ class PeerPool:
         what = f"workflow `{workflow_name}`"
         if step_ids:
             what += " (steps " + ", ".join(f"`{s}`" for s in step_ids) + ")"
+        if someone_could and all_busy:
+            return PeerError(
+                f"every capable peer of the pool is at its limit for {what}; retry later: "
+                f"{listing}",
+                kind=PeerErrorKind.RESOURCE_EXHAUSTED,
+                address=address,
+                code="RESOURCE_EXHAUSTED",
+            )
         if someone_could:
             return PeerError(
                 f"no peer of the pool can take {what} now: {listing}",
@@ -586,11 +597,12 @@ class PeerPool:
         )
 
     def _failed_over(
-        self, peer: _Peer, error: PeerflowError, tried: dict[str, tuple[str, bool]]
+        self, peer: _Peer, error: PeerflowError, tried: dict[str, tuple[str, bool, bool]]
     ) -> None:
         stale = isinstance(error, UnknownStepError | UnknownWorkflowError)
         why = f"rejected it ({error})" if stale else f"refused ({short_reason(error)})"
-        tried[peer.address] = (why, stale)
+        busy = isinstance(error, ResourceExhaustedError)  # at its limit: nothing ran
+        tried[peer.address] = (why, stale, busy)
         log.info("pool %s: %s %s; trying another peer", self.node_id, peer.address, why)
         if stale and peer.client is not None and self._loop is not None:
             self._loop.create_task(self._refresh(peer))
@@ -607,7 +619,7 @@ class PeerPool:
         fn: Callable[[PeerClient], Awaitable[T]],
     ) -> tuple[_Peer, T]:
         self._check_ready()
-        tried: dict[str, tuple[str, bool]] = {}
+        tried: dict[str, tuple[str, bool, bool]] = {}
         while True:
             peer = self._pick(workflow_name, step_ids, tried)
             if peer is None:
@@ -691,7 +703,7 @@ class PeerPool:
         """
         ids = check_call(workflow_name, step_ids)
         self._check_ready()
-        tried: dict[str, tuple[str, bool]] = {}
+        tried: dict[str, tuple[str, bool, bool]] = {}
         while True:
             peer = self._pick(workflow_name, ids, tried)
             if peer is None:
