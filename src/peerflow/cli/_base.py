@@ -7,7 +7,9 @@ the code of its class (see :data:`EXIT_CODES`); ``--debug`` adds the traceback.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
+import functools
 import logging
 import os
 import socket
@@ -211,30 +213,56 @@ def _security_options(fn: _F) -> _F:
     return fn
 
 
-def _client_options(fn: _F) -> _F:
-    fn = click.option(
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeerArgs:
+    """The options every command that calls a peer shares (``--node-id``, token, TLS)."""
+
+    node_id: str
+    token_env: str | None
+    tls: ClientTls | None
+
+    async def connect(self, address: str) -> PeerClient:
+        """A client for ``address`` (no connect wait: a refused port fails the first call).
+
+        Raises:
+            PeerflowError: a bad address or TLS configuration.
+        """
+        from peerflow.peer.client import PeerClient
+
+        return await PeerClient.connect(
+            address,
+            self.node_id,
+            token=_token_from_env(self.token_env),
+            tls=self.tls,
+            connect_timeout=None,
+        )
+
+
+def _client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--node-id`` and the security options; the command receives ``peer: PeerArgs``."""
+
+    @functools.wraps(fn)
+    def command(
+        *args: Any,
+        client_node_id: str,
+        token_env: str | None,
+        tls_cert: str | None,
+        tls_key: str | None,
+        tls_ca: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        peer = PeerArgs(client_node_id, token_env, _client_tls(tls_cert, tls_key, tls_ca))
+        return fn(*args, peer=peer, **kwargs)
+
+    command = click.option(
         "--node-id",
         "client_node_id",
         metavar="ID",
         default=lambda: f"cli@{socket.gethostname()}",
         show_default="cli@<hostname>",
         help="This caller's node id (sent with every call, logged by the peer).",
-    )(fn)
-    return _security_options(fn)
-
-
-async def _connect(
-    address: str,
-    node_id: str,
-    token_env: str | None,
-    tls: ClientTls | None,
-) -> PeerClient:
-    from peerflow.peer.client import PeerClient
-
-    # No connect wait: the first call fails at once with UNAVAILABLE on a refused port.
-    return await PeerClient.connect(
-        address, node_id, token=_token_from_env(token_env), tls=tls, connect_timeout=None
-    )
+    )(command)
+    return _security_options(command)
 
 
 # -- the group ---------------------------------------------------------------------------

@@ -17,9 +17,8 @@ from peerflow.cli._base import (
     _EPILOG,
     CliError,
     ExitCode,
+    PeerArgs,
     _client_options,
-    _client_tls,
-    _connect,
     _run_async,
     _settings,
     cli,
@@ -27,7 +26,6 @@ from peerflow.cli._base import (
 
 if TYPE_CHECKING:
     from peerflow.events import Event
-    from peerflow.peer.security import ClientTls
     from peerflow.result import WorkflowResult
 
 
@@ -160,11 +158,7 @@ def run(
     input_text: str | None,
     timeout: float | None,
     stream: bool,
-    client_node_id: str,
-    token_env: str | None,
-    tls_cert: str | None,
-    tls_key: str | None,
-    tls_ca: str | None,
+    peer: PeerArgs,
 ) -> int:
     """Run WORKFLOW on the peer at ADDRESS and print its result as JSON.
 
@@ -174,10 +168,7 @@ def run(
     Ctrl-C cancels the remote run.
     """
     raw = _read_input(input_text)
-    tls = _client_tls(tls_cert, tls_key, tls_ca)
-    result = _run_async(
-        _run(address, workflow, step_ids, raw, timeout, stream, client_node_id, token_env, tls)
-    )
+    result = _run_async(_run(address, workflow, step_ids, raw, timeout, stream, peer))
     click.echo(_dumps(result_dict(result), pretty=True))
     return ExitCode.OK
 
@@ -189,13 +180,11 @@ async def _run(
     raw: bytes | None,
     timeout_secs: float | None,
     stream: bool,
-    node_id: str,
-    token_env: str | None,
-    tls: ClientTls | None,
+    peer: PeerArgs,
 ) -> WorkflowResult:
     from peerflow.result import WorkflowResult
 
-    client = await _connect(address, node_id, token_env, tls)
+    client = await peer.connect(address)
     async with client, _Progress(f"{workflow} on {address}").running() as progress:
         if not stream:
             return await client.run_remote_workflow(
@@ -230,17 +219,12 @@ def result_dict(result: WorkflowResult) -> dict[str, Any]:
 def describe(
     address: str,
     as_json: bool,
-    client_node_id: str,
-    token_env: str | None,
-    tls_cert: str | None,
-    tls_key: str | None,
-    tls_ca: str | None,
+    peer: PeerArgs,
 ) -> int:
     """Show the peer's node id, software, workflows, step ids and extensions."""
-    tls = _client_tls(tls_cert, tls_key, tls_ca)
 
     async def go() -> Any:
-        async with await _connect(address, client_node_id, token_env, tls) as client:
+        async with await peer.connect(address) as client:
             return await client.describe()
 
     info = _run_async(go())
@@ -289,17 +273,12 @@ def health(
     address: str,
     service: str,
     timeout: float,
-    client_node_id: str,
-    token_env: str | None,
-    tls_cert: str | None,
-    tls_key: str | None,
-    tls_ca: str | None,
+    peer: PeerArgs,
 ) -> int:
     """Check the peer's gRPC health: print SERVING and exit 0, or exit non-zero."""
-    tls = _client_tls(tls_cert, tls_key, tls_ca)
 
     async def go() -> bool:
-        async with await _connect(address, client_node_id, token_env, tls) as client:
+        async with await peer.connect(address) as client:
             return await client.health(service, timeout=timeout)
 
     if _run_async(go()):
@@ -327,17 +306,12 @@ def fetch(
     address: str,
     key: str,
     out: str,
-    client_node_id: str,
-    token_env: str | None,
-    tls_cert: str | None,
-    tls_key: str | None,
-    tls_ca: str | None,
+    peer: PeerArgs,
 ) -> int:
     """Fetch the serialized bytes of the session ref KEY (any size, streamed)."""
-    tls = _client_tls(tls_cert, tls_key, tls_ca)
 
     async def go() -> bytes | bytearray:
-        async with await _connect(address, client_node_id, token_env, tls) as client:
+        async with await peer.connect(address) as client:
             return await client.deref_session_ref(key)
 
     data = _run_async(go())
@@ -355,17 +329,12 @@ def fetch(
 def release(
     address: str,
     keys: tuple[str, ...],
-    client_node_id: str,
-    token_env: str | None,
-    tls_cert: str | None,
-    tls_key: str | None,
-    tls_ca: str | None,
+    peer: PeerArgs,
 ) -> int:
     """Release session refs on the peer (each line says released or already gone)."""
-    tls = _client_tls(tls_cert, tls_key, tls_ca)
 
     async def go() -> list[bool]:
-        async with await _connect(address, client_node_id, token_env, tls) as client:
+        async with await peer.connect(address) as client:
             return [await client.release_session_ref(key) for key in keys]
 
     for key, released in zip(keys, _run_async(go()), strict=True):
