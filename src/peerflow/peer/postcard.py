@@ -94,12 +94,7 @@ class Writer:
         Raises:
             EncodeError: ``value`` is not an int in ``[0, 2**32)``.
         """
-        if not isinstance(value, int) or not 0 <= value <= MAX_U32:
-            raise _encode_error(f"u32 must be an int in [0, 2**32), got {value!r}")
-        if value < 0x80:
-            self._buf.append(value)
-        else:
-            self._varint(value)
+        self._write_uint(value, MAX_U32, "u32 must be an int in [0, 2**32)")
 
     def write_u64(self, value: int) -> None:
         """Write an unsigned 64-bit integer as a varint.
@@ -107,8 +102,11 @@ class Writer:
         Raises:
             EncodeError: ``value`` is not an int in ``[0, 2**64)``.
         """
-        if not isinstance(value, int) or not 0 <= value <= MAX_U64:
-            raise _encode_error(f"u64 must be an int in [0, 2**64), got {value!r}")
+        self._write_uint(value, MAX_U64, "u64 must be an int in [0, 2**64)")
+
+    def _write_uint(self, value: int, maximum: int, what: str) -> None:
+        if not isinstance(value, int) or not 0 <= value <= maximum:
+            raise _encode_error(f"{what}, got {value!r}")
         if value < 0x80:
             self._buf.append(value)
         else:
