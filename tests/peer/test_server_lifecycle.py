@@ -15,7 +15,8 @@ async def test_a_cancelled_stop_still_finishes_and_later_stops_wait_for_it() -> 
     server = PeerServer("n", registry=Registry())
     await server.start()
     caller = asyncio.ensure_future(server.stop(5))
-    await asyncio.sleep(0)  # the shutdown has begun
+    await asyncio.sleep(0)  # one loop turn: the stop task runs up to its first await
+    assert server._stopping is not None  # the shutdown has begun
     caller.cancel()
     await asyncio.wait([caller])
     await asyncio.wait_for(server.stop(5), 10)  # waits for the same shutdown
@@ -32,7 +33,8 @@ async def test_concurrent_stops_both_return_after_the_shutdown() -> None:
 async def test_a_stop_during_start_stops_the_server() -> None:
     server = PeerServer("n", registry=Registry())
     serving = asyncio.ensure_future(server.serve("127.0.0.1:0"))
-    await asyncio.sleep(0)  # start() is under way
+    await asyncio.sleep(0)  # one loop turn: serve() runs up to its first await
+    assert server._starting is not None and not server._starting.is_set()  # mid-start
     await asyncio.wait_for(server.stop(1), 10)
     await asyncio.wait_for(serving, 10)  # serve() returns: the server really stopped
 
