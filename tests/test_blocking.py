@@ -4,8 +4,11 @@ import asyncio
 import gc
 import os
 import signal
+import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from types import FrameType
+from typing import Any
 
 import pytest
 
@@ -141,3 +144,80 @@ def test_ctrl_c_cancels_the_coroutine_and_waits_for_its_cleanup() -> None:
     with pytest.raises(KeyboardInterrupt):
         call_blocking(work)
     assert cleaned.is_set()
+
+
+_PORTAL_CODE = (
+    os.path.dirname(asyncio.__file__),
+    threading.__file__,
+    sys.modules["peerflow.blocking"].__file__ or "",
+)
+
+
+def _interrupting_tracer(at: int, counter: list[int]) -> Callable[..., Any]:
+    """A main-thread tracer that raises KeyboardInterrupt at its ``at``-th event (0: never).
+
+    Opcode events as well as lines and calls: a real SIGINT lands between any two bytecodes
+    of the waiting thread, inside the portal's code and inside asyncio's.
+    """
+
+    def tracer(frame: FrameType, event: str, arg: object) -> Any:
+        if not frame.f_code.co_filename.startswith(_PORTAL_CODE):
+            return None  # e.g. a weakref callback the GC runs here: it would swallow it
+        frame.f_trace_opcodes = True
+        counter[0] += 1
+        if counter[0] == at:
+            sys.settrace(None)
+            raise KeyboardInterrupt
+        return tracer
+
+    return tracer
+
+
+def _traced_call(at: int, work: Callable[[], Any]) -> tuple[int, BaseException | None]:
+    counter = [0]
+    sys.settrace(_interrupting_tracer(at, counter))
+    try:
+        call_blocking(work)
+    except BaseException as exc:
+        return counter[0], exc
+    finally:
+        sys.settrace(None)
+    return counter[0], None
+
+
+def test_an_interrupt_at_every_point_of_a_call_cancels_cleans_up_and_propagates() -> None:
+    entered, cleaned = threading.Event(), threading.Event()
+
+    async def work() -> str:
+        entered.set()
+        try:
+            await asyncio.sleep(0.02)  # the interrupt usually lands while this runs
+            return "done"
+        finally:
+            await asyncio.sleep(0)  # a cleanup that needs the loop
+            cleaned.set()
+
+    async def ping() -> str:
+        return "pong"
+
+    outcomes: set[str] = set()
+    at = 0
+    while True:  # interrupt at event 1, 2, ... until a call has fewer events than that
+        at += 1
+        entered.clear()
+        cleaned.clear()
+        points, error = _traced_call(at, work)
+        if points < at:
+            assert error is None
+            assert cleaned.is_set()
+            break
+        assert isinstance(error, KeyboardInterrupt), f"event {at}: {error!r}"
+        del error  # no chain of tracebacks across iterations
+        # The coroutine never began, or it was cancelled (or finished) and its cleanup ran
+        # before the interrupt reached the caller.
+        assert cleaned.is_set() or not entered.is_set(), f"event {at}: cleanup skipped"
+        outcomes.add("cleaned" if cleaned.is_set() else "never started")
+        # Nothing hangs: the portal still answers at once.
+        assert asyncio.run_coroutine_threadsafe(ping(), portal_loop()).result(timeout=5)
+    assert at > 50  # the portal's and asyncio's code, bytecode by bytecode
+    assert outcomes == {"cleaned", "never started"}

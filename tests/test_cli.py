@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clitools import ROOT, Served, cli_env, closed_port, peerflow_cmd, read_line, run_cli
+from clitools import ROOT, Served, cli_env, peerflow_cmd, read_line, refused_port, run_cli
 
 from peerflow import __version__
 
@@ -99,17 +99,20 @@ def test_bad_address() -> None:
 
 
 def test_unreachable_peer() -> None:
-    port = closed_port()
-    proc = run_cli("run", f"127.0.0.1:{port}", "echo")
+    with refused_port() as port:
+        proc = run_cli("run", f"127.0.0.1:{port}", "echo")
     assert proc.returncode == 3
     assert f"127.0.0.1:{port}" in one_error_line(proc)
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_unreachable_peer_with_debug_shows_the_traceback(where: str) -> None:
-    address = f"127.0.0.1:{closed_port()}"
-    argv = ("--debug", "health", address) if where == "before" else ("health", address, "--debug")
-    proc = run_cli(*argv)
+    with refused_port() as port:
+        address = f"127.0.0.1:{port}"
+        argv = (
+            ("--debug", "health", address) if where == "before" else ("health", address, "--debug")
+        )
+        proc = run_cli(*argv)
     assert proc.returncode == 3
     assert "Traceback" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("peerflow: error: ")
@@ -120,7 +123,8 @@ def test_unreachable_peer_with_debug_shows_the_traceback(where: str) -> None:
     [("{bad", "not valid JSON"), ("[1, 2]", "must be a JSON object"), ("@/no/such", "cannot read")],
 )
 def test_bad_input(value: str, message: str) -> None:
-    proc = run_cli("run", f"127.0.0.1:{closed_port()}", "echo", "--input", value)
+    with refused_port() as port:
+        proc = run_cli("run", f"127.0.0.1:{port}", "echo", "--input", value)
     assert proc.returncode == 2
     assert message in one_error_line(proc)
 
@@ -310,7 +314,8 @@ def test_health(served: Served) -> None:
     assert proc.stdout.strip() == "SERVING"
     proc = run_cli("health", served.address, "--service", "blazen.peer.v1.BlazenPeer")
     assert proc.returncode == 0
-    proc = run_cli("health", f"127.0.0.1:{closed_port()}")
+    with refused_port() as port:
+        proc = run_cli("health", f"127.0.0.1:{port}")
     assert proc.returncode == 3
     one_error_line(proc)
 
@@ -423,9 +428,7 @@ def test_serve_and_run_over_mtls(tmp_path: Path) -> None:
 
 
 def test_demo() -> None:
-    started = time.monotonic()
-    proc = run_cli("demo", timeout=60)
-    took = time.monotonic() - started
+    proc = run_cli("demo", timeout=60)  # how long it takes: benchmarks/demo.py
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     for text in (
@@ -447,7 +450,6 @@ def test_demo() -> None:
     assert out.index("redacted ticket 1/6") < out.index("embedded batch 1/3")
     assert "\x1b[" not in out  # no colours when stdout is not a terminal
     assert proc.stderr == ""
-    assert took < 15
 
 
 def test_demo_without_numpy(tmp_path: Path) -> None:

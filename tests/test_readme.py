@@ -11,11 +11,13 @@ An HTML comment on the line before a block's fence tells the test what to do wit
 
 Any other ``python`` block runs as a script and must exit 0; any other ``bash`` block
 runs with ``bash -e -o pipefail`` and must exit 0. The README's ports 50051-50053 are
-replaced by free loopback ports.
+replaced: a serving block listens on port 0 and the port it prints is used by the blocks
+after it; a port no block serves on is one held bound (and refusing) for the section.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import subprocess
@@ -24,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clitools import ROOT, Served, cli_env, closed_port
+from clitools import ROOT, Served, cli_env, refused_port
 
 README = ROOT / "README.md"
 CI_RUN = ROOT / ".ci" / "run"
@@ -36,6 +38,7 @@ TEST_COMMAND = (
     "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && python -m pytest"
 )
 
+_PORT_PATTERN = re.compile("|".join(PORTS))
 _FENCE = re.compile(r"^```(\w*)\s*$")
 _MARKER = re.compile(r"^<!--\s*readme-test:\s*(\w+)\s*(.*?)\s*-->$")
 
@@ -94,15 +97,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def ports() -> dict[str, str]:
-    return {p: str(closed_port()) for p in PORTS}
-
-
 def substitute(text: str, ports: dict[str, str]) -> str:
-    for readme_port, port in ports.items():
-        text = text.replace(readme_port, port)
-    return text
+    # One pass, so a real port that happens to read like a README port is not rewritten.
+    return _PORT_PATTERN.sub(lambda m: ports.get(m.group(), m.group()), text)
+
+
+def _readme_ports(text: str) -> list[str]:
+    return [p for p in PORTS if p in text]
 
 
 def run_block(block: Block, workdir: Path, ports: dict[str, str], index: int) -> None:
@@ -127,22 +128,26 @@ def run_block(block: Block, workdir: Path, ports: dict[str, str], index: int) ->
 
 
 @pytest.mark.parametrize("section", SECTIONS)
-def test_section(section: str, workdir: Path, ports: dict[str, str]) -> None:
-    servers: list[Served] = []
-    try:
+def test_section(section: str, workdir: Path) -> None:
+    ports: dict[str, str] = {}  # README port -> the real one, for this section
+    with contextlib.ExitStack() as stack:
         for index, block in enumerate(BLOCKS):
             if block.section != section or block.lang not in ("python", "bash"):
                 continue
             if block.action in ("skip", "file"):
                 continue
             if block.action == "background":
-                command = substitute(block.text, ports).replace("\\\n", " ")
-                servers.append(Served([command], env=cli_env(), cwd=workdir, shell=True))
+                (listen,) = _readme_ports(block.text)  # one server per serving block
+                command = substitute(block.text, {**ports, listen: "0"}).replace("\\\n", " ")
+                served = stack.enter_context(
+                    Served([command], env=cli_env(), cwd=workdir, shell=True)
+                )
+                ports[listen] = served.address.rsplit(":", 1)[1]
                 continue
+            for unserved in _readme_ports(block.text):
+                if unserved not in ports:
+                    ports[unserved] = str(stack.enter_context(refused_port()))
             run_block(block, workdir, ports, index)
-    finally:
-        for server in servers:
-            server.__exit__(None, None, None)
 
 
 def test_every_block_is_covered() -> None:

@@ -22,7 +22,6 @@ An object whose async methods only work on the loop it was created on defines
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import contextvars
 import functools
@@ -45,6 +44,9 @@ _loop: asyncio.AbstractEventLoop | None = None
 def portal_loop() -> asyncio.AbstractEventLoop:
     """The portal's event loop, started on first use."""
     global _loop
+    loop = _loop
+    if loop is not None and not loop.is_closed():
+        return loop  # the common path takes no lock (a Ctrl-C inside `with` can leak one)
     with _lock:
         if _loop is None or _loop.is_closed():
             loop = asyncio.new_event_loop()
@@ -84,30 +86,121 @@ def call_blocking(fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.k
     return _on_portal(fn, *args, **kwargs)
 
 
+class _PortalCall:
+    """One coroutine run on the portal for a waiting thread, safe against interrupts.
+
+    The waiting thread may be interrupted (Ctrl-C raises ``KeyboardInterrupt`` at any
+    bytecode) at every point: while scheduling the start, while waiting, or after the result
+    arrived. So nothing here can be left half-done by the waiter:
+
+    - the waiter blocks on a bare lock used as a one-shot signal: the portal thread only ever
+      *releases* it, so it can never block on a lock the interrupted waiter left held (a
+      ``concurrent.futures.Future`` waits under a condition the portal also needs);
+    - an abandoned call is marked first (a plain attribute store), then a cancel is
+      scheduled; the portal starts no coroutine for a call marked abandoned, and cancels
+      the one it started, so whichever of start and cancel runs first, the coroutine either
+      never began or is cancelled and its cleanup runs.
+    """
+
+    __slots__ = (
+        "_abandoned",
+        "_args",
+        "_context",
+        "_error",
+        "_fn",
+        "_kwargs",
+        "_loop",
+        "_outcome_set",
+        "_result",
+        "_signal",
+        "_task",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._loop = loop
+        self._fn = fn
+        self._args = args
+        self._kwargs = kwargs
+        # The coroutine runs in a copy of the caller's context variables, as if called
+        # there: trace context, and the step whose remote calls roll into its run's usage.
+        self._context = contextvars.copy_context()
+        self._signal = threading.Lock()
+        self._signal.acquire()  # released once, by the portal, when the call is over
+        self._outcome_set = False
+        self._abandoned = False
+        self._task: asyncio.Task[None] | None = None
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    # -- on the portal loop --------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._abandoned:
+            self._finish()  # interrupted before it began: nothing to clean up
+            return
+        self._task = self._loop.create_task(self._run(), context=self._context)
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        else:
+            self._finish()
+
+    async def _run(self) -> None:
+        try:
+            self._result = await self._fn(*self._args, **self._kwargs)
+        except BaseException as exc:  # delivered to the waiting thread, whatever it is
+            self._error = exc
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        if not self._outcome_set:
+            self._outcome_set = True
+            self._signal.release()
+
+    # -- on the waiting thread -----------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """The coroutine ended (or will never start) and its outcome is set."""
+        return self._outcome_set
+
+    def wait(self) -> Any:
+        self._signal.acquire()  # interruptible by signals; holds nothing the portal needs
+        self._signal.release()  # stays open, so a later abandon() does not wait
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def abandon(self, cleanup_timeout: float) -> None:
+        """Cancel the coroutine and give its cleanup up to ``cleanup_timeout`` seconds."""
+        self._abandoned = True
+        with contextlib.suppress(RuntimeError):  # the portal loop is closed: nothing runs
+            self._loop.call_soon_threadsafe(self.cancel)
+        if self._signal.acquire(timeout=cleanup_timeout):
+            self._signal.release()
+
+
 def _on_portal(fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
     loop = portal_loop()
-    # The coroutine runs in a copy of the caller's context variables, as if called there:
-    # trace context, and the step whose remote calls should roll into its run's usage.
-    context = contextvars.copy_context()
-    done: concurrent.futures.Future[T] = concurrent.futures.Future()
-    tasks: list[asyncio.Task[None]] = []
-
-    async def runner() -> None:
-        try:
-            done.set_result(await fn(*args, **kwargs))
-        except BaseException as exc:  # delivered to the waiting thread, whatever it is
-            done.set_exception(exc)
-
-    loop.call_soon_threadsafe(lambda: tasks.append(loop.create_task(runner(), context=context)))
+    call = _PortalCall(loop, fn, args, kwargs)
     try:
-        return done.result()
-    except KeyboardInterrupt:
-        # Cancel the coroutine itself and give its cleanup (a run's shutdown, a remote
-        # cancel) up to 5 s before the interrupt propagates.
-        loop.call_soon_threadsafe(lambda: [task.cancel() for task in tasks])
-        with contextlib.suppress(Exception):
-            done.exception(timeout=5)
+        loop.call_soon_threadsafe(call.start)
+        result: T = call.wait()
+    except BaseException:
+        if not call.finished:
+            # Ctrl-C (or any interrupt) wherever it landed: cancel the coroutine and give
+            # its cleanup (a run's shutdown, a remote cancel) up to 5 s before it propagates.
+            call.abandon(cleanup_timeout=5.0)
         raise
+    return result
 
 
 def _on_portal_thread() -> bool:

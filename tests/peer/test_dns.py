@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from apps.pool_app_process import PeerProcess, free_port, start_peers
+from apps.pool_app_process import PeerProcess, start_peers
 
 from peerflow.peer.client import PeerClient
 from peerflow.peer.pool import PeerPool
@@ -66,15 +66,15 @@ def dual_stack() -> Iterator[tuple[int, list[PeerProcess]]]:
     if not _ipv6_loopback_available():
         pytest.skip("no IPv6 loopback here: `localhost` cannot name two peers")
     for _ in range(5):
-        port = free_port()
-        v4 = PeerProcess("V4", "echo", host="127.0.0.1", port=port)
-        v6 = PeerProcess("V6", "echo", host="::1", port=port)
+        v4 = PeerProcess("V4", "echo", host="127.0.0.1", port=0).ready()  # binds, reads back
+        v6 = PeerProcess("V6", "echo", host="::1", port=v4.port)
         try:
-            peers = [v4.ready(), v6.ready()]
-        except RuntimeError:  # the port was taken on one family meanwhile
+            peers = [v4, v6.ready()]
+        except RuntimeError:  # that port is taken on ::1: try another
             v4.kill()
             v6.kill()
             continue
+        port = v4.port
         try:
             yield port, peers
         finally:

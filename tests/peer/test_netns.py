@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -43,7 +44,9 @@ def namespaces() -> Iterator[tuple[str, str]]:
         pytest.skip("network namespaces need Linux")
     if shutil.which("ip") is None:
         pytest.skip("cannot create network namespaces: `ip` (iproute2) is not installed")
-    tag = f"pf{os.getpid() % 100000}"
+    # Unique per fixture use, not per pid: two runs on one host (or a pid reused) never
+    # share a name. Interface names stay under IFNAMSIZ (15 characters).
+    tag = f"pf{secrets.token_hex(5)}"
     server_ns, client_ns = f"{tag}-srv", f"{tag}-cli"
     created: list[str] = []
     try:

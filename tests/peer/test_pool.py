@@ -12,7 +12,8 @@ from typing import Any
 
 import grpc
 import pytest
-from apps.pool_app_process import PeerProcess, free_port, start_peers
+from apps.pool_app_process import PeerProcess, start_peers
+from clitools import refused_port
 
 from peerflow import StartEvent, Workflow
 from peerflow.errors import (
@@ -43,6 +44,13 @@ def trio() -> Iterator[list[PeerProcess]]:
     finally:
         for peer in peers:
             peer.terminate()
+
+
+@pytest.fixture
+def refusing() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test."""
+    with refused_port() as port:
+        yield port
 
 
 @pytest.fixture
@@ -138,15 +146,16 @@ async def test_refs_route_to_the_peer_that_returned_them(pool: PeerPool) -> None
 
 
 async def test_start_fails_when_no_peer_is_up() -> None:
-    dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
-    with pytest.raises(TransportError) as info:
-        await PeerPool.connect(dead, client_node_id="t", connect_timeout=5)
+    with refused_port() as one, refused_port() as two:
+        dead = [f"127.0.0.1:{one}", f"127.0.0.1:{two}"]
+        with pytest.raises(TransportError) as info:
+            await PeerPool.connect(dead, client_node_id="t", connect_timeout=5)
     for address in dead:
         assert f"{address}: down (connection refused)" in str(info.value)
 
 
-async def test_a_down_member_does_not_block_start(trio: list[PeerProcess]) -> None:
-    dead = f"127.0.0.1:{free_port()}"
+async def test_a_down_member_does_not_block_start(trio: list[PeerProcess], refusing: int) -> None:
+    dead = f"127.0.0.1:{refusing}"
     async with await PeerPool.connect(
         [dead, trio[2].address], client_node_id="t", health_interval=0.2
     ) as pool:

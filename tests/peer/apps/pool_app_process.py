@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -89,11 +88,3 @@ def start_peers(*specs: tuple[str, str], **options: object) -> list[PeerProcess]
         for peer in peers:
             peer.kill()
         raise
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (for restarting a peer on a fixed port)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
