@@ -246,7 +246,13 @@ def test_sizes_charged_to_the_budget() -> None:
     assert reg.used_bytes == 3 + 5 + 32 + 24
     reg2, _ = make()
     reg2.insert("hello")
-    assert reg2.used_bytes == sys.getsizeof("hello")
+    assert reg2.used_bytes == len(b'"hello"')  # JSON values: their serialized size
+    reg3, _ = make()
+    reg3.insert(["x" * 1000 for _ in range(10)])  # the items count, not the list's shell
+    assert reg3.used_bytes == len(orjson.dumps(["x" * 1000 for _ in range(10)]))
+    reg4, _ = make()
+    reg4.insert(object())  # no serializer: its shallow size
+    assert reg4.used_bytes == sys.getsizeof(object())
 
 
 # ------------------------------------------------------------------------------ ownership

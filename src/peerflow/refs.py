@@ -27,8 +27,9 @@ callers that are already trusted).
 **Budget.** The registry refuses an insert that would push :attr:`~SessionRefRegistry.
 used_bytes` past ``max_bytes`` (:class:`~peerflow.errors.ResourceExhaustedError`). A value's
 size is measured once, at insert: ``len`` for ``bytes``/``bytearray``, ``nbytes`` for a
-``memoryview`` or numpy array, the serializer's ``sizeof`` when one was registered, else
-``sys.getsizeof`` (shallow: a dict's size does not include its items).
+``memoryview`` or numpy array, the serialized size for JSON values (a list of strings counts
+its strings), the serializer's ``sizeof`` when one was registered, else ``sys.getsizeof``
+(shallow: an object's size does not include what it refers to).
 
 **Serializers** (:mod:`peerflow.serializers`) turn values into bytes for the wire, by type
 tag; nothing is ever pickled.

@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from peerflow import telemetry
 from peerflow.context import _CURRENT, Context, RunRefs
 from peerflow.errors import (
@@ -42,36 +44,93 @@ from peerflow.result import RefMap, WorkflowResult
 if TYPE_CHECKING:
     from peerflow.step import StepSpec
 
-__all__ = ["Run", "WorkflowHandler"]
+__all__ = ["DEFAULT_STREAM_BUFFER_BYTES", "Run", "WorkflowHandler"]
 
 log = logging.getLogger("peerflow")
 
 Finalizer = Callable[[], Awaitable[None]]
 
 
+DEFAULT_STREAM_BUFFER_BYTES = 16 * 1024 * 1024
+"""How many bytes of streamed events a served run may hold that its reader has not taken
+(``PeerServer(max_stream_buffer_bytes=...)``). A local handler's stream is unbounded by
+default: its reader is the program itself."""
+
+
+def _event_size(event: Event) -> int:
+    """About how many bytes ``event`` takes on the stream: its JSON, or its repr."""
+    try:
+        return len(orjson.dumps(event.to_dict(), default=repr, option=orjson.OPT_NON_STR_KEYS))
+    except (TypeError, ValueError):
+        return len(repr(event))
+
+
 class _Stream:
-    """The run's event stream: a buffer with one consumer."""
+    """The run's event stream: a buffer with one consumer, bounded in bytes when ``limit``.
 
-    __slots__ = ("_buffer", "_closed", "_loop", "_waiter", "sealed", "taken")
+    A reader that falls ``limit`` bytes behind fails the run (kind ``stream_overflow``)
+    rather than let the buffer grow without bound: ``ctx.write_event_to_stream`` is a
+    plain call, so a producing step cannot be made to wait for the reader. The events it
+    had not taken are dropped, so it learns of the failure at once.
+    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._buffer: deque[Event] = deque()
+    __slots__ = (
+        "_buffer",
+        "_closed",
+        "_loop",
+        "_run",
+        "_waiter",
+        "held",
+        "limit",
+        "sealed",
+        "taken",
+    )
+
+    def __init__(self, run: Run, limit: int | None) -> None:
+        self._run: Run | None = run  # cut at the run's end (no cycle left for the GC)
+        self._loop = run.loop
+        self._buffer: deque[tuple[Event, int]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self.sealed = False
         self.taken = False
+        self.limit = limit
+        self.held = 0  # bytes of events put and not yet taken
 
     def put(self, event: Event) -> None:
         if self._closed or self.sealed:
             return
-        self._buffer.append(event)
+        if self.limit is None:
+            self._buffer.append((event, 0))
+            self._wake()
+            return
+        size = _event_size(event)
+        run = self._run
+        if self.held + size > self.limit and self._buffer and run is not None:
+            # What the reader has not taken is dropped: the run has failed, and its reader
+            # should learn that now, not after draining a backlog it fell behind on.
+            self._buffer.clear()
+            self.held = 0
+            run.fail(
+                WorkflowError(
+                    f"workflow `{run.workflow_name}` wrote more to its event stream than "
+                    f"its reader took: over the {self.limit}-byte stream buffer (run "
+                    f"{run.run_id}; raise max_stream_buffer_bytes or read faster)",
+                    run_id=run.run_id,
+                    workflow=run.workflow_name,
+                    kind="stream_overflow",
+                )
+            )
+            return
+        self.held += size
+        self._buffer.append((event, size))
         self._wake()
 
     def put_last(self, event: Event | None) -> None:
         """Publish the terminal event (if any); nothing published later is kept."""
-        if event is not None:
-            self.put(event)
+        if event is not None and not self._closed and not self.sealed:
+            self._buffer.append((event, 0))  # always kept: it is what the reader waits for
+            self._wake()
         self.sealed = True
 
     def close(self) -> None:
@@ -86,7 +145,9 @@ class _Stream:
     async def events(self) -> AsyncIterator[Event]:
         while True:
             while self._buffer:
-                yield self._buffer.popleft()
+                event, size = self._buffer.popleft()
+                self.held -= size
+                yield event
             if self._closed:
                 return
             self._waiter = self._loop.create_future()
@@ -166,6 +227,12 @@ class _StepRunner:
                 )
             finally:
                 run.pending -= 1
+            if queue and run.outcome is None:
+                # More work for this step at once (a step that feeds itself, a burst): yield
+                # to the loop first, or a step that never awaits would starve it — the run's
+                # timeout, a cancel, other runs and every RPC of a peer. A step whose queue
+                # is empty parks below, which yields anyway: chains pay nothing for this.
+                await asyncio.sleep(0)
             if run.outcome is not None:
                 # The run has ended (often by this very step): finish now rather than park
                 # and be cancelled, so the run's shutdown finds the task already done and
@@ -208,6 +275,8 @@ class Run:
         principal: str,
         streaming: bool,
         run_id: str | None = None,
+        answerable: bool = True,
+        stream_limit: int | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.thread_id = threading.get_ident()
@@ -216,7 +285,10 @@ class Run:
         self.timeout = timeout
         self.start_event = start_event
         self.ctx = Context(self, self.run_id, RunRefs(session_refs, self.run_id, principal))
-        self.stream: _Stream | None = _Stream(self.loop) if streaming else None
+        self.stream: _Stream | None = _Stream(self, stream_limit) if streaming else None
+        # Whether someone can send the HumanResponseEvent an InputRequiredEvent asks for: a
+        # handler can; a peer's streaming call (events flow one way) cannot.
+        self.answerable = streaming and answerable
         self.pending = 0
         self.waiting_input = 0
         self.dropped: list[str] = []
@@ -226,6 +298,8 @@ class Run:
         self._attempts: list[tuple[_AttemptGate, Context]] = []  # sync attempts with timeouts
         self.early: list[Event] | None = []  # events sent from outside before drive() began
         self.survivors: list[RefDescriptor] = []
+        self.threads = 0  # sync-step calls whose thread has not returned (may outlive the run)
+        self._on_threads_done: list[Callable[[], None]] = []
         self._runners: dict[str, _StepRunner] = {}
         self._routes: dict[str, list[_StepRunner]] = {}
         for event_type, specs in routes.items():
@@ -266,12 +340,16 @@ class Run:
         if self.outcome is not None or self.pending:
             return
         if self.waiting_input:
-            if self.stream is not None:
+            if self.answerable:
                 return  # the handler may still send the HumanResponseEvent
+            how = (
+                "was started with run(), which cannot answer; use start() and handler.send_event()"
+                if self.stream is None
+                else "its caller has no way to answer on this call"
+            )
             message = (
                 f"workflow `{self.workflow_name}` cannot progress: it waits for human input "
-                "(InputRequiredEvent) but was started with run(), which cannot answer; use "
-                "start() and handler.send_event()"
+                f"(InputRequiredEvent) but {how}"
             )
         elif self.dropped:
             names = ", ".join(dict.fromkeys(self.dropped))
@@ -384,6 +462,38 @@ class Run:
             )
         )
 
+    # -- threads of sync steps ---------------------------------------------------------------
+
+    def _in_thread(self, call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """``call(*args)`` on the default executor, counted in :attr:`threads` until it returns.
+
+        Python cannot stop a thread: a sync step that timed out or whose run was cancelled
+        runs on. The count lets a peer keep such a run's slot until its thread is done.
+        """
+        self.threads += 1
+        return self.loop.run_in_executor(None, self._tracked, call, *args)
+
+    def _tracked(self, call: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return call(*args)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self.loop.call_soon_threadsafe(self._thread_returned)
+
+    def _thread_returned(self) -> None:
+        self.threads -= 1
+        if not self.threads:
+            callbacks, self._on_threads_done = self._on_threads_done, []
+            for callback in callbacks:
+                callback()
+
+    def when_threads_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` on the loop once no thread of this run is running (now if none)."""
+        if self.threads:
+            self._on_threads_done.append(callback)
+        else:
+            callback()
+
     async def _invoke(self, spec: StepSpec, event: Event) -> Any:
         ctx = self.ctx
         if spec.is_async:
@@ -393,7 +503,7 @@ class Run:
                 return await spec.fn(ctx, event)
         if spec.timeout is None:
             call = contextvars.copy_context().run
-            output = await self.loop.run_in_executor(None, call, spec.fn, ctx, event)
+            output = await self._in_thread(call, spec.fn, ctx, event)
             if inspect.isawaitable(output):
                 output = await output
             return output
@@ -404,9 +514,7 @@ class Run:
         attempt_context.run(_CURRENT.set, view)  # current_context() is the gated view too
         try:
             async with asyncio.timeout(spec.timeout):  # covers an awaitable the call returned
-                output = await self.loop.run_in_executor(
-                    None, attempt_context.run, spec.fn, view, event
-                )
+                output = await self._in_thread(attempt_context.run, spec.fn, view, event)
                 if inspect.isawaitable(output):
                     output = await output
         except BaseException:
@@ -537,6 +645,8 @@ class Run:
         self._runners = {}
         self._routes = {}
         self.ctx._run = _ENDED
+        if self.stream is not None:
+            self.stream._run = None
 
     def _result(self) -> WorkflowResult:
         outcome = self.outcome

@@ -124,7 +124,20 @@ def _nbytes(value: Any) -> int:
 
 
 _BYTES = _Serializer("bytes", bytes, _bytes_dumps, _bytes_loads, _bytes_sizeof)
-_JSON = _Serializer("json", dict, _json_dumps, _json_loads, None)
+
+
+def _json_sizeof(value: Any) -> int:
+    """The serialized size: what a deref sends and what the ref budget counts.
+
+    A container's ``sys.getsizeof`` would leave out its items.
+    """
+    try:
+        return len(orjson.dumps(value))
+    except TypeError:
+        return sys.getsizeof(value)
+
+
+_JSON = _Serializer("json", dict, _json_dumps, _json_loads, _json_sizeof)
 _NUMPY = _Serializer("numpy.ndarray", None, _numpy_dumps, _numpy_loads, _nbytes)
 
 # Exact built-in types, then the bases whose subclasses orjson / the buffer protocol accept.

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from peerflow import telemetry
+from peerflow._text import clip
 from peerflow.blocking import blocking_twin
 from peerflow.errors import UnknownStepError, UnknownWorkflowError, ValidationError
 from peerflow.events import (
@@ -148,7 +149,7 @@ class Workflow:
         if not step_ids:
             found = reg.workflow(name)
             if found is None:
-                raise UnknownWorkflowError(f"unknown workflow `{name}`")
+                raise UnknownWorkflowError(f"unknown workflow `{clip(name)}`")
             if timeout is None or timeout == found.timeout:
                 return found
             return cls(found.name, found.steps, timeout=timeout, session_refs=found.session_refs)
@@ -156,7 +157,7 @@ class Workflow:
         for step_id in step_ids:
             spec = reg.step(step_id)
             if spec is None:
-                raise UnknownStepError(f"unknown step id `{step_id}`")
+                raise UnknownStepError(f"unknown step id `{clip(step_id)}`")
             specs.append(spec)
         return cls(name, specs, timeout=timeout)
 
@@ -171,6 +172,8 @@ class Workflow:
         session_refs: SessionRefRegistry | None = None,
         principal: str = ANONYMOUS,
         run_id: str | None = None,
+        answerable: bool | None = None,
+        stream_limit: int | None = None,
     ) -> Run:
         return Run(
             workflow_name=self.name,
@@ -187,6 +190,8 @@ class Workflow:
             principal=principal,
             streaming=streaming,
             run_id=run_id,
+            answerable=streaming if answerable is None else answerable,
+            stream_limit=stream_limit,
         )
 
     async def run(self, /, **fields: Any) -> WorkflowResult:

@@ -111,7 +111,8 @@ def test_not_found_is_disambiguated_by_details(details: str, cls: type[PeerError
         (C.UNKNOWN, "Exception calling application", TransportError),
         (C.DATA_LOSS, "", TransportError),
         (C.UNIMPLEMENTED, "StreamSubWorkflowEvents is not yet implemented", UnsupportedError),
-        (C.CANCELLED, "Cancelled", WorkflowCancelledError),
+        (C.CANCELLED, "workflow `w` was cancelled (run r)", WorkflowCancelledError),
+        (C.CANCELLED, "Cancelled", TransportError),  # the transport's, not a peer's
     ],
 )
 def test_client_mapping(code: grpc.StatusCode, details: str, cls: type[PeerflowError]) -> None:

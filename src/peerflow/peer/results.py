@@ -11,12 +11,15 @@ remote-ref handle.
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 
+from peerflow._text import clip_message
 from peerflow.errors import (
     EncodeError,
     PeerflowError,
@@ -37,6 +40,7 @@ from peerflow.refs import RefDescriptor, RefLifetime, RegistryKey, SessionRefReg
 from peerflow.result import RefMap, WorkflowResult
 
 __all__ = [
+    "MAX_INPUT_DEPTH",
     "REF_MARKER",
     "ResultEncoder",
     "decode_input",
@@ -88,11 +92,64 @@ def decode_input(input_json: bytes | memoryview, *, limit: int) -> StartEvent:
         fields = orjson.loads(input_json)
     except orjson.JSONDecodeError as exc:
         raise EncodeError(f"input_json is not valid JSON: {exc}") from None
+    _check_exact(input_json, fields)
     if fields is None:
         fields = {}
     if not isinstance(fields, dict):
         raise EncodeError(f"input_json must be a JSON object, got {type(fields).__name__}")
     return StartEvent(**fields)
+
+
+MAX_INPUT_DEPTH = 128
+"""How deeply a request's input may nest (arrays and objects); deeper is INVALID_ARGUMENT.
+A result must be encodable again, and JSON encoders stop near 255 levels."""
+
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")  # an integer that may not fit in 64 bits
+_INT64_MIN, _UINT64_END = -(2**63), 2**64
+
+
+def _fitting_int(text: str) -> int:
+    value = int(text)
+    if not _INT64_MIN <= value < _UINT64_END:
+        raise EncodeError(
+            f"input_json holds the integer {text[:40]}{'…' if len(text) > 40 else ''}, beyond "
+            "64 bits: JSON numbers travel as 64-bit integers or doubles; send it as a string"
+        )
+    return value
+
+
+def _check_exact(raw: bytes | memoryview, fields: object) -> None:
+    """Refuse what would not come back as sent: integers beyond 64 bits, deep nesting.
+
+    orjson reads an integer beyond 64 bits as a float, silently; such input is re-read
+    with the standard parser only when 19 digits in a row appear somewhere in it.
+    """
+    data = bytes(raw) if isinstance(raw, memoryview) else raw
+    if _LONG_DIGITS.search(data) is not None:
+        json.loads(data, parse_int=_fitting_int)
+    if data.count(b"[") + data.count(b"{") > MAX_INPUT_DEPTH:
+        depth = _depth(fields)
+        if depth > MAX_INPUT_DEPTH:
+            raise EncodeError(
+                f"input_json nests {depth} levels deep; at most {MAX_INPUT_DEPTH} are accepted"
+            )
+
+
+def _depth(value: object) -> int:
+    """How deeply ``value`` nests (iteratively: no recursion limit to hit)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 class ResultEncoder:
@@ -102,8 +159,16 @@ class ResultEncoder:
     ``end_run`` starts their lease).
     """
 
-    def __init__(self, refs: SessionRefRegistry, *, owner: str, run_id: str) -> None:
+    def __init__(
+        self,
+        refs: SessionRefRegistry,
+        *,
+        owner: str,
+        run_id: str,
+        spill_over: int | None = None,
+    ) -> None:
         self._refs = refs
+        self._spill_over = spill_over
         self._owner = owner
         self._run_id = run_id
         self.created = 0
@@ -141,13 +206,33 @@ class ResultEncoder:
         them.
         """
         try:
-            return orjson.dumps(value, default=self._default, option=orjson.OPT_NON_STR_KEYS)
+            data = orjson.dumps(value, default=self._default, option=orjson.OPT_NON_STR_KEYS)
         except TypeError as exc:  # orjson turns errors raised in default into TypeError
             error, self._error = self._error, None
             self.discard()
             if error is not None:
                 raise error from None
             raise EncodeError(f"cannot encode {type(value).__name__} as JSON: {exc}") from None
+        if self._spill_over is not None and len(data) > self._spill_over:
+            return self._spill(data)
+        return data
+
+    def _spill(self, data: bytes) -> bytes:
+        """Keep already-encoded JSON on this peer as a ``json`` ref; return its marker."""
+        try:
+            key = self._refs.insert(
+                orjson.Fragment(data),
+                lifetime=RefLifetime.UNTIL_PARENT_FINISH,
+                type_tag="json",
+                owner=self._owner,
+                run_id=self._run_id,
+            )
+        except PeerflowError:
+            self.discard()
+            raise
+        self.created += 1
+        self._keys.append(key)
+        return orjson.dumps({REF_MARKER: str(key)})
 
     def discard(self) -> None:
         """Release every ref this encoder stored."""
@@ -202,9 +287,14 @@ def result_response(
     refs: SessionRefRegistry,
     owner: str,
     usage: Any,
+    spill_over: int | None = None,
 ) -> SubWorkflowResponse:
-    """The response for a run that reached its terminal event."""
-    encoder = ResultEncoder(refs, owner=owner, run_id=result.run_id)
+    """The response for a run that reached its terminal event.
+
+    With ``spill_over``, the result and each state value whose JSON is longer than that
+    many bytes stay on this peer as session refs (a response too large for one message).
+    """
+    encoder = ResultEncoder(refs, owner=owner, run_id=result.run_id, spill_over=spill_over)
     state_json = {k: encoder.dumps(v) for k, v in result.state.items()}
     result_json = encoder.dumps(result.result)
     if encoder.created:
@@ -232,8 +322,12 @@ def error_response(
     usage: Any,
     refs: SessionRefRegistry,
     owner: str,
+    max_error_chars: int | None = None,
 ) -> SubWorkflowResponse:
-    """The response for a run that failed, timed out or stalled (the RPC itself is OK)."""
+    """The response for a run that failed, timed out or stalled (the RPC itself is OK).
+
+    With ``max_error_chars``, a longer error text is cut there, saying so.
+    """
     encoder = ResultEncoder(refs, owner=owner, run_id=run_id)
     state_json = {str(k): encoder.dumps_or_describe(v) for k, v in state.items()}
     if encoder.created:
@@ -242,7 +336,7 @@ def error_response(
         state_json=state_json,
         result_json=None,
         remote_refs=wire_descriptors(survivors),
-        error=str(error),
+        error=str(error) if max_error_chars is None else clip_message(str(error), max_error_chars),
         usage=_usage(usage),
         error_kind=error.kind,
         run_id=run_id,

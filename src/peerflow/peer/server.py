@@ -26,10 +26,15 @@ from peerflow.blocking import blocking_twin
 from peerflow.errors import PeerError, PeerErrorKind, ValidationError
 from peerflow.peer.address import parse_listen_address
 from peerflow.peer.security import AuthInterceptor, ServerTls, resolve_token
-from peerflow.peer.service import PeerService, ServiceLimits
+from peerflow.peer.service import (
+    DEFAULT_STREAM_IDLE_TIMEOUT,
+    PeerService,
+    ServiceLimits,
+)
 from peerflow.peer.status import NOT_STARTED
 from peerflow.refs import SessionRefRegistry
 from peerflow.registry import Registry, default_registry
+from peerflow.runtime import DEFAULT_STREAM_BUFFER_BYTES
 
 __all__ = ["PeerServer"]
 
@@ -54,6 +59,15 @@ def _positive(value: float | None, name: str, *, allow_none: bool = False) -> fl
     ):
         raise ValidationError(f"{name} must be a number > 0, got {value!r}")
     return value
+
+
+_MIN_PENDING_REQUESTS = 16_384
+
+
+def _positive_float(value: float, name: str) -> float:
+    checked = _positive(value, name)
+    assert checked is not None
+    return float(checked)
 
 
 def _positive_int(value: int, name: str) -> int:
@@ -101,6 +115,12 @@ class PeerServer:
             new one (HTTP/2 GOAWAY; calls in flight finish on the old one). Behind a
             Kubernetes headless Service this is what lets ``dns:///`` clients re-resolve
             and spread onto pods added since they connected. Default None: never.
+        max_stream_buffer_bytes: bytes of streamed events a run may hold that its caller
+            has not read yet (default 16 MiB); past it the run fails (kind
+            ``stream_overflow``) instead of growing the peer's memory.
+        stream_idle_timeout: seconds a streaming call (events, deref) may wait for its
+            caller to take the next message (default 60); a stalled reader's call then
+            ends (UNAVAILABLE) and its run is cancelled.
 
     Raises:
         ValidationError: a bad argument.
@@ -121,6 +141,8 @@ class PeerServer:
         ref_budget_bytes: int = DEFAULT_REF_BUDGET,
         default_timeout_secs: float | None = None,
         max_connection_age: float | None = None,
+        max_stream_buffer_bytes: int = DEFAULT_STREAM_BUFFER_BYTES,
+        stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT,
     ) -> None:
         if not isinstance(node_id, str) or not node_id.strip():
             raise ValidationError(f"node_id must be a non-empty string, got {node_id!r}")
@@ -143,6 +165,10 @@ class PeerServer:
             max_concurrent_runs=_positive_int(max_concurrent_runs, "max_concurrent_runs"),
             max_input_bytes=_positive_int(max_input_bytes, "max_input_bytes"),
             max_unary_bytes=max_message_bytes - 64,
+            max_stream_buffer_bytes=_positive_int(
+                max_stream_buffer_bytes, "max_stream_buffer_bytes"
+            ),
+            stream_idle_timeout=_positive_float(stream_idle_timeout, "stream_idle_timeout"),
             default_timeout_secs=_positive(
                 default_timeout_secs, "default_timeout_secs", allow_none=True
             ),
@@ -233,12 +259,18 @@ class PeerServer:
         if self._token is not None or self._tls is not None:
             interceptors.append(AuthInterceptor(self._token))
         limit = self._max_message_bytes
+        pending = max(_MIN_PENDING_REQUESTS, 8 * self._limits.max_concurrent_runs)
         server = grpc.aio.server(
             interceptors=interceptors or None,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
+                # gRPC core cancels calls that wait to be matched to a handler beyond 1,000
+                # (CANCELLED, though nobody cancelled): let every call reach the handler,
+                # where the run cap answers RESOURCE_EXHAUSTED with a reason instead.
+                ("grpc.server.max_pending_requests", pending),
+                ("grpc.server.max_pending_requests_hard_limit", pending),
                 *self._connection_age_options(),
             ],
         )

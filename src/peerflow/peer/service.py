@@ -25,14 +25,18 @@ from collections.abc import (
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+import orjson
 
 from peerflow import telemetry
+from peerflow._text import clip
 from peerflow._version import __version__
 from peerflow.errors import (
     EncodeError,
     PeerflowError,
+    RefNotFoundError,
     ResourceExhaustedError,
     TransportError,
+    ValidationError,
     WorkflowError,
 )
 from peerflow.peer import protocol as pb
@@ -47,12 +51,21 @@ from peerflow.peer.security import current_principal
 from peerflow.peer.status import NOT_STARTED, status_for
 from peerflow.refs import RegistryKey, SessionRefRegistry
 from peerflow.registry import Registry
+from peerflow.runtime import DEFAULT_STREAM_BUFFER_BYTES
 from peerflow.workflow import Workflow
 
 if TYPE_CHECKING:
     from peerflow.runtime import Run
 
-__all__ = ["EXTENSIONS", "PeerService", "ServiceLimits"]
+__all__ = [
+    "DEFAULT_STREAM_IDLE_TIMEOUT",
+    "EXTENSIONS",
+    "MAX_NAME_CHARS",
+    "MAX_STEP_IDS",
+    "OVERSIZED_EVENT_TYPE",
+    "PeerService",
+    "ServiceLimits",
+]
 
 log = logging.getLogger("peerflow.server")
 
@@ -61,6 +74,15 @@ _NODE_IN_AGENT = re.compile(r"\(node ([^)\s]+)\)")
 BLAZEN = "/blazen.peer.v1.BlazenPeer/"
 EXTENSION = "/peerflow.peer.v1.PeerExtensions/"
 CHUNK = 1 << 20  # bytes per StreamDerefSessionRef message
+DEFAULT_STREAM_IDLE_TIMEOUT = 60.0
+MAX_NAME_CHARS = 256
+"""The longest workflow name or step id a request may carry (INVALID_ARGUMENT beyond)."""
+MAX_STEP_IDS = 256
+"""The most step ids one request may name (INVALID_ARGUMENT beyond)."""
+MAX_ERROR_CHARS = 64 * 1024
+"""The longest error text a response carries; longer ones are cut, saying so."""
+OVERSIZED_EVENT_TYPE = "peerflow::OversizedEvent"
+"""The type of the marker that replaces a streamed event too large for one message."""
 _ASSEMBLED_CACHE_SIZE = 256  # workflows assembled from step ids, kept for reuse
 
 EXTENSIONS = (
@@ -87,6 +109,8 @@ class ServiceLimits:
     max_input_bytes: int
     max_unary_bytes: int
     default_timeout_secs: float | None
+    max_stream_buffer_bytes: int = DEFAULT_STREAM_BUFFER_BYTES
+    stream_idle_timeout: float = 60.0
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: PeerflowError) -> None:
@@ -110,7 +134,9 @@ class PeerService:
         self.refs = refs
         self.limits = limits
         self.active_runs = 0
+        self.lingering_runs = 0  # ended runs whose sync step's thread still runs (in active)
         self.runs_started = 0
+        self._derefs: dict[RegistryKey, _SharedDump] = {}
         self._runs: set[Run] = set()
         self._assembled: dict[tuple[str, tuple[str, ...]], Workflow] = {}
         self._drained: asyncio.Event | None = None  # set when active_runs drops to 0
@@ -157,22 +183,44 @@ class PeerService:
 
         return handler
 
-    @staticmethod
     def _guard_stream(
+        self,
         method: str,
         fn: Callable[[bytes, grpc.aio.ServicerContext], AsyncGenerator[bytes, None]],
     ) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
+        idle = self.limits.stream_idle_timeout
+
         async def handler(
             request: bytes, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[bytes]:
             metadata = context.invocation_metadata() if telemetry.enabled() else None
+            task = asyncio.current_task()
+            assert task is not None
+
+            def expire() -> None:
+                _end_call(
+                    task,
+                    context,
+                    TransportError(
+                        f"the caller took no message for {idle:g}s; stream stopped "
+                        "(stream_idle_timeout)"
+                    ),
+                )
+
+            loop = asyncio.get_running_loop()
             with telemetry.served_rpc_span(method, metadata, servicer_context=context):
                 try:
-                    # aclosing: an early close (caller gone) runs the handler's cleanup
-                    # now, in this task and inside the span, not at garbage collection.
+                    # aclosing: an early close (caller gone, stalled) runs the handler's
+                    # cleanup now, in this task and inside the span, not at GC time.
                     async with contextlib.aclosing(fn(request, context)) as items:
                         async for item in items:
-                            yield item
+                            # grpc resumes this generator once it has written the item: a
+                            # caller that takes nothing for `idle` seconds ends the call.
+                            timer = loop.call_later(idle, expire)
+                            try:
+                                yield item
+                            finally:
+                                timer.cancel()
                 except PeerflowError as exc:
                     await _abort(context, exc)
 
@@ -188,7 +236,7 @@ class PeerService:
     # -- runs ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _admit(self) -> Iterator[None]:
+    def _admit(self) -> Iterator[_Slot]:
         if self.closing is not None:
             raise TransportError(self.closing)
         if self.active_runs >= self.limits.max_concurrent_runs:
@@ -197,12 +245,27 @@ class PeerService:
                 f"{self.limits.max_concurrent_runs} concurrent runs; {NOT_STARTED}, retry later"
             )
         self.active_runs += 1
+        slot = _Slot()
         try:
-            yield
+            yield slot
         finally:
-            self.active_runs -= 1
-            if not self.active_runs and self._drained is not None:
-                self._drained.set()
+            run = slot.run
+            if run is not None and run.threads:
+                # A sync step still runs in its thread (Python cannot stop it): the slot
+                # stays taken until it returns, so the run cap counts what really runs.
+                self.lingering_runs += 1
+                run.when_threads_done(self._free_lingering)
+            else:
+                self._free_slot()
+
+    def _free_lingering(self) -> None:
+        self.lingering_runs -= 1
+        self._free_slot()
+
+    def _free_slot(self) -> None:
+        self.active_runs -= 1
+        if not self.active_runs and self._drained is not None:
+            self._drained.set()
 
     def _workflow(self, name: str, step_ids: Sequence[str]) -> Workflow:
         """The workflow a request names; ad-hoc assemblies are cached by (name, step ids).
@@ -226,6 +289,7 @@ class PeerService:
 
     def _prepare(self, request: bytes, streaming: bool) -> Run:
         req = self._decode(pb.SubWorkflowRequest, request)
+        _check_names(req.workflow_name, req.step_ids)
         workflow = self._workflow(req.workflow_name, req.step_ids)
         start = decode_input(req.input_json, limit=self.limits.max_input_bytes)
         timeout: float | None = req.timeout_secs or None  # 0 defers to the default, like None
@@ -237,23 +301,42 @@ class PeerService:
             timeout=timeout,
             session_refs=self.refs,
             principal=current_principal(),
+            answerable=False,  # no call of the Blazen service can carry an answer back
+            stream_limit=self.limits.max_stream_buffer_bytes,
         )
 
     def _respond(
         self, run: Run, result: Any, error: WorkflowError | None
     ) -> pb.SubWorkflowResponse:
         owner = current_principal()
+        budget = self.limits.max_unary_bytes - 1024  # room for the envelope around it
         if error is None:
             try:
-                return result_response(result, refs=self.refs, owner=owner, usage=run.ctx.usage)
-            except EncodeError as exc:
+                response = result_response(result, refs=self.refs, owner=owner, usage=run.ctx.usage)
+                if _response_size(response) <= budget:
+                    return response
+                # Too large for one message: values over 1 KiB stay on this peer as session
+                # refs, and the caller gets remote refs in their place.
+                response = result_response(
+                    result, refs=self.refs, owner=owner, usage=run.ctx.usage, spill_over=1024
+                )
+                if _response_size(response) <= budget:
+                    return response
                 error = WorkflowError(
-                    f"run {run.run_id} of workflow `{run.workflow_name}` finished, but its "
-                    f"result cannot be sent: {exc}",
+                    f"run {run.run_id} of workflow `{clip(run.workflow_name)}` finished, but "
+                    f"its result is too large for one message ({budget} bytes) even with "
+                    "its values kept as session refs",
                     run_id=run.run_id,
                     workflow=run.workflow_name,
                 )
-        return error_response(
+            except EncodeError as exc:
+                error = WorkflowError(
+                    f"run {run.run_id} of workflow `{clip(run.workflow_name)}` finished, but "
+                    f"its result cannot be sent: {exc}",
+                    run_id=run.run_id,
+                    workflow=run.workflow_name,
+                )
+        response = error_response(
             error,
             run_id=run.run_id,
             state=run.ctx.state,
@@ -261,7 +344,20 @@ class PeerService:
             usage=run.ctx.usage,
             refs=self.refs,
             owner=owner,
+            max_error_chars=MAX_ERROR_CHARS,
         )
+        if _response_size(response) > budget:
+            response = error_response(
+                error,
+                run_id=run.run_id,
+                state={"__peerflow_state_omitted__": "state too large for one message"},
+                survivors=run.survivors,
+                usage=run.ctx.usage,
+                refs=self.refs,
+                owner=owner,
+                max_error_chars=MAX_ERROR_CHARS,
+            )
+        return response
 
     async def _drive(self, run: Run, context: grpc.aio.ServicerContext) -> pb.SubWorkflowResponse:
         started = time.perf_counter()
@@ -290,17 +386,17 @@ class PeerService:
                 log.info(
                     "run %s workflow=%s caller=%s node=%s outcome=%s %.1fms",
                     run.run_id,
-                    run.workflow_name,
-                    current_principal(),
-                    _caller_node(context),
+                    clip(run.workflow_name),
+                    clip(current_principal()),
+                    clip(_caller_node(context)),
                     outcome,
                     (time.perf_counter() - started) * 1000,
                 )
 
     async def invoke(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """``InvokeSubWorkflow``: run a workflow and return its response envelope."""
-        with self._admit():
-            run = self._prepare(request, streaming=False)
+        with self._admit() as slot:
+            run = slot.run = self._prepare(request, streaming=False)
             response = await self._drive(run, context)
         return frame(response.encode())
 
@@ -308,15 +404,23 @@ class PeerService:
         self, request: bytes, context: grpc.aio.ServicerContext
     ) -> AsyncGenerator[bytes, None]:
         """``StreamSubWorkflowEvents``: each streamed event, then ``Done(response)``."""
-        with self._admit():
-            run = self._prepare(request, streaming=True)
+        with self._admit() as slot:
+            run = slot.run = self._prepare(request, streaming=True)
             driver = asyncio.ensure_future(self._drive(run, context))
+            limit = self.limits.max_unary_bytes - 1024
             try:
                 assert run.stream is not None
                 async for event in run.stream.events():
                     if event is run.outcome:
                         continue  # the terminal event travels inside Done
-                    payload = pb.EventPayload(event.event_type, event_json(event))
+                    data = event_json(event)
+                    if len(data) + len(event.event_type) > limit:
+                        # Too large for one message: a marker says what was there and the
+                        # run goes on (the value itself can travel as a session ref).
+                        marker = {"event_type": event.event_type, "size": len(data)}
+                        payload = pb.EventPayload(OVERSIZED_EVENT_TYPE, orjson.dumps(marker))
+                    else:
+                        payload = pb.EventPayload(event.event_type, data)
                     yield frame(pb.SubWorkflowEvent(payload).encode())
                 response = await driver
             finally:
@@ -374,23 +478,48 @@ class PeerService:
     async def stream_deref(
         self, request: bytes, context: grpc.aio.ServicerContext
     ) -> AsyncGenerator[bytes, None]:
-        """``StreamDerefSessionRef``: the ref's bytes as raw chunks of at most 1 MiB."""
+        """``StreamDerefSessionRef``: the ref's bytes as raw chunks of at most 1 MiB.
+
+        Concurrent derefs of one ref share one serialized buffer; releasing the ref ends
+        them (CANCELLED) so the buffer is freed even while their readers stall.
+        """
         req = self._decode(pb.DerefRequest, request)
-        tag, payload = self.refs.dump(RegistryKey(req.ref_uuid), owner=current_principal())
-        view = memoryview(payload).cast("B")
-        total = len(view)
-        await context.send_initial_metadata(
-            (("blazen-type-tag", tag), ("blazen-total-len", str(total)))
-        )
-        # Chunks must also fit this server's own message limit (a frame adds <= 11 bytes).
-        chunk = max(1, min(CHUNK, self.limits.max_unary_bytes))
-        for offset in range(0, total, chunk):
-            yield frame(view[offset : offset + chunk])
+        key = RegistryKey(req.ref_uuid)
+        owner = current_principal()
+        shared = self._derefs.get(key)
+        if shared is None:
+            tag, payload = self.refs.dump(key, owner=owner)
+            shared = self._derefs[key] = _SharedDump(tag, payload)
+        else:
+            self.refs.get(key, owner=owner)  # the same ownership check as a dump
+        task = asyncio.current_task()
+        assert task is not None
+        shared.readers[task] = context
+        try:
+            view = memoryview(shared.payload).cast("B")
+            total = len(view)
+            await context.send_initial_metadata(
+                (("blazen-type-tag", shared.tag), ("blazen-total-len", str(total)))
+            )
+            # Chunks must also fit this server's own message limit (a frame adds <= 11 B).
+            chunk = max(1, min(CHUNK, self.limits.max_unary_bytes))
+            for offset in range(0, total, chunk):
+                yield frame(view[offset : offset + chunk])
+        finally:
+            shared.readers.pop(task, None)
+            if not shared.readers and self._derefs.get(key) is shared:
+                del self._derefs[key]
 
     async def release(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """``ReleaseSessionRef``: drop the ref; ``released=False`` when already gone."""
         req = self._decode(pb.ReleaseRequest, request)
-        released = self.refs.release(RegistryKey(req.ref_uuid), owner=current_principal())
+        key = RegistryKey(req.ref_uuid)
+        released = self.refs.release(key, owner=current_principal())
+        shared = self._derefs.pop(key, None)
+        if released and shared is not None:
+            gone = RefNotFoundError(f"session ref {req.ref_uuid} was released during the deref")
+            for reader, reader_context in list(shared.readers.items()):
+                _end_call(reader, reader_context, gone)  # the buffer goes with them
         return frame(pb.ReleaseResponse(released).encode())
 
     async def describe(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -418,3 +547,73 @@ def _caller_node(context: grpc.aio.ServicerContext) -> str:
             agent = str(value)
     match = _NODE_IN_AGENT.search(agent)
     return match.group(1) if match else "-"
+
+
+class _Slot:
+    """A run slot taken by :meth:`PeerService._admit`; ``run`` once the run exists."""
+
+    __slots__ = ("run",)
+
+    def __init__(self) -> None:
+        self.run: Run | None = None
+
+
+class _SharedDump:
+    """One serialized ref value shared by the deref streams reading it."""
+
+    __slots__ = ("payload", "readers", "tag")
+
+    def __init__(self, tag: str, payload: bytes | memoryview) -> None:
+        self.tag = tag
+        self.payload = payload
+        self.readers: dict[asyncio.Task[Any], grpc.aio.ServicerContext] = {}
+
+
+def _end_call(
+    task: asyncio.Task[Any], context: grpc.aio.ServicerContext, error: PeerflowError
+) -> None:
+    """End a streaming call from outside its handler: send ``error``'s status, stop the task.
+
+    A handler stuck writing to a caller that reads nothing cannot abort by itself, and
+    cancelling its task alone would send no status at all (grpc takes a cancelled handler
+    for a caller that left). So the status goes out from a task of its own (the caller
+    reads it after what was already on its way), and the handler task is cancelled so its
+    buffers are freed now.
+    """
+
+    async def abort() -> None:
+        with contextlib.suppress(Exception):  # grpc's AbortError, or the call is over
+            await _abort(context, error)
+
+    _PENDING_ABORTS.add(aborting := asyncio.ensure_future(abort()))
+    aborting.add_done_callback(_PENDING_ABORTS.discard)
+    task.cancel()
+
+
+_PENDING_ABORTS: set[asyncio.Future[None]] = set()  # strong refs until each abort is sent
+
+
+def _check_names(workflow_name: str, step_ids: Sequence[str]) -> None:
+    """Refuse names beyond the documented caps (they would fill caches, logs, metadata)."""
+    if len(workflow_name) > MAX_NAME_CHARS:
+        raise ValidationError(
+            f"workflow name of {len(workflow_name)} characters exceeds the "
+            f"{MAX_NAME_CHARS}-character limit: `{clip(workflow_name, 64)}`"
+        )
+    if len(step_ids) > MAX_STEP_IDS:
+        raise ValidationError(
+            f"{len(step_ids)} step ids exceed the limit of {MAX_STEP_IDS} per request"
+        )
+    for step_id in step_ids:
+        if len(step_id) > MAX_NAME_CHARS:
+            raise ValidationError(
+                f"step id of {len(step_id)} characters exceeds the {MAX_NAME_CHARS}-character "
+                f"limit: `{clip(step_id, 64)}`"
+            )
+
+
+def _response_size(response: pb.SubWorkflowResponse) -> int:
+    """About how many bytes ``response`` encodes to, without encoding it."""
+    size = len(response.result_json or b"") + len(response.error or "") * 4
+    size += sum(len(k) + len(v) for k, v in response.state_json.items())
+    return size + 64 * len(response.remote_refs)

@@ -24,7 +24,9 @@ TRANSPORT                     UNAVAILABLE (other details), DEADLINE_EXCEEDED
 Outside the table: ``ValidationError`` ↔ INVALID_ARGUMENT on the server (the client reads
 every INVALID_ARGUMENT as an ``EncodeError``: the request was not acceptable as sent);
 ``UnsupportedError`` ↔ UNIMPLEMENTED (what a Blazen peer answers to a peerflow extension
-RPC); ``WorkflowCancelledError`` ↔ CANCELLED (read back with ``remote=True``);
+RPC); ``WorkflowCancelledError`` ↔ CANCELLED whose details say the run ``was cancelled``
+(read back with ``remote=True``; any other CANCELLED is the transport's: a
+``TransportError``);
 ``WorkflowTimeoutError`` → DEADLINE_EXCEEDED and any other error → INTERNAL on the server.
 
 INTERNAL, UNKNOWN and every code not named above become a :class:`TransportError`
@@ -96,6 +98,11 @@ _KIND_BY_STATUS: Mapping[grpc.StatusCode, PeerErrorKind] = types.MappingProxyTyp
         grpc.StatusCode.DEADLINE_EXCEEDED: PeerErrorKind.TRANSPORT,
     }
 )
+
+# What a peer's own cancellation says (WorkflowCancelledError's message). Any other CANCELLED
+# comes from the transport (a connection dropped mid-call, a stream reset): nobody cancelled
+# the run, so it is a TransportError like UNAVAILABLE.
+_REMOTE_CANCEL = "was cancelled"
 
 _TLS_WORDS = ("tls", "ssl", "handshake", "certificate", "verification")
 
@@ -191,7 +198,7 @@ def error_from_rpc(
         result = UnsupportedError(message)
         setattr(result, "code", name)  # noqa: B010 - no declared attribute to assign
         setattr(result, "address", address)  # noqa: B010
-    elif code is grpc.StatusCode.CANCELLED:
+    elif code is grpc.StatusCode.CANCELLED and _REMOTE_CANCEL in details:
         result = WorkflowCancelledError(message, remote=True)
         setattr(result, "code", name)  # noqa: B010
         setattr(result, "address", address)  # noqa: B010

@@ -70,6 +70,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--default-timeout", type=float, default=None)
     parser.add_argument("--ref-ttl", type=float, default=None)
     parser.add_argument("--max-concurrent-runs", type=int, default=None)
+    parser.add_argument("--ref-budget-bytes", type=int, default=None)
+    parser.add_argument("--max-stream-buffer-bytes", type=int, default=None)
+    parser.add_argument("--stream-idle-timeout", type=float, default=None)
     parser.add_argument("--grace", type=float, default=5.0)
     parser.add_argument("--exit-on-stdin-eof", action="store_true")
     return parser.parse_args(argv)
@@ -81,8 +84,14 @@ async def _serve(args: argparse.Namespace) -> None:
         kwargs["default_timeout_secs"] = args.default_timeout
     if args.ref_ttl is not None:
         kwargs["ref_ttl"] = args.ref_ttl
-    if args.max_concurrent_runs is not None:
-        kwargs["max_concurrent_runs"] = args.max_concurrent_runs
+    for name in (
+        "max_concurrent_runs",
+        "ref_budget_bytes",
+        "max_stream_buffer_bytes",
+        "stream_idle_timeout",
+    ):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
     server = PeerServer(args.node_id, registry=load_app(args.app), **kwargs)  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
