@@ -182,7 +182,11 @@ def test_documented_defaults_match_the_code() -> None:
     text = DOCS.read_text()
     for name in [*defaults, "max_input_bytes"]:
         assert f"`{name}`" in text, name
-    for shown in ("1024", "4 MiB", "1 GiB", "3600"):
+    for name in ("max_stream_buffer_bytes", "stream_idle_timeout", "MAX_NAME_CHARS"):
+        assert f"`{name}`" in text, name
+    assert params["max_stream_buffer_bytes"].default == 16 << 20
+    assert params["stream_idle_timeout"].default == 60.0
+    for shown in ("1024", "4 MiB", "1 GiB", "3600", "16 MiB", "60 s", "256 characters"):
         assert shown in text, shown
 
 

@@ -237,6 +237,8 @@ def describe(
                     "workflows": {k: list(v) for k, v in info.workflows.items()},
                     "step_ids": list(info.step_ids),
                     "extensions": list(info.extensions),
+                    "active_runs": info.active_runs,
+                    "lingering_runs": info.lingering_runs,
                 },
                 pretty=True,
             )
@@ -249,6 +251,11 @@ def describe(
         click.echo(f"  {name}: {' -> '.join(ids)}")
     click.echo(f"step ids    {', '.join(info.step_ids) or '(none)'}")
     click.echo(f"extensions  {', '.join(info.extensions) or '(none)'}")
+    if info.active_runs is not None:
+        click.echo(
+            f"runs        {info.active_runs} in flight, {info.lingering_runs} of them ended "
+            "but waiting for a sync step's thread"
+        )
     return ExitCode.OK
 
 

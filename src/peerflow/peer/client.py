@@ -72,6 +72,10 @@ class PeerInfo:
         workflows: registered workflow names and their step ids.
         step_ids: every registered step id.
         extensions: the peerflow extensions it supports.
+        active_runs: runs holding a slot on the peer now (None: not said, a Blazen or
+            older peer).
+        lingering_runs: of those, runs that ended while a ``def`` step's thread still
+            runs (Python cannot stop a thread; its slot is held until it returns).
     """
 
     node_id: str
@@ -79,6 +83,8 @@ class PeerInfo:
     workflows: Mapping[str, tuple[str, ...]]
     step_ids: tuple[str, ...]
     extensions: tuple[str, ...]
+    active_runs: int | None = None
+    lingering_runs: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -784,6 +790,8 @@ class PeerClient:
             workflows={w.name: tuple(w.step_ids) for w in info.workflows},
             step_ids=tuple(info.step_ids),
             extensions=tuple(info.extensions),
+            active_runs=info.active_runs,
+            lingering_runs=info.lingering_runs,
         )
 
     describe_blocking = blocking_twin(describe)

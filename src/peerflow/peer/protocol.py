@@ -623,7 +623,8 @@ class DescribeResponse(_Message):
     """What a peer serves (peerflow extension).
 
     Wire order: ``envelope_version: u32, node_id: String, implementation: String,
-    workflows: Vec<WorkflowInfo>, step_ids: Vec<String>, extensions: Vec<String>``.
+    workflows: Vec<WorkflowInfo>, step_ids: Vec<String>, extensions: Vec<String>``; then,
+    optionally (older peers stop before it), ``active_runs: u32, lingering_runs: u32``.
 
     Attributes:
         node_id: the peer's node id.
@@ -631,6 +632,9 @@ class DescribeResponse(_Message):
         workflows: the registered workflows.
         step_ids: every registered step id.
         extensions: the peerflow extensions the peer supports.
+        active_runs: runs holding a slot now (None: the peer did not say).
+        lingering_runs: of those, runs that ended while a sync step's thread still runs
+            (Python cannot stop a thread; the slot is held until it returns).
         envelope_version: the protocol version (keyword-only).
     """
 
@@ -639,6 +643,8 @@ class DescribeResponse(_Message):
     workflows: tuple[WorkflowInfo, ...] = ()
     step_ids: tuple[str, ...] = ()
     extensions: tuple[str, ...] = ()
+    active_runs: int | None = None
+    lingering_runs: int | None = None
     envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
 
     def __post_init__(self) -> None:
@@ -666,6 +672,9 @@ class DescribeResponse(_Message):
             info._write(w)
         _write_str_seq(w, self.step_ids)
         _write_str_seq(w, self.extensions)
+        if self.active_runs is not None:
+            w.write_u32(self.active_runs)
+            w.write_u32(self.lingering_runs or 0)
 
     @classmethod
     def _read(cls, r: Reader) -> Self:
@@ -673,11 +682,17 @@ class DescribeResponse(_Message):
         node_id = r.read_str()
         implementation = r.read_str()
         workflows = tuple([WorkflowInfo._read(r) for _ in range(r.read_len())])
+        step_ids, extensions = _read_str_seq(r), _read_str_seq(r)
+        active = lingering = None
+        if r.remaining:
+            active, lingering = r.read_u32(), r.read_u32()
         return cls(
             node_id,
             implementation,
             workflows,
-            _read_str_seq(r),
-            _read_str_seq(r),
+            step_ids,
+            extensions,
+            active,
+            lingering,
             envelope_version=version,
         )

@@ -534,6 +534,8 @@ class PeerService:
             workflows=workflows,
             step_ids=tuple(self.registry.step_ids()),
             extensions=EXTENSIONS,
+            active_runs=self.active_runs,
+            lingering_runs=self.lingering_runs,
         )
         return frame(response.encode())
 
