@@ -684,8 +684,11 @@ class DescribeResponse(_Message):
         workflows = tuple([WorkflowInfo._read(r) for _ in range(r.read_len())])
         step_ids, extensions = _read_str_seq(r), _read_str_seq(r)
         active = lingering = None
-        if r.remaining:
-            active, lingering = r.read_u32(), r.read_u32()
+        try:
+            if r.remaining:
+                active, lingering = r.read_u32(), r.read_u32()
+        except EncodeError:
+            active = lingering = None  # trailing bytes that are not the extension: ignored
         return cls(
             node_id,
             implementation,
