@@ -169,23 +169,35 @@ def test_caller_text_is_escaped_and_truncated_in_the_log(tmp_path: Path) -> None
     with Served.serve(str(APP_FILE), "--node-id", "logs", "--listen", "127.0.0.1:0", env=env) as s:
 
         async def calls() -> None:
-            async with await PeerClient.connect(s.address, "evil\nnode") as c:
-                forged = "slow\nrun 0 workflow=forged outcome=ok"
-                with contextlib.suppress(UnknownWorkflowError):
-                    await c.run_remote_workflow(forged)
+            async with await PeerClient.connect(s.address, "evil-node") as c:
+                # A run named by the caller (assembled from a step id) with a forged line.
+                forged = "slow\nrun 0 workflow=forged outcome=ok\x1b[2J"
+                await c.run_remote_workflow(forged, ["hostile::slow"], input={"secs": 0})
                 for _ in range(40):
                     with contextlib.suppress(UnknownWorkflowError):
                         await c.run_remote_workflow("q" * MAX_NAME_CHARS)
                 await c.run_remote_workflow("slow", input={"secs": 0})
+                # Output too large for a message never becomes a transport error (whose
+                # grpc traceback would land in this log).
+                with pytest.raises(WorkflowError):
+                    await c.run_remote_workflow("big_error", input={"size": 5 * MIB})
+                assert [
+                    i async for i in c.stream_remote_workflow("big_event", input={"size": 5 * MIB})
+                ]
+                await (
+                    await c.run_remote_workflow("big_result", input={"size": 5 * MIB})
+                ).result.release()
 
         asyncio.run(calls())
         s.stop()
         assert s.proc.stderr is not None
         log = s.proc.stderr.read()
-    assert "workflow=forged" not in log.replace("\\nrun 0 workflow=forged", "")
+    assert "workflow=slow\\nrun 0 workflow=forged outcome=ok\\x1b[2J" in log  # escaped
+    assert "\nrun 0" not in log and "\x1b" not in log  # no forged line, no escape code
     assert all(len(line) < 1000 for line in log.splitlines())
     assert len(log) < 100_000
-    assert "node=evil\\nnode" in log or "evil\nnode" not in log
+    assert "ExecuteBatchError" not in log
+    assert "Traceback" not in log
 
 
 # -- 4. streams ----------------------------------------------------------------------------

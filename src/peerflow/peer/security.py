@@ -40,6 +40,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 
+from peerflow._text import clip
 from peerflow.errors import TlsError, ValidationError
 
 __all__ = [
@@ -366,7 +367,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
         method = handler_call_details.method
         verified = self._token_ok(handler_call_details.invocation_metadata)
         if self._digest is not None and not verified and method not in self._open:
-            _log.debug("rejected %s: %s", method, _REJECT_DETAILS)
+            _log.debug("rejected %s: %s", clip(method), _REJECT_DETAILS)
             return _REJECT_HANDLER
         handler = await continuation(handler_call_details)
         if handler is None:
