@@ -18,14 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "peer"))
+from peerflow import Workflow
+from peerflow.errors import WorkflowTimeoutError
+from peerflow.peer.client import PeerClient
+from peerflow.testing import start_peer_process
 
-from apps.hostile_app import spin, slow  # noqa: E402
-
-from peerflow import Workflow  # noqa: E402
-from peerflow.errors import WorkflowTimeoutError  # noqa: E402
-from peerflow.peer.client import PeerClient  # noqa: E402
-from peerflow.testing import start_peer_process  # noqa: E402
+PEER_TESTS = Path(__file__).resolve().parents[1] / "tests" / "peer"
 
 
 async def _late(call: object, deadline: float) -> float:
@@ -38,11 +36,14 @@ async def _late(call: object, deadline: float) -> float:
 
 
 async def main(runs: int) -> None:
+    sys.path.insert(0, str(PEER_TESTS))
+    from apps.hostile_app import slow, spin
+
     local = {"spin": [], "await": []}
     for _ in range(runs):
         local["spin"].append(await _late(Workflow("s", [spin], timeout=0.2).run(limit=10**9), 0.2))
         local["await"].append(await _late(Workflow("w", [slow], timeout=0.2).run(secs=3600), 0.2))
-    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "tests" / "peer")}
+    env = {"PYTHONPATH": str(PEER_TESTS)}
     remote = {"spin": [], "await": []}
     with start_peer_process("apps.hostile_app", node_id="fair", env=env) as peer:
         async with await PeerClient.connect(peer.url, "bench") as client:
