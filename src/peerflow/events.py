@@ -19,12 +19,15 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import orjson
 import pydantic
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from peerflow.errors import ValidationError
+from peerflow.refs import RefDescriptor, RegistryKey
 
 __all__ = [
+    "REF_MARKER",
     "START_EVENT_TYPE",
     "STOP_EVENT_TYPE",
     "Event",
@@ -37,6 +40,8 @@ __all__ = [
 
 START_EVENT_TYPE = "blazen::StartEvent"
 STOP_EVENT_TYPE = "blazen::StopEvent"
+REF_MARKER = "__blazen_session_ref__"
+"""Blazen's JSON marker for a session ref: ``{"__blazen_session_ref__": "<uuid>"}``."""
 
 # event_type name -> class, for the built-ins and every subclass defined. Used to turn
 # wire data back into the right class; user subclasses with clashing names keep the first.
@@ -101,6 +106,18 @@ class Event(BaseModel):
             data.update(self.__pydantic_extra__)
         return data
 
+    @property
+    def data_json(self) -> str:
+        """The event's fields as a JSON object string: ``{"result": ...}`` for a StopEvent.
+
+        Go's ``Event.DataJSON``, Kotlin's and Swift's ``event.dataJson``.
+
+        A session ref becomes Blazen's marker ``{"__blazen_session_ref__": "<uuid>"}``;
+        another value JSON cannot carry becomes its ``repr``.
+        """
+        options = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
+        return orjson.dumps(self.to_dict(), default=_json_default, option=options).decode()
+
     def __getattr__(self, name: str) -> Any:
         # pydantic keeps extra fields in __pydantic_extra__; make a clear AttributeError.
         try:
@@ -148,6 +165,16 @@ def event_from_data(event_type: str, data: dict[str, Any]) -> Event:
     if cls is None:
         return Event(event_type, **data)
     return cls(**data)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Event):
+        return value.to_dict()
+    if isinstance(value, RefDescriptor):
+        return {REF_MARKER: str(value.key)}
+    if isinstance(value, RegistryKey):
+        return str(value)
+    return repr(value)
 
 
 def _pydantic_summary(exc: pydantic.ValidationError) -> str:

@@ -12,7 +12,6 @@ import enum
 import functools
 import logging
 import os
-import socket
 import sys
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
@@ -238,6 +237,12 @@ class PeerArgs:
         )
 
 
+def _cli_node_id() -> str:
+    from peerflow.peer.client import default_node_id
+
+    return default_node_id("cli")
+
+
 def _client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--node-id`` and the security options; the command receives ``peer: PeerArgs``."""
 
@@ -258,7 +263,7 @@ def _client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         "--node-id",
         "client_node_id",
         metavar="ID",
-        default=lambda: f"cli@{socket.gethostname()}",
+        default=_cli_node_id,
         show_default="cli@<hostname>",
         help="This caller's node id (sent with every call, logged by the peer).",
     )(command)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import socket
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from types import TracebackType
@@ -39,6 +40,7 @@ from peerflow.errors import (
 from peerflow.events import Event, event_from_data
 from peerflow.peer import protocol as pb
 from peerflow.peer._bounded import BoundedDict
+from peerflow.peer._caller import Caller
 from peerflow.peer.address import Target, parse_target
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.results import encode_input, response_to_result
@@ -48,7 +50,13 @@ from peerflow.peer.status import error_from_rpc, kind_for_status
 from peerflow.refs import RefDescriptor, RefLifetime, RegistryKey, loads_value
 from peerflow.result import WorkflowResult
 
-__all__ = ["PeerClient", "PeerInfo", "RemoteRef"]
+__all__ = [
+    "PeerClient",
+    "PeerInfo",
+    "RemoteRef",
+    "default_node_id",
+    "resolve_node_id",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -152,6 +160,32 @@ def check_call(workflow_name: str, step_ids: Sequence[str]) -> tuple[str, ...]:
     return tuple(step_ids)
 
 
+def default_node_id(prefix: str = "peerflow") -> str:
+    """The node id used when none is given: ``<prefix>@<hostname>``."""
+    return f"{prefix}@{socket.gethostname()}"
+
+
+def resolve_node_id(client_node_id: str | None, node_id: str | None) -> str:
+    """This caller's node id from ``client_node_id`` or its alias ``node_id`` (seed 001).
+
+    Neither given: :func:`default_node_id`.
+
+    Raises:
+        ValidationError: both given and different, or not a non-empty string.
+    """
+    if client_node_id is not None and node_id is not None and client_node_id != node_id:
+        raise ValidationError(
+            f"pass node_id= or client_node_id=, not two different ids "
+            f"({node_id!r}, {client_node_id!r})"
+        )
+    chosen = node_id if node_id is not None else client_node_id
+    if chosen is None:
+        return default_node_id()
+    if not isinstance(chosen, str) or not chosen.strip():
+        raise ValidationError(f"node_id must be a non-empty string, got {chosen!r}")
+    return chosen
+
+
 def node_user_agent(node_id: str) -> str:
     """The gRPC user agent naming this client's node: ``peerflow/V (node ID)``."""
     safe = "".join(c if c.isalnum() or c in "-_.:@" else "_" for c in node_id)
@@ -159,16 +193,24 @@ def node_user_agent(node_id: str) -> str:
 
 
 def _check_timeout(timeout_secs: float | None) -> int | None:
-    """Seconds for the wire: positive sub-second values round up; None defers."""
+    """Seconds for the wire: positive sub-second values round up; None or 0 defers.
+
+    ``0`` means "the peer's default", as in the Go binding (seed 003).
+    """
     if timeout_secs is None:
         return None
     if (
         isinstance(timeout_secs, bool)
         or not isinstance(timeout_secs, int | float)
         or not math.isfinite(timeout_secs)
-        or timeout_secs <= 0
+        or timeout_secs < 0
     ):
-        raise ValidationError(f"timeout_secs must be a number > 0 or None, got {timeout_secs!r}")
+        raise ValidationError(
+            f"timeout_secs must be a number >= 0 (0: the peer's default) or None, "
+            f"got {timeout_secs!r}"
+        )
+    if timeout_secs == 0:
+        return None
     if timeout_secs > MAX_U64:
         raise ValidationError(f"timeout_secs must be at most {MAX_U64}, got {timeout_secs!r}")
     return math.ceil(timeout_secs)
@@ -203,7 +245,7 @@ def _grpc_deadline(wire_timeout: int | None) -> float | None:
     return wire_timeout + DEADLINE_SLACK_SECS
 
 
-class PeerClient:
+class PeerClient(Caller):
     """A connection to one peer. Build with :meth:`connect`.
 
     Attributes:
@@ -251,8 +293,9 @@ class PeerClient:
     async def connect(
         cls,
         address: str,
-        client_node_id: str,
+        client_node_id: str | None = None,
         *,
+        node_id: str | None = None,
         token: str | None = None,
         tls: ClientTls | None = None,
         connect_timeout: float | None = 10.0,
@@ -266,11 +309,14 @@ class PeerClient:
             address: ``http://host:port``, ``https://host:port``, ``host:port``,
                 ``dns:///name:port`` (round-robin over every resolved address) or a gRPC
                 ``ipv4:``/``ipv6:`` target list.
-            client_node_id: this caller's node id (sent with every call).
+            client_node_id: this caller's node id (sent with every call); default
+                ``peerflow@<hostname>``.
+            node_id: the same, by the keyword seed 001 uses (``node_id="node-a"``).
             token: the peer's shared secret (default: ``BLAZEN_PEER_TOKEN`` when set).
             tls: a :func:`~peerflow.peer.security.load_client_tls` config (implies TLS).
             connect_timeout: seconds to wait for the connection, or None to connect
-                lazily on the first call.
+                lazily on the first call. A refused connection fails at once (it is
+                final); only an unreachable peer is waited for.
             max_message_bytes: the largest message received or sent.
             flow_control_window: bytes a peer may send ahead of what this client has read,
                 per call (default 1 MiB): a 64 MiB deref then peaks at ~1.1x its size in
@@ -288,10 +334,7 @@ class PeerClient:
             TlsError: the TLS handshake failed.
         """
         target = parse_target(address)
-        if not isinstance(client_node_id, str) or not client_node_id.strip():
-            raise ValidationError(
-                f"client_node_id must be a non-empty string, got {client_node_id!r}"
-            )
+        client_node_id = resolve_node_id(client_node_id, node_id)
         if tls is not None and not isinstance(tls, ClientTls):
             raise ValidationError(f"tls must come from load_client_tls(), got {tls!r}")
         if connect_timeout is not None and (
@@ -356,8 +399,9 @@ class PeerClient:
     def connect_blocking(
         cls,
         address: str,
-        client_node_id: str,
+        client_node_id: str | None = None,
         *,
+        node_id: str | None = None,
         token: str | None = None,
         tls: ClientTls | None = None,
         connect_timeout: float | None = 10.0,
@@ -367,6 +411,9 @@ class PeerClient:
     ) -> PeerClient:
         """:meth:`connect` for code without an event loop (the client lives on the portal).
 
+        The client is a context manager: ``with PeerClient.connect_blocking(...) as c:``
+        closes it on exit.
+
         Raises:
             ValidationError: bad arguments, or called inside a running event loop.
             TransportError: the peer could not be reached.
@@ -375,6 +422,7 @@ class PeerClient:
             cls.connect,
             address,
             client_node_id,
+            node_id=node_id,
             token=token,
             tls=tls,
             connect_timeout=connect_timeout,
@@ -493,21 +541,9 @@ class PeerClient:
 
     # -- workflows -----------------------------------------------------------------------
 
-    async def invoke_sub_workflow(
-        self, request: pb.SubWorkflowRequest, *, deadline: float | None = None
+    async def _invoke_raw(
+        self, request: pb.SubWorkflowRequest, deadline: float | None
     ) -> pb.SubWorkflowResponse:
-        """Send a raw ``SubWorkflowRequest`` and return the raw response envelope.
-
-        Raises:
-            UnknownStepError / UnknownWorkflowError: the peer lacks what was asked.
-            EnvelopeVersionError: the peer supports an older envelope.
-            TransportError: the peer is unreachable or the call's deadline passed.
-            PeerError: another protocol failure (``kind`` says which).
-        """
-        if not isinstance(request, pb.SubWorkflowRequest):
-            raise ValidationError(
-                f"invoke_sub_workflow takes a SubWorkflowRequest, got {request!r}"
-            )
         method = BLAZEN + "InvokeSubWorkflow"
         if deadline is None and request.timeout_secs is not None:
             deadline = _grpc_deadline(request.timeout_secs)
@@ -518,8 +554,6 @@ class PeerClient:
             raise EncodeError(
                 f"bad response from {self.address}: {exc}", address=self.address
             ) from None
-
-    invoke_sub_workflow_blocking = blocking_twin(invoke_sub_workflow)
 
     async def run_remote_workflow(
         self,
@@ -552,7 +586,7 @@ class PeerClient:
             ValidationError: bad arguments.
         """
         request, deadline = self._request(workflow_name, step_ids, input, input_json, timeout_secs)
-        response = await self.invoke_sub_workflow(request, deadline=deadline)
+        response = await self._invoke_raw(request, deadline)
         return response_to_result(
             response, workflow=workflow_name, address=self.address, make_ref=self._make_ref
         )

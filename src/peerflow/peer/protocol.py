@@ -244,6 +244,19 @@ class FailedStep:
 
 
 @dataclass(frozen=True, slots=True)
+class ErrorDetail:
+    """The exception behind a remote run's failure (an extension).
+
+    Attributes:
+        type_name: the exception's type name (``"KeyError"``).
+        traceback: its traceback as text (bounded by the peer).
+    """
+
+    type_name: str
+    traceback: str
+
+
+@dataclass(frozen=True, slots=True)
 class SubWorkflowResponse(_Message):
     """The outcome of a sub-workflow run.
 
@@ -252,7 +265,8 @@ class SubWorkflowResponse(_Message):
     error: Option<String>``; then peerflow's optional trailing extensions
     ``usage: Option<Usage>, error_kind: Option<String>, event_type: Option<String>,
     run_id: Option<String>, explicit_refs: Option<Vec<Uuid>>,
-    failed_step: Option<FailedStep { step_id: String, attempts: u32 }>``.
+    failed_step: Option<FailedStep { step_id: String, attempts: u32 }>,
+    error_detail: Option<ErrorDetail { type_name: String, traceback: String }>``.
 
     Attributes:
         state_json: JSON of each ``ctx.state`` entry (Blazen sends it empty).
@@ -268,6 +282,7 @@ class SubWorkflowResponse(_Message):
             its own (extension).
         failed_step: the step that failed and its attempts, when a step failed
             (extension).
+        error_detail: the failing step's exception type and traceback (extension).
         envelope_version: the protocol version (keyword-only).
     """
 
@@ -281,6 +296,7 @@ class SubWorkflowResponse(_Message):
     run_id: str | None = None
     explicit_refs: tuple[uuid.UUID, ...] | None = None
     failed_step: FailedStep | None = None
+    error_detail: ErrorDetail | None = None
     envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
 
     def _write(self, w: Writer) -> None:
@@ -305,7 +321,9 @@ class SubWorkflowResponse(_Message):
             descriptor._write(w)
         _write_opt_str(w, self.error)
         # Extensions: only when one is set; unset earlier ones hold their place as 00.
-        if self.failed_step is not None:
+        if self.error_detail is not None:
+            count = 7
+        elif self.failed_step is not None:
             count = 6
         elif self.explicit_refs is not None:
             count = 5
@@ -343,10 +361,17 @@ class SubWorkflowResponse(_Message):
                 for ref_uuid in self.explicit_refs:
                     w.write_uuid(ref_uuid)
         if count > 5:
+            if self.failed_step is None:
+                w.write_option(False)
+            else:
+                w.write_option(True)
+                w.write_str(self.failed_step.step_id)
+                w.write_u32(self.failed_step.attempts)
+        if count > 6:
             w.write_option(True)
-            assert self.failed_step is not None
-            w.write_str(self.failed_step.step_id)
-            w.write_u32(self.failed_step.attempts)
+            assert self.error_detail is not None
+            w.write_str(self.error_detail.type_name)
+            w.write_str(self.error_detail.traceback)
 
     @classmethod
     def _read(cls, r: Reader) -> Self:
@@ -367,6 +392,7 @@ class SubWorkflowResponse(_Message):
         error_kind = event_type = run_id = None
         explicit: tuple[uuid.UUID, ...] | None = None
         failed: FailedStep | None = None
+        detail: ErrorDetail | None = None
         try:
             if r.read_option():
                 usage = Usage._read(r)
@@ -381,6 +407,8 @@ class SubWorkflowResponse(_Message):
                                 explicit = tuple(r.read_uuid() for _ in range(r.read_len()))
                             if r.remaining and r.read_option():
                                 failed = FailedStep(r.read_str(), r.read_u32())
+                            if r.remaining and r.read_option():
+                                detail = ErrorDetail(r.read_str(), r.read_str())
         except EncodeError:
             pass  # trailing bytes that are not extensions: ignored, as Blazen ignores them
         return cls(
@@ -394,6 +422,7 @@ class SubWorkflowResponse(_Message):
             run_id,
             explicit,
             failed,
+            detail,
             envelope_version=version,
         )
 

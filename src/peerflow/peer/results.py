@@ -11,6 +11,7 @@ remote-ref handle.
 
 from __future__ import annotations
 
+import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -21,13 +22,22 @@ from peerflow.errors import (
     EncodeError,
     PeerflowError,
     RefNotFoundError,
+    RemoteWorkflowCancelledError,
+    RemoteWorkflowError,
+    RemoteWorkflowTimeoutError,
     ValidationError,
-    WorkflowCancelledError,
     WorkflowError,
-    WorkflowTimeoutError,
 )
-from peerflow.events import STOP_EVENT_TYPE, Event, StartEvent, StopEvent, event_from_data
+from peerflow.events import (
+    REF_MARKER,
+    STOP_EVENT_TYPE,
+    Event,
+    StartEvent,
+    StopEvent,
+    event_from_data,
+)
 from peerflow.peer.protocol import (
+    ErrorDetail,
     FailedStep,
     RemoteRefDescriptor,
     SubWorkflowResponse,
@@ -48,13 +58,12 @@ __all__ = [
     "wire_descriptors",
 ]
 
-REF_MARKER = "__blazen_session_ref__"
-
-# error_kind extension value -> the WorkflowError subclass a client raises
-_ERROR_CLASSES: dict[str, type[WorkflowError]] = {
-    "timeout": WorkflowTimeoutError,
-    "cancelled": WorkflowCancelledError,
+# error_kind extension value -> the RemoteWorkflowError subclass a client raises
+_ERROR_CLASSES: dict[str, type[RemoteWorkflowError]] = {
+    "timeout": RemoteWorkflowTimeoutError,
+    "cancelled": RemoteWorkflowCancelledError,
 }
+MAX_TRACEBACK_CHARS = 16_384  # the tail of a longer traceback travels (its last frames)
 
 
 def encode_input(fields: Mapping[str, Any] | None) -> bytes:
@@ -250,7 +259,19 @@ def error_response(
         failed_step=(
             FailedStep(error.step_id, error.attempts) if error.step_id is not None else None
         ),
+        error_detail=error_detail(error),
     )
+
+
+def error_detail(error: WorkflowError) -> ErrorDetail | None:
+    """The type name and traceback text of the exception behind ``error``, if any."""
+    cause = error.cause
+    if cause is None:
+        return None
+    text = "".join(traceback.format_exception(cause))
+    if len(text) > MAX_TRACEBACK_CHARS:
+        text = "...\n" + text[-MAX_TRACEBACK_CHARS:]
+    return ErrorDetail(type(cause).__name__, text)
 
 
 def event_json(event: Event) -> bytes:
@@ -326,16 +347,19 @@ def response_to_result(
 
     if response.error is not None:
         kind = response.error_kind or "step_failed"
-        cls = _ERROR_CLASSES.get(kind, WorkflowError)
+        cls = _ERROR_CLASSES.get(kind, RemoteWorkflowError)
         failed = response.failed_step
+        detail = response.error_detail
         raise cls(
             f"remote workflow `{workflow}` on {address} failed: {response.error}",
             step_id=failed.step_id if failed is not None else None,
             attempts=failed.attempts if failed is not None else 0,
-            remote=True,
             run_id=response.run_id,
             workflow=workflow,
-            kind=kind,
+            reason=kind,
+            address=address,
+            remote_type=detail.type_name if detail is not None else None,
+            remote_traceback=detail.traceback if detail is not None else None,
         )
     result = None
     if response.result_json is not None:

@@ -24,8 +24,11 @@ TRANSPORT                     UNAVAILABLE (other details), DEADLINE_EXCEEDED
 Outside the table: ``ValidationError`` ↔ INVALID_ARGUMENT on the server (the client reads
 every INVALID_ARGUMENT as an ``EncodeError``: the request was not acceptable as sent);
 ``UnsupportedError`` ↔ UNIMPLEMENTED (what a Blazen peer answers to a peerflow extension
-RPC); ``WorkflowCancelledError`` ↔ CANCELLED (read back with ``remote=True``);
+RPC); ``WorkflowCancelledError`` ↔ CANCELLED (read back as ``RemoteWorkflowCancelledError``);
 ``WorkflowTimeoutError`` → DEADLINE_EXCEEDED and any other error → INTERNAL on the server.
+Kind WORKFLOW (a :class:`~peerflow.errors.RemoteWorkflowError`) is not in the table: a
+run's failure travels inside an OK response, and one escaping a handler is handled as the
+``WorkflowError`` it also is.
 
 INTERNAL, UNKNOWN and every code not named above become a :class:`TransportError`
 (kind TRANSPORT) on the client. They are not ``WorkflowError``: a step failure travels
@@ -36,9 +39,8 @@ UNKNOWN for protocol failures and for exceptions escaping a handler. The request
 may not have run, so callers that retry or fail over must look at ``.code`` and treat
 only ``UNAVAILABLE`` as "never ran".
 
-``UnsupportedError`` and ``WorkflowCancelledError`` have no ``code`` attribute in the error
-tree; :func:`error_from_rpc` sets one on the instance so every error it returns carries
-``.code``.
+``UnsupportedError`` has no ``code`` attribute in the error tree; :func:`error_from_rpc`
+sets one on the instance so every error it returns carries ``.code``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from peerflow.errors import (
     PeerError,
     PeerErrorKind,
     PeerflowError,
+    RemoteWorkflowCancelledError,
     UnsupportedError,
     ValidationError,
     WorkflowCancelledError,
@@ -137,7 +140,7 @@ def status_for(exc: PeerflowError) -> tuple[grpc.StatusCode, str]:
         ``"unknown step id `x`"``, so Blazen clients see Blazen's wording.
     """
     details = str(exc)
-    if isinstance(exc, PeerError):
+    if isinstance(exc, PeerError) and exc.kind in STATUS_BY_KIND:
         return STATUS_BY_KIND[exc.kind], details
     if isinstance(exc, ValidationError):
         return grpc.StatusCode.INVALID_ARGUMENT, details
@@ -192,9 +195,7 @@ def error_from_rpc(
         setattr(result, "code", name)  # noqa: B010 - no declared attribute to assign
         setattr(result, "address", address)  # noqa: B010
     elif code is grpc.StatusCode.CANCELLED:
-        result = WorkflowCancelledError(message, remote=True)
-        setattr(result, "code", name)  # noqa: B010
-        setattr(result, "address", address)  # noqa: B010
+        result = RemoteWorkflowCancelledError(message, address=address, code=name)
     else:
         result = PeerError(message, kind=PeerErrorKind.TRANSPORT, address=address, code=name)
     result.__cause__ = err
