@@ -25,7 +25,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Self, TypeAlias
+from typing import Any, Self, TypeAlias
+
+import orjson
 
 from peerflow.errors import EncodeError, EnvelopeVersionError, ValidationError
 from peerflow.peer.postcard import Reader, Writer
@@ -146,6 +148,32 @@ class SubWorkflowRequest(_Message):
     def __post_init__(self) -> None:
         if type(self.step_ids) is not tuple:
             object.__setattr__(self, "step_ids", _as_str_tuple(self.step_ids, "step_ids"))
+
+    @classmethod
+    def new(
+        cls,
+        workflow_name: str,
+        step_ids: Iterable[str],
+        input: Any,
+        timeout_secs: int | None = None,
+    ) -> Self:
+        """Rust's ``SubWorkflowRequest::new(name, step_ids, &input, Some(60))``.
+
+        ``input`` is JSON-encoded (compact, keys sorted, as Blazen's serde_json does).
+
+        Raises:
+            ValidationError: ``input`` is not JSON-serializable, or ``timeout_secs`` is not
+                an int >= 0 or None.
+        """
+        if timeout_secs is not None and (
+            isinstance(timeout_secs, bool) or not isinstance(timeout_secs, int) or timeout_secs < 0
+        ):
+            raise ValidationError(f"timeout_secs must be an int >= 0 or None, got {timeout_secs!r}")
+        try:
+            input_json = orjson.dumps(input, option=orjson.OPT_SORT_KEYS)
+        except TypeError as exc:
+            raise ValidationError(f"input is not JSON-serializable: {exc}") from None
+        return cls(workflow_name, _as_str_tuple(step_ids, "step_ids"), input_json, timeout_secs)
 
     def _write(self, w: Writer) -> None:
         w.write_u32(self.envelope_version)
@@ -298,6 +326,22 @@ class SubWorkflowResponse(_Message):
     failed_step: FailedStep | None = None
     error_detail: ErrorDetail | None = None
     envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
+
+    def result_value(self) -> Any:
+        """Rust's ``response.result_value()``: ``result_json`` decoded (None when absent).
+
+        Session-ref markers stay markers here; ``PeerClient.run_remote_workflow`` turns them
+        into handles.
+
+        Raises:
+            EncodeError: ``result_json`` is not valid JSON.
+        """
+        if self.result_json is None:
+            return None
+        try:
+            return orjson.loads(self.result_json)
+        except orjson.JSONDecodeError as exc:
+            raise EncodeError(f"result_json is not valid JSON: {exc}") from None
 
     def _write(self, w: Writer) -> None:
         w.write_u32(self.envelope_version)
