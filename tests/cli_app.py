@@ -2,7 +2,8 @@
 
 Workflows: ``echo`` (returns its input), ``ticks`` (streams ``n`` Tick events),
 ``slow`` (streams Started, waits ``secs``, returns), ``fail`` (a step raises),
-``refs`` (returns bytes, which stay on the peer as a session ref).
+``refs`` (returns bytes, which stay on the peer as a session ref), ``typed`` (a typed
+start event ``Document`` and a declared output ``Summary``).
 """
 
 from __future__ import annotations
@@ -43,11 +44,26 @@ async def refs(ctx: Context, ev: StartEvent) -> StopEvent:
     return StopEvent(result={"blob": b"\x00" * 1000, "size": 1000})
 
 
+class Document(StartEvent):
+    document: str
+    pages: int = 1
+
+
+class Summary(StopEvent):
+    words: int = 0
+
+
+@step(name="cli::typed")
+async def typed(ctx: Context, ev: Document) -> Summary:
+    return Summary(result=ev.document.upper(), words=len(ev.document.split()))
+
+
 for wf in (
     Workflow("echo", [echo]),
     Workflow("ticks", [ticks]),
     Workflow("slow", [slow]),
     Workflow("fail", [fail]),
     Workflow("refs", [refs]),
+    Workflow("typed", [typed]),
 ):
     register_workflow(wf)

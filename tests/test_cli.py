@@ -306,6 +306,42 @@ def test_describe(served: Served, env: dict[str, str]) -> None:
     assert info["node_id"] == "cli-node"
     assert info["workflows"]["ticks"] == ["cli::ticks"]
     assert "stream_events" in info["extensions"]
+    typed = info["input_schemas"]["typed"]
+    assert typed["required"] == ["document"] and set(typed["properties"]) == {"document", "pages"}
+    assert set(info["output_schemas"]["typed"]["properties"]) == {"result", "words"}
+    assert info["input_schemas"]["echo"]["properties"] == {}
+    assert "echo" not in info["output_schemas"]
+
+
+def test_describe_shows_each_workflows_input_and_output(
+    served: Served, env: dict[str, str]
+) -> None:
+    proc = run_cli("describe", served.address, env=env)
+    lines = proc.stdout.splitlines()
+    at = lines.index("  typed: cli::typed")
+    assert lines[at + 1].split() == [
+        "input",
+        "document:",
+        "string",
+        "(required),",
+        "pages:",
+        "integer",
+    ]
+    assert lines[at + 2].split()[:2] == ["output", "result:"]
+    assert "words: integer" in lines[at + 2]
+    echo = lines.index("  echo: cli::echo")
+    assert lines[echo + 1].split() == ["input", "any", "fields"]
+
+
+def test_typed_input_is_validated_by_the_peer(served: Served, env: dict[str, str]) -> None:
+    proc = run_cli("run", served.address, "typed", "--input", '{"pages": "many"}', env=env)
+    assert proc.returncode == 2, proc.stderr
+    line = one_error_line(proc)
+    assert "invalid input for workflow `typed`" in line
+    assert "document: Field required" in line and "pages:" in line
+    proc = run_cli("run", served.address, "typed", "--input", '{"document": "a b"}', env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "A B" in proc.stdout
 
 
 def test_health(served: Served) -> None:

@@ -65,6 +65,8 @@ class Event(BaseModel):
 
     def __init_subclass__(cls, *, event_type: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if event_type is None and cls.event_type_name == START_EVENT_TYPE:
+            event_type = START_EVENT_TYPE  # a typed start event is still the start event
         cls.event_type_name = event_type or cls.__name__
         _CLASSES.setdefault(cls.event_type_name, cls)
 
@@ -79,7 +81,7 @@ class Event(BaseModel):
             super().__init__(**data)
         except pydantic.ValidationError as exc:
             raise ValidationError(
-                f"invalid {type(self).event_type_name}: {_pydantic_summary(exc)}"
+                f"invalid {_label(type(self))}: {_pydantic_summary(exc)}"
             ) from None
         if dynamic_type is not None:
             if type(self) is not Event:
@@ -131,7 +133,12 @@ class Event(BaseModel):
 
 
 class StartEvent(Event, event_type=START_EVENT_TYPE):
-    """The event every run starts with; its fields are the run's input."""
+    """The event every run starts with; its fields are the run's input.
+
+    A subclass with annotated fields is a typed start event (its event type stays
+    ``blazen::StartEvent``): a workflow whose entry step takes it validates the run's input
+    against it before any step runs.
+    """
 
 
 class StopEvent(Event, event_type=STOP_EVENT_TYPE):
@@ -165,6 +172,11 @@ def event_from_data(event_type: str, data: dict[str, Any]) -> Event:
     if cls is None:
         return Event(event_type, **data)
     return cls(**data)
+
+
+def _label(cls: type[Event]) -> str:
+    name = cls.event_type_name
+    return name if name == cls.__name__ else f"{cls.__name__} ({name})"
 
 
 def _json_default(value: Any) -> Any:

@@ -237,6 +237,8 @@ def describe(
                     "workflows": {k: list(v) for k, v in info.workflows.items()},
                     "step_ids": list(info.step_ids),
                     "extensions": list(info.extensions),
+                    "input_schemas": dict(info.input_schemas),
+                    "output_schemas": dict(info.output_schemas),
                 },
                 pretty=True,
             )
@@ -247,6 +249,9 @@ def describe(
     click.echo(f"workflows   {len(info.workflows)}")
     for name, ids in info.workflows.items():
         click.echo(f"  {name}: {' -> '.join(ids)}")
+        for label, schemas in (("input", info.input_schemas), ("output", info.output_schemas)):
+            if name in schemas:
+                click.echo(f"    {label:<7} {_schema_fields(schemas[name])}")
     click.echo(f"step ids    {', '.join(info.step_ids) or '(none)'}")
     click.echo(f"extensions  {', '.join(info.extensions) or '(none)'}")
     return ExitCode.OK
@@ -357,3 +362,16 @@ def demo() -> int:
     from peerflow.demo.driver import run_demo
 
     return run_demo(debug=_settings.debug)
+
+
+def _schema_fields(schema: dict[str, Any]) -> str:
+    """A JSON Schema's fields on one line: ``document: string (required), pages: integer``."""
+    properties = schema.get("properties")
+    if not isinstance(properties, dict) or not properties:
+        return "any fields" if schema.get("additionalProperties", True) else "no fields"
+    required = set(schema.get("required") or ())
+    parts = []
+    for field, spec in properties.items():
+        kind = spec.get("type", "any") if isinstance(spec, dict) else "any"
+        parts.append(f"{field}: {kind}{' (required)' if field in required else ''}")
+    return ", ".join(parts)

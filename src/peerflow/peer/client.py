@@ -44,6 +44,7 @@ from peerflow.peer._caller import Caller
 from peerflow.peer.address import Target, parse_target
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.results import encode_input, response_to_result
+from peerflow.peer.schemas import read_schemas
 from peerflow.peer.security import ClientTls, bearer_metadata, resolve_token
 from peerflow.peer.service import BLAZEN, EXTENSION
 from peerflow.peer.status import error_from_rpc, kind_for_status
@@ -80,6 +81,9 @@ class PeerInfo:
         workflows: registered workflow names and their step ids.
         step_ids: every registered step id.
         extensions: the peerflow extensions it supports.
+        input_schemas: each workflow's input (its start event's fields) as JSON Schema.
+        output_schemas: the output JSON Schema of each workflow that declares a
+            ``StopEvent`` subclass.
     """
 
     node_id: str
@@ -87,6 +91,8 @@ class PeerInfo:
     workflows: Mapping[str, tuple[str, ...]]
     step_ids: tuple[str, ...]
     extensions: tuple[str, ...]
+    input_schemas: Mapping[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    output_schemas: Mapping[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -804,6 +810,8 @@ class PeerClient(Caller):
     async def describe(self) -> PeerInfo:
         """The peer's node id, implementation, workflows, step ids and extensions.
 
+        With each workflow's input schema, and its output schema when it declares one.
+
         Raises:
             UnsupportedError: the peer does not implement DescribePeer (a Blazen peer).
             TransportError: the peer is unreachable.
@@ -812,12 +820,15 @@ class PeerClient(Caller):
             self._describe, EXTENSION + "DescribePeer", pb.DescribeRequest().encode()
         )
         info = pb.DescribeResponse.decode(reply)
+        inputs, outputs = read_schemas(info.schemas)
         return PeerInfo(
             node_id=info.node_id,
             implementation=info.implementation,
             workflows={w.name: tuple(w.step_ids) for w in info.workflows},
             step_ids=tuple(info.step_ids),
             extensions=tuple(info.extensions),
+            input_schemas=inputs,
+            output_schemas=outputs,
         )
 
     describe_blocking = blocking_twin(describe)

@@ -49,6 +49,7 @@ __all__ = [
     "SubWorkflowResponse",
     "Usage",
     "WorkflowInfo",
+    "WorkflowSchema",
     "check_envelope_version",
 ]
 
@@ -681,6 +682,34 @@ class WorkflowInfo:
         return cls(r.read_str(), _read_str_seq(r))
 
 
+@dataclass(frozen=True, slots=True)
+class WorkflowSchema:
+    """A workflow's input and output as JSON Schema text (an extension of describe).
+
+    Wire order: ``name: String, input_schema: String, output_schema: Option<String>``.
+
+    Attributes:
+        name: the workflow's name.
+        input_schema: JSON Schema of its start event's fields.
+        output_schema: JSON Schema of its declared stop event, or None.
+    """
+
+    name: str
+    input_schema: str
+    output_schema: str | None = None
+
+    def _write(self, w: Writer) -> None:
+        w.write_str(self.name)
+        w.write_str(self.input_schema)
+        _write_opt_str(w, self.output_schema)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        name = r.read_str()
+        input_schema = r.read_str()
+        return cls(name, input_schema, r.read_str() if r.read_option() else None)
+
+
 def _write_str_seq(w: Writer, values: tuple[str, ...]) -> None:
     w.write_len(len(values))
     for value in values:
@@ -696,7 +725,8 @@ class DescribeResponse(_Message):
     """What a peer serves (peerflow extension).
 
     Wire order: ``envelope_version: u32, node_id: String, implementation: String,
-    workflows: Vec<WorkflowInfo>, step_ids: Vec<String>, extensions: Vec<String>``.
+    workflows: Vec<WorkflowInfo>, step_ids: Vec<String>, extensions: Vec<String>``; then
+    the optional trailing ``schemas: Option<Vec<WorkflowSchema>>``.
 
     Attributes:
         node_id: the peer's node id.
@@ -704,6 +734,7 @@ class DescribeResponse(_Message):
         workflows: the registered workflows.
         step_ids: every registered step id.
         extensions: the peerflow extensions the peer supports.
+        schemas: each workflow's input/output JSON Schema (None from older peers).
         envelope_version: the protocol version (keyword-only).
     """
 
@@ -712,6 +743,7 @@ class DescribeResponse(_Message):
     workflows: tuple[WorkflowInfo, ...] = ()
     step_ids: tuple[str, ...] = ()
     extensions: tuple[str, ...] = ()
+    schemas: tuple[WorkflowSchema, ...] | None = None
     envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
 
     def __post_init__(self) -> None:
@@ -739,6 +771,11 @@ class DescribeResponse(_Message):
             info._write(w)
         _write_str_seq(w, self.step_ids)
         _write_str_seq(w, self.extensions)
+        if self.schemas is not None:
+            w.write_option(True)
+            w.write_len(len(self.schemas))
+            for schema in self.schemas:
+                schema._write(w)
 
     @classmethod
     def _read(cls, r: Reader) -> Self:
@@ -746,11 +783,17 @@ class DescribeResponse(_Message):
         node_id = r.read_str()
         implementation = r.read_str()
         workflows = tuple([WorkflowInfo._read(r) for _ in range(r.read_len())])
+        step_ids = _read_str_seq(r)
+        extensions = _read_str_seq(r)
+        schemas = None
+        if r.remaining and r.read_option():
+            schemas = tuple([WorkflowSchema._read(r) for _ in range(r.read_len())])
         return cls(
             node_id,
             implementation,
             workflows,
-            _read_str_seq(r),
-            _read_str_seq(r),
+            step_ids,
+            extensions,
+            schemas,
             envelope_version=version,
         )

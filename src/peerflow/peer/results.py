@@ -47,6 +47,7 @@ from peerflow.refs import RefDescriptor, RefLifetime, RegistryKey, SessionRefReg
 from peerflow.result import RefMap, WorkflowResult
 
 __all__ = [
+    "INVALID_INPUT",
     "REF_MARKER",
     "ResultEncoder",
     "decode_input",
@@ -57,6 +58,9 @@ __all__ = [
     "result_response",
     "wire_descriptors",
 ]
+
+INVALID_INPUT = "invalid input for workflow"
+"""How the details of an INVALID_ARGUMENT for input that fails a typed start event begin."""
 
 # error_kind extension value -> the RemoteWorkflowError subclass a client raises
 _ERROR_CLASSES: dict[str, type[RemoteWorkflowError]] = {
@@ -82,12 +86,21 @@ def encode_input(fields: Mapping[str, Any] | None) -> bytes:
         raise ValidationError(f"input is not JSON-serializable: {exc}") from None
 
 
-def decode_input(input_json: bytes | memoryview, *, limit: int) -> StartEvent:
+def decode_input(
+    input_json: bytes | memoryview,
+    *,
+    limit: int,
+    start_class: type[StartEvent] = StartEvent,
+    workflow: str = "",
+) -> StartEvent:
     """The ``StartEvent`` of a request: a JSON object (``null`` means ``{}``).
+
+    Validated against ``start_class``, the workflow's typed start event when it has one.
 
     Raises:
         EncodeError: not JSON, or not an object.
-        ValidationError: larger than ``limit`` bytes.
+        ValidationError: larger than ``limit`` bytes, or the fields do not validate
+            (the message starts with :data:`INVALID_INPUT` and names the fields).
     """
     if len(input_json) > limit:
         raise ValidationError(
@@ -101,7 +114,10 @@ def decode_input(input_json: bytes | memoryview, *, limit: int) -> StartEvent:
         fields = {}
     if not isinstance(fields, dict):
         raise EncodeError(f"input_json must be a JSON object, got {type(fields).__name__}")
-    return StartEvent(**fields)
+    try:
+        return start_class(**fields)
+    except ValidationError as exc:
+        raise ValidationError(f"{INVALID_INPUT} `{workflow}`: {exc}") from None
 
 
 class ResultEncoder:

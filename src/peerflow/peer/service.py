@@ -43,6 +43,7 @@ from peerflow.peer.results import (
     event_json,
     result_response,
 )
+from peerflow.peer.schemas import workflow_schemas
 from peerflow.peer.security import current_principal
 from peerflow.peer.status import NOT_STARTED, status_for
 from peerflow.refs import RegistryKey, SessionRefRegistry
@@ -227,7 +228,12 @@ class PeerService:
     def _prepare(self, request: bytes, streaming: bool) -> Run:
         req = self._decode(pb.SubWorkflowRequest, request)
         workflow = self._workflow(req.workflow_name, req.step_ids)
-        start = decode_input(req.input_json, limit=self.limits.max_input_bytes)
+        start = decode_input(
+            req.input_json,
+            limit=self.limits.max_input_bytes,
+            start_class=workflow.start_event_class,
+            workflow=workflow.name,
+        )
         timeout: float | None = req.timeout_secs or None  # 0 defers to the default, like None
         if timeout is None:
             timeout = self.limits.default_timeout_secs
@@ -405,6 +411,7 @@ class PeerService:
             workflows=workflows,
             step_ids=tuple(self.registry.step_ids()),
             extensions=EXTENSIONS,
+            schemas=workflow_schemas(self.registry),
         )
         return frame(response.encode())
 

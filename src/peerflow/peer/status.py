@@ -22,7 +22,9 @@ TRANSPORT                     UNAVAILABLE (other details), DEADLINE_EXCEEDED
 ============================  ==========================================================
 
 Outside the table: ``ValidationError`` ↔ INVALID_ARGUMENT on the server (the client reads
-every INVALID_ARGUMENT as an ``EncodeError``: the request was not acceptable as sent);
+an INVALID_ARGUMENT as an ``EncodeError``: the request was not acceptable as sent; except
+input that failed the workflow's typed start event, details ``invalid input for workflow
+`X`: ...``, which it reads back as a ``ValidationError`` naming the fields);
 ``UnsupportedError`` ↔ UNIMPLEMENTED (what a Blazen peer answers to a peerflow extension
 RPC); ``WorkflowCancelledError`` ↔ CANCELLED (read back as ``RemoteWorkflowCancelledError``);
 ``WorkflowTimeoutError`` → DEADLINE_EXCEEDED and any other error → INTERNAL on the server.
@@ -60,6 +62,7 @@ from peerflow.errors import (
     WorkflowCancelledError,
     WorkflowTimeoutError,
 )
+from peerflow.peer.results import INVALID_INPUT
 
 NOT_STARTED = "the run was not started"
 """Said in the details of every refusal that happens before a run exists (the peer is
@@ -188,7 +191,12 @@ def error_from_rpc(
 
     result: PeerflowError
     kind = kind_for_status(code, details)
-    if kind is not None:
+    if code is grpc.StatusCode.INVALID_ARGUMENT and details.startswith(INVALID_INPUT):
+        # The input failed the workflow's typed start event: the caller's own mistake.
+        result = ValidationError(message)
+        setattr(result, "code", name)  # noqa: B010
+        setattr(result, "address", address)  # noqa: B010
+    elif kind is not None:
         result = PeerError(message, kind=kind, address=address, code=name)
     elif code is grpc.StatusCode.UNIMPLEMENTED:
         result = UnsupportedError(message)
