@@ -123,7 +123,7 @@ def test_every_message_roundtrips(msg: Any) -> None:
 @ROUNDTRIP
 @given(any_message, st.binary(min_size=1, max_size=8))
 def test_trailing_bytes_after_fixed_messages_are_ignored(msg: Any, junk: bytes) -> None:
-    if isinstance(msg, SubWorkflowResponse | SubWorkflowEvent):
+    if isinstance(msg, SubWorkflowResponse | SubWorkflowEvent | DescribeResponse):
         return  # their extension tail may legitimately absorb the junk; see below
     assert type(msg).decode(msg.encode() + junk) == msg
 

@@ -96,3 +96,5 @@ def test_describe_schemas_are_a_trailing_extension() -> None:
     old = pb.DescribeResponse("n", "peerflow")
     assert pb.DescribeResponse.decode(old.encode()).schemas is None
     assert with_schemas.encode().startswith(old.encode())
+    for junk in (b"\x02", b"\x01\x05ab"):  # not the extension: ignored, as Blazen would
+        assert pb.DescribeResponse.decode(old.encode() + junk) == old

@@ -786,8 +786,11 @@ class DescribeResponse(_Message):
         step_ids = _read_str_seq(r)
         extensions = _read_str_seq(r)
         schemas = None
-        if r.remaining and r.read_option():
-            schemas = tuple([WorkflowSchema._read(r) for _ in range(r.read_len())])
+        try:
+            if r.remaining and r.read_option():
+                schemas = tuple([WorkflowSchema._read(r) for _ in range(r.read_len())])
+        except EncodeError:
+            schemas = None  # trailing bytes that are not the extension: ignored
         return cls(
             node_id,
             implementation,
