@@ -452,9 +452,10 @@ class PeerClient(Caller):
         """Wait for the channel to connect; fail early on a certificate the client rejects.
 
         A failed certificate check on this side (untrusted server certificate, wrong
-        server name) will not heal, so it raises at once; anything else (refused, closed
-        during the handshake by a server rejecting our certificate, unreachable) is
-        retried until ``timeout`` and then reported with the channel's last error.
+        server name) and a refused connection (nothing listens there) are final, so they
+        raise at once; anything else (closed during the handshake by a server rejecting
+        our certificate, unreachable) is retried until ``timeout`` and then reported with
+        the channel's last error.
         """
         channel = self._channel
         last: str | None = None
@@ -467,7 +468,7 @@ class PeerClient(Caller):
                     last = await self._probe()
                     if last is None:
                         return
-                    if secure and _tls_failure(last):
+                    if (secure and _tls_failure(last)) or _refused(last):
                         raise _connect_error(self.address, last, secure, None)
                 await channel.wait_for_state_change(state)
                 state = channel.get_state(try_to_connect=True)
@@ -906,6 +907,10 @@ def _stream_event(item: pb.EventPayload, address: str) -> Event:
         return Event(item.event_type, **data)
 
 
+def _refused(details: str) -> bool:
+    return "connection refused" in details.lower()
+
+
 def _tls_failure(details: str) -> bool:
     return kind_for_status(grpc.StatusCode.UNAVAILABLE, details) is PeerErrorKind.TLS
 
@@ -926,6 +931,12 @@ def _connect_error(
             f"another CA; or it does not serve TLS) ({cause})"
         )
         kind = PeerErrorKind.TLS
+    elif last is not None and _refused(last):
+        message = (
+            f"could not connect to peer {address}: connection refused (nothing listens "
+            f"there: is the peer running, and on that port?) ({cause})"
+        )
+        kind = PeerErrorKind.TRANSPORT
     else:
         message = f"could not connect to peer {address} ({cause})"
         kind = PeerErrorKind.TRANSPORT
