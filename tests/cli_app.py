@@ -3,12 +3,15 @@
 Workflows: ``echo`` (returns its input), ``ticks`` (streams ``n`` Tick events),
 ``slow`` (streams Started, waits ``secs``, returns), ``fail`` (a step raises),
 ``refs`` (returns bytes, which stay on the peer as a session ref), ``typed`` (a typed
-start event ``Document`` and a declared output ``Summary``).
+start event ``Document`` and a declared output ``Summary``), ``matrix`` (returns a numpy
+array, which stays on the peer as a session ref).
 """
 
 from __future__ import annotations
 
 import asyncio
+
+import numpy as np
 
 from peerflow import Context, Event, StartEvent, StopEvent, Workflow, register_workflow, step
 
@@ -58,6 +61,11 @@ async def typed(ctx: Context, ev: Document) -> Summary:
     return Summary(result=ev.document.upper(), words=len(ev.document.split()))
 
 
+@step(name="cli::matrix")
+async def matrix(ctx: Context, ev: StartEvent) -> StopEvent:
+    return StopEvent(result={"matrix": np.arange(6, dtype=np.float32).reshape(2, 3)})
+
+
 for wf in (
     Workflow("echo", [echo]),
     Workflow("ticks", [ticks]),
@@ -65,5 +73,6 @@ for wf in (
     Workflow("fail", [fail]),
     Workflow("refs", [refs]),
     Workflow("typed", [typed]),
+    Workflow("matrix", [matrix]),
 ):
     register_workflow(wf)

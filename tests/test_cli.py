@@ -129,6 +129,26 @@ def test_bad_input(value: str, message: str) -> None:
     assert message in one_error_line(proc)
 
 
+def test_help_has_the_exit_code_table_once_and_lists_debug() -> None:
+    top = run_cli("--help").stdout
+    assert "Exit codes:" in top and "--debug" in top
+    for command in ("run", "serve", "describe", "health", "fetch", "release", "demo"):
+        sub = run_cli(command, "--help")
+        assert sub.returncode == 0, sub.stderr
+        text = " ".join(sub.stdout.split())
+        assert "130" not in text and "Exit codes: see" in text, command  # the table: --help
+        assert "--debug" in text and "peerflow --help" in text, command
+
+
+def test_serve_an_app_that_raises_on_import_exits_2(tmp_path: Path) -> None:
+    app = tmp_path / "broken_app.py"
+    app.write_text("raise RuntimeError('no config file: settings.toml')\n")
+    proc = run_cli("serve", str(app), "--node-id", "n", "--listen", "127.0.0.1:0")
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "failed to import" in line and "RuntimeError: no config file: settings.toml" in line
+
+
 def test_serve_unknown_app() -> None:
     proc = run_cli("serve", "no_such_module_xyz", "--node-id", "n", "--listen", "127.0.0.1:0")
     assert proc.returncode == 2
@@ -249,6 +269,57 @@ def test_fetch_and_release_a_remote_ref(
     gone = run_cli("fetch", served.address, key, env=env)
     assert gone.returncode == 6  # not found
     assert key in one_error_line(gone)
+
+
+def test_fetch_a_numpy_ref_as_npy(served: Served, env: dict[str, str], tmp_path: Path) -> None:
+    import numpy as np
+
+    out = json.loads(run_cli("run", served.address, "matrix", env=env).stdout)
+    (key,) = out["remote_refs"]
+    assert out["remote_refs"][key]["type_tag"] == "numpy.ndarray"
+    target = tmp_path / "matrix.npy"
+    proc = run_cli("fetch", served.address, key, "--out", str(target), env=env)
+    assert proc.returncode == 0, proc.stderr
+    loaded = np.load(target, allow_pickle=False)
+    assert loaded.dtype == np.float32 and loaded.tolist() == [[0, 1, 2], [3, 4, 5]]
+    raw = tmp_path / "matrix.bin"
+    assert (
+        run_cli("fetch", served.address, key, "--out", str(raw), "--npy", env=env).returncode == 0
+    )
+    assert np.load(raw, allow_pickle=False).shape == (2, 3)
+    blob_key = next(
+        iter(json.loads(run_cli("run", served.address, "refs", env=env).stdout)["remote_refs"])
+    )
+    proc = run_cli("fetch", served.address, blob_key, "--npy", env=env)
+    assert proc.returncode == 2
+    assert "not a numpy array" in one_error_line(proc)
+    run_cli("release", served.address, key, blob_key, env=env)
+
+
+def test_missing_token_names_the_variable_and_the_option(served: Served) -> None:
+    proc = run_cli("run", served.address, "echo", env=cli_env(drop=["BLAZEN_PEER_TOKEN"]))
+    assert proc.returncode == 7
+    line = one_error_line(proc)
+    assert "UNAUTHENTICATED" in line and "BLAZEN_PEER_TOKEN" in line and "--token-env" in line
+    assert TOKEN not in line
+
+
+def test_unknown_workflow_lists_what_the_peer_serves(served: Served, env: dict[str, str]) -> None:
+    proc = run_cli("run", served.address, "no-such-wf", env=env)
+    assert proc.returncode == 6
+    line = one_error_line(proc)
+    assert "unknown workflow `no-such-wf`" in line
+    assert "the peer serves: echo, fail, matrix, refs, slow, ticks, typed" in line
+
+
+def test_https_to_a_plaintext_peer_says_it_does_not_speak_tls(
+    served: Served, env: dict[str, str]
+) -> None:
+    proc = run_cli("run", f"https://{served.address}", "echo", env=env)
+    assert proc.returncode == 3
+    line = one_error_line(proc)  # one line: no gRPC C-core log lines on stderr
+    assert line.startswith("peerflow: error: TLS handshake with peer https://")
+    assert "does not speak TLS" in line
 
 
 def test_release_of_a_malformed_key_is_a_usage_error(served: Served, env: dict[str, str]) -> None:
@@ -458,6 +529,24 @@ def test_serve_and_run_over_mtls(tmp_path: Path) -> None:
         proc = run_cli("run", f"http://localhost:{port}", "echo")  # no certificate
         assert proc.returncode == 3
         one_error_line(proc)
+        other_ca = [
+            "--tls-cert",
+            str(pki.other_client_cert),
+            "--tls-key",
+            str(pki.other_client_key),
+            "--tls-ca",
+            str(pki.ca_cert),
+        ]
+        proc = run_cli("run", f"https://localhost:{port}", "echo", *other_ca)
+        assert proc.returncode == 3
+        line = one_error_line(proc)  # what the Python API says, not gRPC's transport text
+        assert "TLS handshake with peer" in line and "certificate" in line
+        assert "closed the connection" in line
+        untrusting = [*tls[:4], "--tls-ca", str(pki.other_ca_cert)]
+        proc = run_cli("run", f"https://localhost:{port}", "echo", *untrusting)
+        assert proc.returncode == 3
+        line = one_error_line(proc)
+        assert "not signed by the CA this client trusts" in line and "--tls-ca" in line
 
 
 # -- the demo ------------------------------------------------------------------------------

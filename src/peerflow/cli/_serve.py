@@ -112,9 +112,8 @@ def _import_app(target: str) -> ModuleType:
     except PeerflowError as exc:
         raise CliError(f"APP {target!r} failed to import: {exc}") from exc
     except Exception as exc:
-        raise CliError(
-            f"APP {target!r} failed to import: {type(exc).__name__}: {exc}", ExitCode.INTERNAL
-        ) from exc
+        # The user's module raised: a usage problem (exit 2), with its exception line.
+        raise CliError(f"APP {target!r} failed to import: {type(exc).__name__}: {exc}") from exc
 
 
 @cli.command(epilog=_EPILOG)

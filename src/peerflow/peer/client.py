@@ -269,6 +269,7 @@ class PeerClient(Caller):
         max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
     ) -> None:
         self._target = target
+        self._secure = False  # set by connect() when the channel uses TLS
         self._max_value_bytes = max_value_bytes
         self.node_id = client_node_id
         self.address = target.address
@@ -393,6 +394,7 @@ class PeerClient(Caller):
             channel = grpc.aio.insecure_channel(target.grpc_target, options=options)
         metadata = (*bearer_metadata(resolve_token(token)), ("blazen-node-id", client_node_id))
         client = cls(target, client_node_id, channel, metadata, max_value_bytes)
+        client._secure = secure
         if connect_timeout is not None:
             try:
                 await client._wait_ready(connect_timeout, secure)
@@ -490,7 +492,18 @@ class PeerClient(Caller):
         return self._metadata
 
     def _error(self, exc: grpc.RpcError, method: str) -> PeerflowError:
-        return error_from_rpc(exc, address=self.address, method=method)
+        error = error_from_rpc(exc, address=self.address, method=method)
+        if self._secure and isinstance(error, PeerError) and error.code == "UNAVAILABLE":
+            # A lazily connected client meets a failed handshake on a call: say what
+            # connect() would have said (certificate, CA), not gRPC's transport text.
+            details = str(exc.details() or "") if hasattr(exc, "details") else ""
+            lowered = details.lower()
+            closed_in_handshake = "failed to connect" in lowered and "socket closed" in lowered
+            if _tls_failure(details) or closed_in_handshake:
+                translated = _connect_error(self.address, details, True, None)
+                translated.__cause__ = exc
+                return translated
+        return error
 
     async def _unary(
         self, call: Any, method: str, payload: bytes, deadline: float | None = None
@@ -907,6 +920,24 @@ def _stream_event(item: pb.EventPayload, address: str) -> Event:
         return Event(item.event_type, **data)
 
 
+def _tls_hint(details: str) -> str:
+    """What a TLS failure of this client's own checks means, in words."""
+    lowered = details.lower()
+    if "wrong_version_number" in lowered or "wrong version number" in lowered:
+        return ": the peer does not speak TLS on that port (a plaintext peer? use http://)"
+    if "hostname verification" in lowered:
+        return (
+            ": the peer's certificate does not name this address (connect by a name in its "
+            "certificate)"
+        )
+    if "certificate_verify_failed" in lowered or "certificate verify failed" in lowered:
+        return (
+            ": the peer's certificate is not signed by the CA this client trusts (check the "
+            "CA given to load_client_tls, --tls-ca)"
+        )
+    return ""
+
+
 def _refused(details: str) -> bool:
     return "connection refused" in details.lower()
 
@@ -922,7 +953,7 @@ def _connect_error(
     cause = f"last error: {last}" if last else "no connection attempt finished"
     closed = last is not None and "socket closed" in last.lower()
     if secure and last is not None and _tls_failure(last):
-        message = f"TLS handshake with peer {address} failed ({cause})"
+        message = f"TLS handshake with peer {address} failed{_tls_hint(last)} ({cause})"
         kind = PeerErrorKind.TLS
     elif secure and closed:
         message = (
