@@ -686,3 +686,51 @@ def test_docs_list_every_exit_code() -> None:
     assert set(EXIT_CODES) == set(ExitCode)
     for code in ExitCode:
         assert f"| {int(code)} |" in text, code
+
+
+def test_serve_logs_json_at_debug_with_the_server_settings() -> None:
+    env = cli_env({"CLI_TEST_TOKEN": TOKEN})
+    with Served.serve(
+        APP,
+        "--node-id",
+        "json-node",
+        "--listen",
+        "127.0.0.1:0",
+        "--token-env",
+        "CLI_TEST_TOKEN",
+        "--log-format",
+        "json",
+        "--log-level",
+        "debug",
+        "--default-timeout",
+        "1",
+        "--ref-budget",
+        "1000",
+        "--max-message-bytes",
+        "2048",
+        env=env,
+    ) as server:
+        client_env = cli_env({"BLAZEN_PEER_TOKEN": TOKEN})
+        assert run_cli("run", server.address, "fail", env=client_env).returncode == 4
+        assert run_cli("run", server.address, "echo", env=cli_env()).returncode == 7
+        # --default-timeout 1: a run whose caller sets no timeout is bounded by the peer's
+        slow = run_cli("run", server.address, "slow", "--input", '{"secs": 600}', env=client_env)
+        assert slow.returncode == 5, slow.stderr
+        # --ref-budget 1000: the 1000-byte blob fits, a second one does not
+        assert run_cli("run", server.address, "refs", env=client_env).returncode == 0
+        assert run_cli("run", server.address, "refs", env=client_env).returncode == 7
+        # --max-message-bytes 2048: a larger request is refused
+        big = json.dumps({"x": "y" * 4096})
+        assert (
+            run_cli("run", server.address, "echo", "--input", big, env=client_env).returncode == 7
+        )
+        assert server.stop() == 0
+        assert server.proc.stderr is not None
+        lines = [json.loads(line) for line in server.proc.stderr.read().splitlines()]
+    assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
+    (failed,) = [line for line in lines if "step cli::fail failed" in line["message"]]
+    assert "RuntimeError: boom from cli::fail" in failed["message"]
+    assert "Traceback" in failed["exc"] and failed["level"] == "warning"
+    assert any("missing peer token (UNAUTHENTICATED)" in line["message"] for line in lines)
+    assert any("budget" in line["message"] for line in lines if line["level"] == "warning")
+    assert TOKEN not in json.dumps(lines)

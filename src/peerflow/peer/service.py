@@ -36,6 +36,7 @@ from peerflow.errors import (
     WorkflowError,
 )
 from peerflow.peer import protocol as pb
+from peerflow.peer._refusals import log_step_failure, note_refusal
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.results import (
     decode_input,
@@ -153,6 +154,7 @@ class PeerService:
                 try:
                     return await fn(request, context)
                 except PeerflowError as exc:
+                    note_refusal(method, exc, context.peer())
                     await _abort(context, exc)
                     raise  # unreachable: abort raises
 
@@ -175,6 +177,7 @@ class PeerService:
                         async for item in items:
                             yield item
                 except PeerflowError as exc:
+                    note_refusal(method, exc, context.peer())
                     await _abort(context, exc)
 
         return handler
@@ -286,6 +289,7 @@ class PeerService:
                 error = None
             except WorkflowError as exc:
                 result, error, outcome = None, exc, exc.kind
+                log_step_failure(log, run.run_id, run.workflow_name, exc)
             return self._respond(run, result, error)
         except asyncio.CancelledError:
             outcome = "cancelled by caller"
