@@ -716,6 +716,9 @@ def test_serve_logs_json_at_debug_with_the_server_settings() -> None:
         # --default-timeout 1: a run whose caller sets no timeout is bounded by the peer's
         slow = run_cli("run", server.address, "slow", "--input", '{"secs": 600}', env=client_env)
         assert slow.returncode == 5, slow.stderr
+        args = ["run", server.address, "slow", "--input", '{"secs": 600}', "--timeout"]
+        assert run_cli(*args, "0", env=client_env).returncode == 5  # 0: the peer's default
+        assert run_cli(*args, "-1", env=client_env).returncode == 2
         # --ref-budget 1000: the 1000-byte blob fits, a second one does not
         assert run_cli("run", server.address, "refs", env=client_env).returncode == 0
         assert run_cli("run", server.address, "refs", env=client_env).returncode == 7

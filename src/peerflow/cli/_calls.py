@@ -145,10 +145,10 @@ class _Progress:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0),
     default=None,
     metavar="S",
-    help="Bound the run on the peer (it is cancelled there). Default: the peer's.",
+    help="Bound the run on the peer (it is cancelled there). Default (or 0): the peer's.",
 )
 @click.option("--stream", is_flag=True, help="Print each streamed event as a JSON line.")
 @_client_options
