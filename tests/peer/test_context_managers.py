@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from peerflow import Context, StartEvent, StopEvent, ValidationError, Workflow, step
-from peerflow.peer import PeerClient, PeerPool, PeerServer
+from peerflow.peer import PeerClient, PeerPool, PeerServer, SubWorkflowRequest
 from peerflow.registry import Registry
 
 
@@ -55,10 +55,14 @@ def test_with_connect_blocking_closes_the_client_and_the_pool() -> None:
         with PeerClient.connect_blocking(address, node_id="a") as client:
             result = client.run_remote_workflow_blocking("echo", input={"x": 1})
             assert result.result == {"x": 1}
+            both = client.invoke_sub_workflow_blocking(workflow_name="echo", input={"y": 2})
+            assert both.result == {"y": 2}
         with pytest.raises(ValidationError, match="closed"):
             client.run_remote_workflow_blocking("echo")
         with PeerPool.connect_blocking([address], node_id="a") as pool:
             assert pool.run_remote_workflow_blocking("echo").result == {}
+            raw = pool.invoke_sub_workflow_blocking(SubWorkflowRequest.new("echo", [], {"z": 3}))
+            assert raw.result_value() == {"z": 3}
         with pytest.raises(ValidationError, match="closed"):
             pool.start_blocking()
     finally:
