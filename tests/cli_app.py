@@ -2,12 +2,16 @@
 
 Workflows: ``echo`` (returns its input), ``ticks`` (streams ``n`` Tick events),
 ``slow`` (streams Started, waits ``secs``, returns), ``fail`` (a step raises),
-``refs`` (returns bytes, which stay on the peer as a session ref).
+``refs`` (returns bytes, which stay on the peer as a session ref), ``typed`` (a typed
+start event ``Document`` and a declared output ``Summary``), ``matrix`` (returns a numpy
+array, which stays on the peer as a session ref).
 """
 
 from __future__ import annotations
 
 import asyncio
+
+import numpy as np
 
 from peerflow import Context, Event, StartEvent, StopEvent, Workflow, register_workflow, step
 
@@ -43,11 +47,32 @@ async def refs(ctx: Context, ev: StartEvent) -> StopEvent:
     return StopEvent(result={"blob": b"\x00" * 1000, "size": 1000})
 
 
+class Document(StartEvent):
+    document: str
+    pages: int = 1
+
+
+class Summary(StopEvent):
+    words: int = 0
+
+
+@step(name="cli::typed")
+async def typed(ctx: Context, ev: Document) -> Summary:
+    return Summary(result=ev.document.upper(), words=len(ev.document.split()))
+
+
+@step(name="cli::matrix")
+async def matrix(ctx: Context, ev: StartEvent) -> StopEvent:
+    return StopEvent(result={"matrix": np.arange(6, dtype=np.float32).reshape(2, 3)})
+
+
 for wf in (
     Workflow("echo", [echo]),
     Workflow("ticks", [ticks]),
     Workflow("slow", [slow]),
     Workflow("fail", [fail]),
     Workflow("refs", [refs]),
+    Workflow("typed", [typed]),
+    Workflow("matrix", [matrix]),
 ):
     register_workflow(wf)

@@ -228,3 +228,6 @@ def test_an_interrupt_at_every_point_of_a_call_cancels_cleans_up_and_propagates(
         assert asyncio.run_coroutine_threadsafe(ping(), portal_loop()).result(timeout=5)
     assert at > 30  # the portal's and asyncio's code, line by line
     assert outcomes == {"cleaned", "never started"}
+    # No interrupt left an exception "being handled" behind (the __context__ of every
+    # exception this thread raises later).
+    assert sys.exception() is None

@@ -129,6 +129,26 @@ def test_bad_input(value: str, message: str) -> None:
     assert message in one_error_line(proc)
 
 
+def test_help_has_the_exit_code_table_once_and_lists_debug() -> None:
+    top = run_cli("--help").stdout
+    assert "Exit codes:" in top and "--debug" in top
+    for command in ("run", "serve", "describe", "health", "fetch", "release", "demo"):
+        sub = run_cli(command, "--help")
+        assert sub.returncode == 0, sub.stderr
+        text = " ".join(sub.stdout.split())
+        assert "130" not in text and "Exit codes: see" in text, command  # the table: --help
+        assert "--debug" in text and "peerflow --help" in text, command
+
+
+def test_serve_an_app_that_raises_on_import_exits_2(tmp_path: Path) -> None:
+    app = tmp_path / "broken_app.py"
+    app.write_text("raise RuntimeError('no config file: settings.toml')\n")
+    proc = run_cli("serve", str(app), "--node-id", "n", "--listen", "127.0.0.1:0")
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "failed to import" in line and "RuntimeError: no config file: settings.toml" in line
+
+
 def test_serve_unknown_app() -> None:
     proc = run_cli("serve", "no_such_module_xyz", "--node-id", "n", "--listen", "127.0.0.1:0")
     assert proc.returncode == 2
@@ -251,6 +271,57 @@ def test_fetch_and_release_a_remote_ref(
     assert key in one_error_line(gone)
 
 
+def test_fetch_a_numpy_ref_as_npy(served: Served, env: dict[str, str], tmp_path: Path) -> None:
+    import numpy as np
+
+    out = json.loads(run_cli("run", served.address, "matrix", env=env).stdout)
+    (key,) = out["remote_refs"]
+    assert out["remote_refs"][key]["type_tag"] == "numpy.ndarray"
+    target = tmp_path / "matrix.npy"
+    proc = run_cli("fetch", served.address, key, "--out", str(target), env=env)
+    assert proc.returncode == 0, proc.stderr
+    loaded = np.load(target, allow_pickle=False)
+    assert loaded.dtype == np.float32 and loaded.tolist() == [[0, 1, 2], [3, 4, 5]]
+    raw = tmp_path / "matrix.bin"
+    assert (
+        run_cli("fetch", served.address, key, "--out", str(raw), "--npy", env=env).returncode == 0
+    )
+    assert np.load(raw, allow_pickle=False).shape == (2, 3)
+    blob_key = next(
+        iter(json.loads(run_cli("run", served.address, "refs", env=env).stdout)["remote_refs"])
+    )
+    proc = run_cli("fetch", served.address, blob_key, "--npy", env=env)
+    assert proc.returncode == 2
+    assert "not a numpy array" in one_error_line(proc)
+    run_cli("release", served.address, key, blob_key, env=env)
+
+
+def test_missing_token_names_the_variable_and_the_option(served: Served) -> None:
+    proc = run_cli("run", served.address, "echo", env=cli_env(drop=["BLAZEN_PEER_TOKEN"]))
+    assert proc.returncode == 7
+    line = one_error_line(proc)
+    assert "UNAUTHENTICATED" in line and "BLAZEN_PEER_TOKEN" in line and "--token-env" in line
+    assert TOKEN not in line
+
+
+def test_unknown_workflow_lists_what_the_peer_serves(served: Served, env: dict[str, str]) -> None:
+    proc = run_cli("run", served.address, "no-such-wf", env=env)
+    assert proc.returncode == 6
+    line = one_error_line(proc)
+    assert "unknown workflow `no-such-wf`" in line
+    assert "the peer serves: echo, fail, matrix, refs, slow, ticks, typed" in line
+
+
+def test_https_to_a_plaintext_peer_says_it_does_not_speak_tls(
+    served: Served, env: dict[str, str]
+) -> None:
+    proc = run_cli("run", f"https://{served.address}", "echo", env=env)
+    assert proc.returncode == 3
+    line = one_error_line(proc)  # one line: no gRPC C-core log lines on stderr
+    assert line.startswith("peerflow: error: TLS handshake with peer https://")
+    assert "does not speak TLS" in line
+
+
 def test_release_of_a_malformed_key_is_a_usage_error(served: Served, env: dict[str, str]) -> None:
     proc = run_cli("release", served.address, "not-a-uuid", env=env)
     assert proc.returncode == 2
@@ -306,6 +377,42 @@ def test_describe(served: Served, env: dict[str, str]) -> None:
     assert info["node_id"] == "cli-node"
     assert info["workflows"]["ticks"] == ["cli::ticks"]
     assert "stream_events" in info["extensions"]
+    typed = info["input_schemas"]["typed"]
+    assert typed["required"] == ["document"] and set(typed["properties"]) == {"document", "pages"}
+    assert set(info["output_schemas"]["typed"]["properties"]) == {"result", "words"}
+    assert info["input_schemas"]["echo"]["properties"] == {}
+    assert "echo" not in info["output_schemas"]
+
+
+def test_describe_shows_each_workflows_input_and_output(
+    served: Served, env: dict[str, str]
+) -> None:
+    proc = run_cli("describe", served.address, env=env)
+    lines = proc.stdout.splitlines()
+    at = lines.index("  typed: cli::typed")
+    assert lines[at + 1].split() == [
+        "input",
+        "document:",
+        "string",
+        "(required),",
+        "pages:",
+        "integer",
+    ]
+    assert lines[at + 2].split()[:2] == ["output", "result:"]
+    assert "words: integer" in lines[at + 2]
+    echo = lines.index("  echo: cli::echo")
+    assert lines[echo + 1].split() == ["input", "any", "fields"]
+
+
+def test_typed_input_is_validated_by_the_peer(served: Served, env: dict[str, str]) -> None:
+    proc = run_cli("run", served.address, "typed", "--input", '{"pages": "many"}', env=env)
+    assert proc.returncode == 2, proc.stderr
+    line = one_error_line(proc)
+    assert "invalid input for workflow `typed`" in line
+    assert "document: Field required" in line and "pages:" in line
+    proc = run_cli("run", served.address, "typed", "--input", '{"document": "a b"}', env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "A B" in proc.stdout
 
 
 def test_health(served: Served) -> None:
@@ -422,6 +529,24 @@ def test_serve_and_run_over_mtls(tmp_path: Path) -> None:
         proc = run_cli("run", f"http://localhost:{port}", "echo")  # no certificate
         assert proc.returncode == 3
         one_error_line(proc)
+        other_ca = [
+            "--tls-cert",
+            str(pki.other_client_cert),
+            "--tls-key",
+            str(pki.other_client_key),
+            "--tls-ca",
+            str(pki.ca_cert),
+        ]
+        proc = run_cli("run", f"https://localhost:{port}", "echo", *other_ca)
+        assert proc.returncode == 3
+        line = one_error_line(proc)  # what the Python API says, not gRPC's transport text
+        assert "TLS handshake with peer" in line and "certificate" in line
+        assert "closed the connection" in line
+        untrusting = [*tls[:4], "--tls-ca", str(pki.other_ca_cert)]
+        proc = run_cli("run", f"https://localhost:{port}", "echo", *untrusting)
+        assert proc.returncode == 3
+        line = one_error_line(proc)
+        assert "not signed by the CA this client trusts" in line and "--tls-ca" in line
 
 
 # -- the demo ------------------------------------------------------------------------------
@@ -561,3 +686,54 @@ def test_docs_list_every_exit_code() -> None:
     assert set(EXIT_CODES) == set(ExitCode)
     for code in ExitCode:
         assert f"| {int(code)} |" in text, code
+
+
+def test_serve_logs_json_at_debug_with_the_server_settings() -> None:
+    env = cli_env({"CLI_TEST_TOKEN": TOKEN})
+    with Served.serve(
+        APP,
+        "--node-id",
+        "json-node",
+        "--listen",
+        "127.0.0.1:0",
+        "--token-env",
+        "CLI_TEST_TOKEN",
+        "--log-format",
+        "json",
+        "--log-level",
+        "debug",
+        "--default-timeout",
+        "1",
+        "--ref-budget",
+        "1000",
+        "--max-message-bytes",
+        "2048",
+        env=env,
+    ) as server:
+        client_env = cli_env({"BLAZEN_PEER_TOKEN": TOKEN})
+        assert run_cli("run", server.address, "fail", env=client_env).returncode == 4
+        assert run_cli("run", server.address, "echo", env=cli_env()).returncode == 7
+        # --default-timeout 1: a run whose caller sets no timeout is bounded by the peer's
+        slow = run_cli("run", server.address, "slow", "--input", '{"secs": 600}', env=client_env)
+        assert slow.returncode == 5, slow.stderr
+        args = ["run", server.address, "slow", "--input", '{"secs": 600}', "--timeout"]
+        assert run_cli(*args, "0", env=client_env).returncode == 5  # 0: the peer's default
+        assert run_cli(*args, "-1", env=client_env).returncode == 2
+        # --ref-budget 1000: the 1000-byte blob fits, a second one does not
+        assert run_cli("run", server.address, "refs", env=client_env).returncode == 0
+        assert run_cli("run", server.address, "refs", env=client_env).returncode == 7
+        # --max-message-bytes 2048: a larger request is refused
+        big = json.dumps({"x": "y" * 4096})
+        assert (
+            run_cli("run", server.address, "echo", "--input", big, env=client_env).returncode == 7
+        )
+        assert server.stop() == 0
+        assert server.proc.stderr is not None
+        lines = [json.loads(line) for line in server.proc.stderr.read().splitlines()]
+    assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
+    (failed,) = [line for line in lines if "step cli::fail failed" in line["message"]]
+    assert "RuntimeError: boom from cli::fail" in failed["message"]
+    assert "Traceback" in failed["exc"] and failed["level"] == "warning"
+    assert any("missing peer token (UNAUTHENTICATED)" in line["message"] for line in lines)
+    assert any("budget" in line["message"] for line in lines if line["level"] == "warning")
+    assert TOKEN not in json.dumps(lines)

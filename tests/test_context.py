@@ -318,3 +318,22 @@ async def test_failing_finalizer_is_logged_not_raised(caplog: pytest.LogCaptureF
     assert result.result == 1
     assert ran == ["fine"]
     assert "finalizer failed" in caplog.text
+
+
+async def test_run_outcome_is_set_before_the_run_end_finalizers() -> None:
+    from peerflow import StopEvent, Workflow, step
+
+    seen: list[object] = []
+
+    @step
+    async def only(ctx: Context, ev: StartEvent) -> StopEvent:
+        assert ctx.run_outcome is None  # still running
+
+        async def finalizer() -> None:
+            seen.append(ctx.run_outcome)
+
+        ctx.on_run_end(finalizer)
+        return StopEvent(result=1)
+
+    result = await Workflow("outcome", [only]).run()
+    assert seen == [result.event]

@@ -123,3 +123,17 @@ def test_a_field_named_self_is_just_a_field() -> None:
     # JSON from the wire may carry any key; "self" must not collide with the method.
     assert StartEvent(**{"self": 1}).to_dict() == {"self": 1}
     assert Event("X", **{"self": 2}).to_dict() == {"self": 2}
+
+
+def test_data_json_is_the_seeds_json_accessor() -> None:
+    import orjson
+
+    from peerflow.refs import RefDescriptor, RegistryKey
+
+    key = RegistryKey.new()
+    ref = RefDescriptor(key, "node-b", "numpy.ndarray", 1)
+    event = StopEvent(result={"n": 1, "matrix": ref, "odd": {1, 2}})
+    assert orjson.loads(event.data_json) == {
+        "result": {"n": 1, "matrix": {"__blazen_session_ref__": str(key)}, "odd": "{1, 2}"}
+    }
+    assert orjson.loads(Event("Chunk", i=3).data_json) == {"i": 3}

@@ -27,6 +27,9 @@ PINNED = [
     "Registry",
     "RegistryKey",
     "RemoteRef",
+    "RemoteWorkflowCancelledError",
+    "RemoteWorkflowError",
+    "RemoteWorkflowTimeoutError",
     "ResourceExhaustedError",
     "SessionRefRegistry",
     "StartEvent",
@@ -155,3 +158,14 @@ def test_registry_key_parsing() -> None:
             peerflow.RegistryKey.parse(bad)  # type: ignore[arg-type]
     with pytest.raises(peerflow.ValidationError):
         peerflow.RegistryKey(str(key))  # type: ignore[arg-type]
+
+
+def test_import_peerflow_does_not_import_grpc() -> None:
+    # The `peerflow` command sets GRPC_VERBOSITY before grpc loads (C-core log lines never
+    # reach its stderr); that needs the engine to import without grpc.
+    import subprocess
+    import sys
+
+    code = "import sys, peerflow, peerflow.cli._base; assert 'grpc' not in sys.modules"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -37,6 +37,9 @@ DEMO_COMMAND = (
 TEST_COMMAND = (
     "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && python -m pytest"
 )
+LINT_COMMAND = (
+    "pip install -e '.[dev]' && ruff check src tests && ruff format --check src tests && mypy"
+)
 
 _PORT_PATTERN = re.compile("|".join(PORTS))
 _FENCE = re.compile(r"^```(\w*)\s*$")
@@ -155,7 +158,18 @@ def test_every_block_is_covered() -> None:
     assert langs <= {"python", "bash", "yaml", "text"}, langs
     assert sum(b.lang == "python" and b.action == "run" for b in BLOCKS) >= 10
     skipped = [b for b in BLOCKS if b.action == "skip"]
-    assert [b.text.strip() for b in skipped] == [DEMO_COMMAND, TEST_COMMAND]
+    assert [b.text.strip() for b in skipped] == [DEMO_COMMAND, TEST_COMMAND, LINT_COMMAND]
+
+
+def test_the_lint_command_names_tools_the_dev_extra_installs() -> None:
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    dev = " ".join(extras["dev"])
+    for tool in ("ruff", "mypy"):
+        assert tool in dev and tool in LINT_COMMAND
 
 
 def test_the_two_commands_are_what_ci_runs() -> None:

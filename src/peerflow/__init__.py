@@ -7,9 +7,9 @@ imported on first use so that ``import peerflow`` stays light for local workflow
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from peerflow._lazy import lazy_names
 from peerflow._version import __version__
 from peerflow.context import Context
 from peerflow.errors import (
@@ -21,6 +21,9 @@ from peerflow.errors import (
     PeerflowError,
     RefNotFoundError,
     RefPermissionError,
+    RemoteWorkflowCancelledError,
+    RemoteWorkflowError,
+    RemoteWorkflowTimeoutError,
     ResourceExhaustedError,
     TlsError,
     TransportError,
@@ -67,6 +70,9 @@ __all__ = [
     "Registry",
     "RegistryKey",
     "RemoteRef",
+    "RemoteWorkflowCancelledError",
+    "RemoteWorkflowError",
+    "RemoteWorkflowTimeoutError",
     "ResourceExhaustedError",
     "SessionRefRegistry",
     "StartEvent",
@@ -105,14 +111,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'peerflow' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names("peerflow", globals(), _LAZY)

@@ -65,7 +65,10 @@ def portal_loop() -> asyncio.AbstractEventLoop:
 
 
 def _refuse_inside_loop(name: str) -> None:
-    if asyncio._get_running_loop() is None:  # no exception raised and caught on each call
+    # asyncio's None-returning probe rather than get_running_loop() and an except block: a
+    # Ctrl-C landing inside that handler could leave its RuntimeError as the thread's
+    # "exception being handled", the __context__ of every exception raised later.
+    if asyncio._get_running_loop() is None:
         return
     raise ValidationError(
         f"{name}_blocking() was called inside a running event loop; "

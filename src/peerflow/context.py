@@ -47,6 +47,9 @@ class _RunHooks(Protocol):
 
     def add_finalizer(self, finalizer: Callable[[], Awaitable[None]]) -> None: ...
 
+    @property
+    def outcome(self) -> object: ...
+
 
 class Usage:
     """Token and cost totals of a run (thread-safe accumulation)."""
@@ -257,6 +260,15 @@ class Context:
                 f"on_run_end takes an async function of no arguments, got {finalizer!r}"
             )
         self._run.add_finalizer(finalizer)
+
+    @property
+    def run_outcome(self) -> object:
+        """The run's terminal event, or the error it failed with; None while it runs.
+
+        Set before the :meth:`on_run_end` finalizers run, so they can tell what the run
+        handed its caller (``remote_step`` keeps the remote refs that reached it alive).
+        """
+        return self._run.outcome
 
     def _attempt_view(self, gate: _RunHooks) -> Context:
         """This context for one attempt of a sync step that has a timeout.

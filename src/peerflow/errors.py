@@ -5,9 +5,14 @@ Every error peerflow raises on purpose is a :class:`PeerflowError`::
     PeerflowError
     ├── ValidationError            bad arguments, bad address, serve twice, closed client
     │                              (also a builtin ValueError)
-    ├── WorkflowError              a step failed (step_id, attempts, cause, remote, run_id)
+    ├── WorkflowError              a step failed (step_id, attempts, cause, remote, run_id,
+    │   │                          reason)
     │   ├── WorkflowTimeoutError   the run exceeded its deadline (also a builtin TimeoutError)
-    │   └── WorkflowCancelledError the run was cancelled
+    │   ├── WorkflowCancelledError the run was cancelled
+    │   └── RemoteWorkflowError    a run on a peer failed: also a PeerError of kind Workflow
+    │       │                      (remote_type, remote_traceback)
+    │       ├── RemoteWorkflowTimeoutError    also a WorkflowTimeoutError
+    │       └── RemoteWorkflowCancelledError  also a WorkflowCancelledError
     ├── PeerError                  .kind (PeerErrorKind), .address, .code (gRPC status name)
     │   ├── TransportError         connection refused/reset, deadline, unreachable peer
     │   ├── UnknownStepError       the peer has no step with a requested id
@@ -29,7 +34,7 @@ at one boundary each and chained as ``__cause__``; they never reach a user unwra
 from __future__ import annotations
 
 import enum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 __all__ = [
     "AuthError",
@@ -40,6 +45,9 @@ __all__ = [
     "PeerflowError",
     "RefNotFoundError",
     "RefPermissionError",
+    "RemoteWorkflowCancelledError",
+    "RemoteWorkflowError",
+    "RemoteWorkflowTimeoutError",
     "ResourceExhaustedError",
     "TlsError",
     "TransportError",
@@ -76,7 +84,10 @@ class WorkflowError(PeerflowError):
         run_id: the run that failed, when known.
         workflow: the workflow's name, when known.
         kind: a short machine-readable reason: ``step_failed``, ``timeout``,
-            ``cancelled``, ``stalled``.
+            ``cancelled``, ``stalled`` (on a :class:`RemoteWorkflowError`, which is also a
+            :class:`PeerError`, ``kind`` is ``PeerErrorKind.WORKFLOW`` as the seeds have
+            it; ``reason`` holds the reason there).
+        reason: the same short reason, on every workflow error.
     """
 
     default_kind: ClassVar[str] = "step_failed"
@@ -100,7 +111,7 @@ class WorkflowError(PeerflowError):
         self._remote = remote
         self._run_id = run_id
         self._workflow = workflow
-        self._kind = kind or self.default_kind
+        self._reason = kind or self.default_kind
         if cause is not None:
             self.__cause__ = cause
 
@@ -137,7 +148,12 @@ class WorkflowError(PeerflowError):
     @property
     def kind(self) -> str:
         """``step_failed``, ``timeout``, ``cancelled`` or ``stalled``."""
-        return self._kind
+        return self._reason
+
+    @property
+    def reason(self) -> str:
+        """``step_failed``, ``timeout``, ``cancelled`` or ``stalled`` (local or remote)."""
+        return self._reason
 
 
 class WorkflowTimeoutError(WorkflowError, TimeoutError):
@@ -165,6 +181,7 @@ class PeerErrorKind(enum.StrEnum):
     REF_NOT_FOUND = "RefNotFound"
     PERMISSION = "Permission"
     RESOURCE_EXHAUSTED = "ResourceExhausted"
+    WORKFLOW = "Workflow"
 
 
 class PeerError(PeerflowError):
@@ -292,6 +309,104 @@ class ResourceExhaustedError(PeerError):
     """A limit was hit: concurrent runs, message or input size, ref byte budget."""
 
     default_peer_kind = PeerErrorKind.RESOURCE_EXHAUSTED
+
+
+class RemoteWorkflowError(WorkflowError, PeerError):
+    """A workflow run on a peer failed: a :class:`WorkflowError` and a :class:`PeerError`.
+
+    Its ``kind`` is ``PeerErrorKind.WORKFLOW``: Rust's ``PeerError::Workflow``, Go's and
+    Kotlin's ``PeerError`` with ``Kind == "Workflow"``. ``remote`` is True; ``reason`` is
+    ``step_failed``, ``timeout``, ``cancelled`` or ``stalled``.
+
+    Attributes:
+        remote_type: the type name of the exception the failing step raised on the
+            peer (``"KeyError"``), when the peer says (a peerflow peer does).
+        remote_traceback: that exception's traceback as text, when the peer says.
+    """
+
+    default_peer_kind = PeerErrorKind.WORKFLOW
+
+    def __new__(cls, *args: object, **kwargs: object) -> RemoteWorkflowError:
+        """Build the error (``PeerError``'s kind dispatch does not apply)."""
+        instance: RemoteWorkflowError = super(PeerError, cls).__new__(cls, *args)
+        return instance
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step_id: str | None = None,
+        attempts: int = 0,
+        run_id: str | None = None,
+        workflow: str | None = None,
+        reason: str | None = None,
+        address: str | None = None,
+        code: str | None = None,
+        remote_type: str | None = None,
+        remote_traceback: str | None = None,
+    ) -> None:
+        WorkflowError.__init__(
+            self,
+            message,
+            step_id=step_id,
+            attempts=attempts,
+            remote=True,
+            run_id=run_id,
+            workflow=workflow,
+            kind=reason,
+        )
+        self._kind = PeerErrorKind.WORKFLOW
+        self._address = address
+        self._code = code
+        self._remote_type = remote_type
+        self._remote_traceback = remote_traceback
+
+    @property
+    def kind(self) -> PeerErrorKind:
+        """``PeerErrorKind.WORKFLOW`` (the workflow's own reason is ``reason``)."""
+        return self._kind
+
+    @property
+    def remote_type(self) -> str | None:
+        """The type name of the step's exception on the peer, when known."""
+        return self._remote_type
+
+    @property
+    def remote_traceback(self) -> str | None:
+        """The step's traceback on the peer as text, when known."""
+        return self._remote_traceback
+
+    def __reduce__(self) -> tuple[object, ...]:
+        fields = {
+            "step_id": self.step_id,
+            "attempts": self.attempts,
+            "run_id": self.run_id,
+            "workflow": self.workflow,
+            "reason": self.reason,
+            "address": self.address,
+            "code": self.code,
+            "remote_type": self._remote_type,
+            "remote_traceback": self._remote_traceback,
+        }
+        return (_rebuild_remote_error, (type(self), str(self), fields))
+
+
+def _rebuild_remote_error(
+    cls: type[RemoteWorkflowError], message: str, fields: dict[str, Any]
+) -> RemoteWorkflowError:
+    return cls(message, **fields)
+
+
+class RemoteWorkflowTimeoutError(RemoteWorkflowError, WorkflowTimeoutError):
+    """A run on a peer exceeded its deadline (also a :class:`WorkflowTimeoutError`)."""
+
+    default_kind: ClassVar[str] = "timeout"
+
+
+class RemoteWorkflowCancelledError(RemoteWorkflowError, WorkflowCancelledError):
+    """A run on a peer was cancelled (also a :class:`WorkflowCancelledError`)."""
+
+    default_kind: ClassVar[str] = "cancelled"
 
 
 _SUBCLASS_BY_KIND: dict[PeerErrorKind, type[PeerError]] = {

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import orjson
 import pydantic
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from peerflow.errors import ValidationError
+from peerflow.refs import RefDescriptor, RegistryKey
 
 __all__ = [
+    "REF_MARKER",
     "START_EVENT_TYPE",
     "STOP_EVENT_TYPE",
     "Event",
@@ -37,6 +40,8 @@ __all__ = [
 
 START_EVENT_TYPE = "blazen::StartEvent"
 STOP_EVENT_TYPE = "blazen::StopEvent"
+REF_MARKER = "__blazen_session_ref__"
+"""Blazen's JSON marker for a session ref: ``{"__blazen_session_ref__": "<uuid>"}``."""
 
 # event_type name -> class, for the built-ins and every subclass defined. Used to turn
 # wire data back into the right class; user subclasses with clashing names keep the first.
@@ -60,6 +65,8 @@ class Event(BaseModel):
 
     def __init_subclass__(cls, *, event_type: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if event_type is None and cls.event_type_name == START_EVENT_TYPE:
+            event_type = START_EVENT_TYPE  # a typed start event is still the start event
         cls.event_type_name = event_type or cls.__name__
         _CLASSES.setdefault(cls.event_type_name, cls)
 
@@ -74,7 +81,7 @@ class Event(BaseModel):
             super().__init__(**data)
         except pydantic.ValidationError as exc:
             raise ValidationError(
-                f"invalid {type(self).event_type_name}: {_pydantic_summary(exc)}"
+                f"invalid {_label(type(self))}: {_pydantic_summary(exc)}"
             ) from None
         if dynamic_type is not None:
             if type(self) is not Event:
@@ -101,6 +108,18 @@ class Event(BaseModel):
             data.update(self.__pydantic_extra__)
         return data
 
+    @property
+    def data_json(self) -> str:
+        """The event's fields as a JSON object string: ``{"result": ...}`` for a StopEvent.
+
+        Go's ``Event.DataJSON``, Kotlin's and Swift's ``event.dataJson``.
+
+        A session ref becomes Blazen's marker ``{"__blazen_session_ref__": "<uuid>"}``;
+        another value JSON cannot carry becomes its ``repr``.
+        """
+        options = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
+        return orjson.dumps(self.to_dict(), default=_json_default, option=options).decode()
+
     def __getattr__(self, name: str) -> Any:
         # pydantic keeps extra fields in __pydantic_extra__; make a clear AttributeError.
         try:
@@ -114,7 +133,12 @@ class Event(BaseModel):
 
 
 class StartEvent(Event, event_type=START_EVENT_TYPE):
-    """The event every run starts with; its fields are the run's input."""
+    """The event every run starts with; its fields are the run's input.
+
+    A subclass with annotated fields is a typed start event (its event type stays
+    ``blazen::StartEvent``): a workflow whose entry step takes it validates the run's input
+    against it before any step runs.
+    """
 
 
 class StopEvent(Event, event_type=STOP_EVENT_TYPE):
@@ -148,6 +172,21 @@ def event_from_data(event_type: str, data: dict[str, Any]) -> Event:
     if cls is None:
         return Event(event_type, **data)
     return cls(**data)
+
+
+def _label(cls: type[Event]) -> str:
+    name = cls.event_type_name
+    return name if name == cls.__name__ else f"{cls.__name__} ({name})"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Event):
+        return value.to_dict()
+    if isinstance(value, RefDescriptor):
+        return {REF_MARKER: str(value.key)}
+    if isinstance(value, RegistryKey):
+        return str(value)
+    return repr(value)
 
 
 def _pydantic_summary(exc: pydantic.ValidationError) -> str:

@@ -179,6 +179,10 @@ class _AttemptGate:
     def add_finalizer(self, finalizer: Finalizer) -> None:
         self.run.add_finalizer(finalizer)
 
+    @property
+    def outcome(self) -> object:
+        return self.run.outcome
+
 
 class _StepRunner:
     """One step's queue and its lazily started workers."""
@@ -681,6 +685,11 @@ class _EndedRun:
 
     def add_finalizer(self, finalizer: Finalizer) -> None:
         """Ignore ``finalizer``: the run's finalizers have run."""
+
+    @property
+    def outcome(self) -> object:
+        """Unknown here: the run has ended and let go of it."""
+        return None
 
 
 _ENDED = _EndedRun()

@@ -51,13 +51,11 @@ import asyncio
 import contextvars
 import functools
 import importlib.metadata
-import inspect
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import AbstractContextManager, aclosing, suppress
+from collections.abc import Iterable
+from contextlib import AbstractContextManager, suppress
 from types import SimpleNamespace, TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace as trace_api
 from opentelemetry.context import Context
@@ -66,6 +64,11 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from peerflow.errors import WorkflowCancelledError
+
+if TYPE_CHECKING:
+    import grpc
+
+    from peerflow._grpc_tracing import TracingServerInterceptor
 
 __all__ = [
     "MetadataItem",
@@ -90,15 +93,9 @@ _TRACE_KEYS: Final = frozenset(_PROPAGATOR.fields)  # {"traceparent", "tracestat
 _DISABLED_PROVIDERS: Final = (trace_api.ProxyTracerProvider, trace_api.NoOpTracerProvider)
 _NOOP_TRACER: Final = trace_api.NoOpTracer()
 # gRPC codes that make a *server* span an error (OpenTelemetry RPC semantic conventions).
+# By name: grpc is imported only once a span needs it (``import peerflow`` stays free of it).
 _SERVER_ERROR_CODES: Final = frozenset(
-    {
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.UNIMPLEMENTED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DATA_LOSS,
-    }
+    {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
 )
 _CANCELLATIONS: Final = (asyncio.CancelledError, GeneratorExit, WorkflowCancelledError)
 
@@ -329,6 +326,8 @@ class _ServedRpcScope(_SpanScope):
         self._servicer_context = servicer_context
 
     def _record_outcome(self, span: Span, exc: BaseException | None) -> None:
+        import grpc
+
         code = _servicer_code(self._servicer_context)
         aborted = isinstance(exc, grpc.aio.AbortError)
         if aborted:
@@ -347,12 +346,14 @@ class _ServedRpcScope(_SpanScope):
                 span.set_status(Status(StatusCode.ERROR, "aborted"))
             return
         span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if code in _SERVER_ERROR_CODES and (exc is None or aborted):
+        if code.name in _SERVER_ERROR_CODES and (exc is None or aborted):
             details = _servicer_details(self._servicer_context)
             span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details}"))
 
 
 def _servicer_code(servicer_context: Any) -> grpc.StatusCode | None:
+    import grpc
+
     try:
         code = servicer_context.code()  # None until the handler sets or aborts
     except Exception:  # no servicer context, or a double without code()
@@ -371,6 +372,8 @@ def _servicer_details(servicer_context: Any) -> str:
 
 
 def _status_code_of(exc: BaseException | None) -> grpc.StatusCode | None:
+    import grpc
+
     if exc is None:
         return grpc.StatusCode.OK
     if isinstance(exc, asyncio.CancelledError):
@@ -567,92 +570,11 @@ def _address_attributes(address: str) -> dict[str, AttributeValue]:
     return {"server.address": target}
 
 
-# --- server interceptor ---------------------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    # The interceptor subclasses a grpc class: built on first use, so that importing
+    # peerflow (whose runtime imports this module) does not import grpc.
+    if name == "TracingServerInterceptor":
+        from peerflow._grpc_tracing import TracingServerInterceptor
 
-_Behaviour = Callable[[Any, Any], Any]
-
-
-class TracingServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wraps every async handler in :func:`served_rpc_span` (all four RPC shapes).
-
-    The span covers the handler's whole behaviour, a streaming response included, and is
-    current in the handler's task, so a run started by the handler joins the caller's
-    trace. Synchronous handlers (run by grpc on a thread pool) are passed through untraced.
-    Health and reflection calls are not traced by default.
-
-    Args:
-        exclude_prefixes: method paths starting with one of these are not traced.
-
-    """
-
-    def __init__(
-        self, *, exclude_prefixes: Sequence[str] = ("/grpc.health.v1.", "/grpc.reflection.")
-    ) -> None:
-        self._exclude = tuple(exclude_prefixes)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[Any], Any],
-        handler_call_details: Any,
-    ) -> Any:
-        """Return the next handler, wrapped in a served-RPC span when tracing is on.
-
-        Args:
-            continuation: the next interceptor or the handler lookup.
-            handler_call_details: the call's method and invocation metadata.
-
-        Returns:
-            The (possibly wrapped) ``grpc.RpcMethodHandler``, or None if unserviced.
-
-        Raises:
-            Whatever ``continuation`` raises.
-
-        """
-        handler = await continuation(handler_call_details)
-        if handler is None or not enabled():
-            return handler
-        method: str = handler_call_details.method
-        if method.startswith(self._exclude):
-            return handler
-        return _traced_handler(handler, method, handler_call_details.invocation_metadata)
-
-
-def _traced_handler(handler: Any, method: str, metadata: Any) -> Any:
-    if handler.request_streaming and handler.response_streaming:
-        behaviour, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        behaviour, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        behaviour, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-    else:
-        behaviour, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
-    wrapped = _wrap_behaviour(behaviour, method, metadata)
-    if wrapped is None:
-        return handler
-    return factory(
-        wrapped,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
-
-
-def _wrap_behaviour(behaviour: _Behaviour, method: str, metadata: Any) -> _Behaviour | None:
-    if inspect.isasyncgenfunction(behaviour):
-
-        async def streaming(request: Any, servicer_context: Any) -> AsyncIterator[Any]:
-            with served_rpc_span(method, metadata, servicer_context=servicer_context):
-                # aclosing: an early close (client gone) closes the handler's generator in
-                # this task too, inside the span, instead of at garbage collection.
-                async with aclosing(behaviour(request, servicer_context)) as responses:
-                    async for response in responses:
-                        yield response
-
-        return streaming
-    if inspect.iscoroutinefunction(behaviour):
-
-        async def single(request: Any, servicer_context: Any) -> Any:
-            with served_rpc_span(method, metadata, servicer_context=servicer_context):
-                return await behaviour(request, servicer_context)
-
-        return single
-    return None
+        return TracingServerInterceptor
+    raise AttributeError(f"module 'peerflow.telemetry' has no attribute {name!r}")

@@ -23,6 +23,7 @@ from peerflow.registry import Registry, default_registry
 from peerflow.result import WorkflowResult
 from peerflow.runtime import Run, WorkflowHandler
 from peerflow.step import StepFn, StepSpec, as_step
+from peerflow.typed import json_schema, start_event_class, stop_event_class
 
 __all__ = ["Workflow", "default_session_refs"]
 
@@ -52,12 +53,27 @@ class Workflow:
             one); pass the registry a :class:`~peerflow.peer.server.PeerServer` uses to share
             refs between local runs and peers.
 
+    Attributes:
+        start_event_class: the run's input: the ``StartEvent`` subclass its entry steps take
+            (``StartEvent`` when they take the base class).
+        stop_event_class: the ``StopEvent`` subclass a step's return annotation declares,
+            or None.
+
     Raises:
         ValidationError: no steps, duplicate step ids, no step accepting ``StartEvent``,
-            a declared emitted type no step accepts, or bad arguments.
+            entry steps taking different ``StartEvent`` subclasses, a declared emitted
+            type no step accepts, or bad arguments.
     """
 
-    __slots__ = ("_routes", "name", "session_refs", "steps", "timeout")
+    __slots__ = (
+        "_routes",
+        "name",
+        "session_refs",
+        "start_event_class",
+        "steps",
+        "stop_event_class",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -84,6 +100,8 @@ class Workflow:
             )
         self.session_refs = session_refs
         self._routes = self._build_routes()
+        self.start_event_class = start_event_class(name, specs)
+        self.stop_event_class = stop_event_class(specs)
 
     def _build_routes(self) -> dict[str, Sequence[StepSpec]]:
         seen: dict[str, StepSpec] = {}
@@ -115,6 +133,22 @@ class Workflow:
     def step_ids(self) -> tuple[str, ...]:
         """The ids of this workflow's steps, in order."""
         return tuple(s.id for s in self.steps)
+
+    def input_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the run's input (the start event's fields)."""
+        return json_schema(self.start_event_class)
+
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON Schema of the declared ``StopEvent`` subclass, or None."""
+        return None if self.stop_event_class is None else json_schema(self.stop_event_class)
+
+    def start_event(self, fields: dict[str, Any]) -> StartEvent:
+        """The run's start event built from ``fields``, validated against its class.
+
+        Raises:
+            ValidationError: a field is missing or invalid (the message names it).
+        """
+        return self.start_event_class(**fields)
 
     def same_workflow(self, other: Workflow) -> bool:
         """True when both have the same name, options and the same steps."""
@@ -197,13 +231,17 @@ class Workflow:
     async def run(self, /, **fields: Any) -> WorkflowResult:
         """Run to completion; the keyword fields become the ``StartEvent``'s fields.
 
+        With a typed start event (a ``StartEvent`` subclass), the fields are validated
+        against it before any step runs.
+
         Raises:
             WorkflowError: a step failed (after its retries) or the run stalled.
             WorkflowTimeoutError: the run exceeded the workflow's timeout.
             WorkflowCancelledError: the run was cancelled.
-            ValidationError: not called inside a running event loop.
+            ValidationError: invalid input for a typed start event (naming the field), or
+                not called inside a running event loop.
         """
-        run = self._run(StartEvent(**fields), streaming=False)
+        run = self._run(self.start_event(fields), streaming=False)
         if telemetry.enabled():
             with telemetry.run_span(self.name, run.run_id):
                 return await run.drive()
@@ -215,10 +253,12 @@ class Workflow:
         Must be called from a coroutine (inside a running event loop).
 
         Raises:
-            ValidationError: no running event loop.
+            ValidationError: invalid input for a typed start event, or no running event
+                loop.
         """
+        start = self.start_event(fields)
         try:
-            run = self._run(StartEvent(**fields), streaming=True)
+            run = self._run(start, streaming=True)
         except RuntimeError:
             raise ValidationError(
                 "Workflow.start() needs a running event loop; call it from a coroutine "

@@ -300,7 +300,7 @@ async def test_client_raises_blazens_error_response(fake_blazen: tuple[FakeBlaze
     async with await PeerClient.connect(address, "a") as client:
         with pytest.raises(WorkflowError, match="workflow exploded") as info:
             await client.run_remote_workflow("w")
-    assert info.value.remote and info.value.kind == "step_failed"
+    assert info.value.remote and info.value.reason == "step_failed"
     assert address in str(info.value)
 
 

@@ -26,6 +26,7 @@ from peerflow import (
     RefNotFoundError,
     RegistryKey,
     RemoteRef,
+    RemoteWorkflowError,
     ResourceExhaustedError,
     SessionRefRegistry,
     StartEvent,
@@ -361,9 +362,9 @@ async def test_step_failure_is_a_remote_workflow_error(client: PeerClient) -> No
     with pytest.raises(WorkflowError) as info:
         await client.run_remote_workflow("fail", input={"why": "disk on fire"})
     err = info.value
-    assert type(err) is WorkflowError
+    assert type(err) is RemoteWorkflowError
     assert err.remote
-    assert err.kind == "step_failed"
+    assert err.reason == "step_failed"
     assert "boom: disk on fire" in str(err)
     assert client.address in str(err)
     assert err.workflow == "fail"
@@ -389,7 +390,7 @@ async def test_bad_arguments_are_validation_errors(client: PeerClient) -> None:
     with pytest.raises(ValidationError):
         await client.run_remote_workflow("echo", input={"a": object()})
     with pytest.raises(ValidationError):
-        await client.run_remote_workflow("echo", timeout_secs=0)
+        await client.run_remote_workflow("echo", timeout_secs=-1)
     with pytest.raises(ValidationError):
         await client.deref_session_ref("not-a-uuid")
     with pytest.raises(ValidationError):
@@ -569,7 +570,7 @@ async def test_remote_timeout_stops_the_step(client: PeerClient, peer: Peer) -> 
     with pytest.raises(WorkflowTimeoutError) as info:
         await client.run_remote_workflow("forever", input={"tag": "t"}, timeout_secs=1)
     err = info.value
-    assert err.remote and err.kind == "timeout"
+    assert err.remote and err.reason == "timeout"
     assert isinstance(err, TimeoutError)
     assert client.address in str(err)
     # The server answers only after the run's steps were cancelled and awaited.

@@ -78,14 +78,16 @@ async def test_remote_step_alone_and_default_name(peer: Peer) -> None:
     assert (result.total_input_tokens, result.total_output_tokens) == (3, 5)
 
 
-async def test_remote_refs_are_released_when_the_parent_run_ends(peer: Peer) -> None:
+async def test_remote_refs_in_the_parent_result_stay_alive_for_the_caller(peer: Peer) -> None:
     remote = remote_step(peer.client, "blob", accepts=["Go"])
     result = await Workflow("parent", [prep, remote]).run(n=100)
     ref = result.result["blob"]
     assert isinstance(ref, RemoteRef)
     assert ref.origin_node_id == "remote"
-    # Released on the server by the parent's run-end finalizer before run() returned.
-    assert ref.key not in peer.server.session_refs
+    # It reached the parent's result: the caller fetches it after the run, then releases.
+    assert ref.key in peer.server.session_refs
+    assert await ref.fetch() == blob_bytes(100)
+    assert await ref.release() is True
     assert len(peer.server.session_refs) == 0
 
 

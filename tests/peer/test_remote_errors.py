@@ -38,4 +38,4 @@ async def test_a_remote_step_failure_names_the_step_and_its_attempts() -> None:
             await client.run_remote_workflow("boom")
     error = info.value
     assert (error.step_id, error.attempts, error.remote) == ("errors::boom", 2, True)
-    assert error.kind == "step_failed" and "KeyError" in str(error)
+    assert error.reason == "step_failed" and "KeyError" in str(error)

@@ -10,11 +10,14 @@ import pytest
 from peerflow import Event, StopEvent
 from peerflow.errors import (
     EncodeError,
+    PeerError,
+    PeerErrorKind,
+    RemoteWorkflowCancelledError,
+    RemoteWorkflowError,
+    RemoteWorkflowTimeoutError,
     ResourceExhaustedError,
     ValidationError,
-    WorkflowCancelledError,
     WorkflowError,
-    WorkflowTimeoutError,
 )
 from peerflow.peer.protocol import RemoteRefDescriptor, SubWorkflowResponse, Usage
 from peerflow.peer.results import (
@@ -141,12 +144,12 @@ def test_custom_terminal_event_type() -> None:
 @pytest.mark.parametrize(
     ("kind", "cls"),
     [
-        (None, WorkflowError),
-        ("step_failed", WorkflowError),
-        ("stalled", WorkflowError),
-        ("timeout", WorkflowTimeoutError),
-        ("cancelled", WorkflowCancelledError),
-        ("something-new", WorkflowError),
+        (None, RemoteWorkflowError),
+        ("step_failed", RemoteWorkflowError),
+        ("stalled", RemoteWorkflowError),
+        ("timeout", RemoteWorkflowTimeoutError),
+        ("cancelled", RemoteWorkflowCancelledError),
+        ("something-new", RemoteWorkflowError),
     ],
 )
 def test_error_responses_raise_remote_workflow_errors(kind: str | None, cls: type) -> None:
@@ -156,7 +159,9 @@ def test_error_responses_raise_remote_workflow_errors(kind: str | None, cls: typ
     err = info.value
     assert type(err) is cls
     assert err.remote and err.run_id == "r9" and err.workflow == "wf"
-    assert err.kind == (kind or "step_failed")
+    assert err.reason == (kind or "step_failed")
+    assert isinstance(err, PeerError) and err.kind is PeerErrorKind.WORKFLOW
+    assert err.address == "peer:1"
     assert "it broke" in str(err) and "peer:1" in str(err) and "`wf`" in str(err)
 
 

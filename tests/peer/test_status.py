@@ -14,6 +14,9 @@ from peerflow.errors import (
     PeerflowError,
     RefNotFoundError,
     RefPermissionError,
+    RemoteWorkflowCancelledError,
+    RemoteWorkflowError,
+    RemoteWorkflowTimeoutError,
     ResourceExhaustedError,
     TlsError,
     TransportError,
@@ -60,11 +63,21 @@ CANONICAL: dict[PeerErrorKind, str] = {
 }
 
 
+# WORKFLOW travels in an OK response (SubWorkflowResponse.error), never as a status.
+STATUS_KINDS = [kind for kind in PeerErrorKind if kind is not PeerErrorKind.WORKFLOW]
+
+
 def test_table_covers_every_kind() -> None:
-    assert set(STATUS_BY_KIND) == set(PeerErrorKind) == set(CANONICAL)
+    assert set(STATUS_BY_KIND) == set(STATUS_KINDS) == set(CANONICAL)
 
 
-@pytest.mark.parametrize("kind", list(PeerErrorKind))
+def test_a_remote_workflow_error_escaping_a_handler_maps_as_a_workflow_error() -> None:
+    assert status_for(RemoteWorkflowError("x"))[0] is C.INTERNAL
+    assert status_for(RemoteWorkflowTimeoutError("x"))[0] is C.DEADLINE_EXCEEDED
+    assert status_for(RemoteWorkflowCancelledError("x"))[0] is C.CANCELLED
+
+
+@pytest.mark.parametrize("kind", STATUS_KINDS)
 def test_table_roundtrips(kind: PeerErrorKind) -> None:
     code, details = status_for(PeerError(CANONICAL[kind], kind=kind))
     assert code is STATUS_BY_KIND[kind]
@@ -111,7 +124,7 @@ def test_not_found_is_disambiguated_by_details(details: str, cls: type[PeerError
         (C.UNKNOWN, "Exception calling application", TransportError),
         (C.DATA_LOSS, "", TransportError),
         (C.UNIMPLEMENTED, "StreamSubWorkflowEvents is not yet implemented", UnsupportedError),
-        (C.CANCELLED, "workflow `w` was cancelled (run r)", WorkflowCancelledError),
+        (C.CANCELLED, "workflow `w` was cancelled (run r)", RemoteWorkflowCancelledError),
         (C.CANCELLED, "Cancelled", TransportError),  # the transport's, not a peer's
     ],
 )

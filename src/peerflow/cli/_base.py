@@ -12,15 +12,14 @@ import enum
 import functools
 import logging
 import os
-import socket
 import sys
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 # gRPC's C core logs to stderr on its own; every failure it reports reaches the user as
-# a peerflow error anyway. Children we start inherit this; in this process gRPC may have
-# read its settings already (see _quiet_fd2).
+# a peerflow error anyway. gRPC reads this when it is first imported, which `import
+# peerflow` does not do (see peerflow/_grpc_tracing.py). Children we start inherit it.
 _GRPC_VERBOSITY_SET = "GRPC_VERBOSITY" in os.environ
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
@@ -136,8 +135,12 @@ class _Settings:
 
 _settings = _Settings()
 
-_EPILOG = "\b\nExit codes:\n" + "\n".join(
+_EXIT_TABLE = "\b\nExit codes:\n" + "\n".join(
     f"  {int(code):<4} {meaning}" for code, meaning in EXIT_CODES.items()
+)
+_EPILOG = (
+    "Global options (before or after the command): --debug shows tracebacks and debug "
+    "logs. Exit codes: see `peerflow --help`."
 )
 
 # -- shared options ------------------------------------------------------------------------
@@ -238,6 +241,12 @@ class PeerArgs:
         )
 
 
+def _cli_node_id() -> str:
+    from peerflow.peer.client import default_node_id
+
+    return default_node_id("cli")
+
+
 def _client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--node-id`` and the security options; the command receives ``peer: PeerArgs``."""
 
@@ -258,7 +267,7 @@ def _client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         "--node-id",
         "client_node_id",
         metavar="ID",
-        default=lambda: f"cli@{socket.gethostname()}",
+        default=_cli_node_id,
         show_default="cli@<hostname>",
         help="This caller's node id (sent with every call, logged by the peer).",
     )(command)
@@ -269,11 +278,15 @@ def _client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.group(
-    epilog=_EPILOG,
+    epilog=_EXIT_TABLE,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(__version__, "-V", "--version", prog_name="peerflow")
-@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show tracebacks and debug logs (also accepted after the command).",
+)
 def cli(debug: bool) -> None:
     """peerflow: event-driven workflows that run across machines.
 
@@ -295,12 +308,23 @@ def _fail(exc: BaseException, code: ExitCode) -> int:
     if _settings.debug:
         click.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
     message = str(exc) if not isinstance(exc, click.ClickException) else exc.format_message()
+    message += _hint(exc)
     if code is ExitCode.INTERNAL and not isinstance(exc, CliError):
         message = f"internal error: {type(exc).__name__}: {message} (rerun with --debug)"
     elif code is ExitCode.INTERRUPTED:
         message = "interrupted"
     click.echo(f"peerflow: error: {_one_line(message)}", err=True)
     return int(code)
+
+
+def _hint(exc: BaseException) -> str:
+    """What to do about a failure, when the error alone does not say."""
+    if isinstance(exc, AuthError):
+        return (
+            " (the peer needs its shared token: set BLAZEN_PEER_TOKEN, or pass "
+            "--token-env VAR naming the environment variable that holds it)"
+        )
+    return ""
 
 
 def run_cli(argv: Sequence[str] | None = None) -> int:

@@ -26,6 +26,7 @@ from peerflow.cli._base import (
 
 if TYPE_CHECKING:
     from peerflow.events import Event
+    from peerflow.peer.client import PeerClient
     from peerflow.result import WorkflowResult
 
 
@@ -144,10 +145,10 @@ class _Progress:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0),
     default=None,
     metavar="S",
-    help="Bound the run on the peer (it is cancelled there). Default: the peer's.",
+    help="Bound the run on the peer (it is cancelled there). Default (or 0): the peer's.",
 )
 @click.option("--stream", is_flag=True, help="Print each streamed event as a JSON line.")
 @_client_options
@@ -182,26 +183,54 @@ async def _run(
     stream: bool,
     peer: PeerArgs,
 ) -> WorkflowResult:
-    from peerflow.result import WorkflowResult
+    from peerflow.errors import UnknownWorkflowError
 
     client = await peer.connect(address)
     async with client, _Progress(f"{workflow} on {address}").running() as progress:
-        if not stream:
-            return await client.run_remote_workflow(
-                workflow, step_ids, input_json=raw, timeout_secs=timeout_secs
-            )
-        result: WorkflowResult | None = None
-        async for item in client.stream_remote_workflow(
+        try:
+            return await _call(client, workflow, step_ids, raw, timeout_secs, stream, progress)
+        except UnknownWorkflowError as exc:
+            raise CliError(f"{exc}{await _served(client)}", ExitCode.NOT_FOUND) from exc
+
+
+async def _served(client: PeerClient) -> str:
+    """``; the peer serves: a, b`` (nothing when the peer cannot say)."""
+    from peerflow.errors import PeerflowError
+
+    try:
+        names = sorted((await client.describe()).workflows)
+    except PeerflowError:
+        return ""
+    return f"; the peer serves: {', '.join(names)}" if names else "; the peer serves none"
+
+
+async def _call(
+    client: PeerClient,
+    workflow: str,
+    step_ids: Sequence[str],
+    raw: bytes | None,
+    timeout_secs: float | None,
+    stream: bool,
+    progress: _Progress,
+) -> WorkflowResult:
+    from peerflow.result import WorkflowResult
+
+    if not stream:
+        return await client.run_remote_workflow(
             workflow, step_ids, input_json=raw, timeout_secs=timeout_secs
-        ):
-            if isinstance(item, WorkflowResult):
-                result = item
-            else:
-                progress.clear()
-                click.echo(event_line(item))
-        if result is None:  # pragma: no cover - the client raises instead
-            raise CliError(f"{address} ended the stream without a result", ExitCode.PROTOCOL)
-        return result
+        )
+    result: WorkflowResult | None = None
+    async for item in client.stream_remote_workflow(
+        workflow, step_ids, input_json=raw, timeout_secs=timeout_secs
+    ):
+        if isinstance(item, WorkflowResult):
+            result = item
+        else:
+            progress.clear()
+            click.echo(event_line(item))
+    if result is None:  # pragma: no cover - the client raises instead
+        raise CliError(f"{client.address} ended the stream without a result", ExitCode.PROTOCOL)
+    return result
 
 
 def result_dict(result: WorkflowResult) -> dict[str, Any]:
@@ -239,6 +268,8 @@ def describe(
                     "extensions": list(info.extensions),
                     "active_runs": info.active_runs,
                     "lingering_runs": info.lingering_runs,
+                    "input_schemas": dict(info.input_schemas),
+                    "output_schemas": dict(info.output_schemas),
                 },
                 pretty=True,
             )
@@ -249,6 +280,9 @@ def describe(
     click.echo(f"workflows   {len(info.workflows)}")
     for name, ids in info.workflows.items():
         click.echo(f"  {name}: {' -> '.join(ids)}")
+        for label, schemas in (("input", info.input_schemas), ("output", info.output_schemas)):
+            if name in schemas:
+                click.echo(f"    {label:<7} {_schema_fields(schemas[name])}")
     click.echo(f"step ids    {', '.join(info.step_ids) or '(none)'}")
     click.echo(f"extensions  {', '.join(info.extensions) or '(none)'}")
     if info.active_runs is not None:
@@ -308,17 +342,29 @@ def health(
     show_default=True,
     help="Write the bytes to this file ('-': standard output).",
 )
+@click.option(
+    "--npy",
+    is_flag=True,
+    help="Write a numpy ref as a .npy file (numpy.load reads it); implied by --out *.npy.",
+)
 @_client_options
 def fetch(
     address: str,
     key: str,
     out: str,
+    npy: bool,
     peer: PeerArgs,
 ) -> int:
-    """Fetch the serialized bytes of the session ref KEY (any size, streamed)."""
+    """Fetch the serialized bytes of the session ref KEY (any size, streamed).
+
+    With --npy (or --out FILE.npy), a numpy array ref is written as a real .npy file.
+    """
+    as_npy = npy or out.lower().endswith(".npy")
 
     async def go() -> bytes | bytearray:
         async with await peer.connect(address) as client:
+            if as_npy:
+                return _npy_bytes(key, await client.fetch_ref(key))
             return await client.deref_session_ref(key)
 
     data = _run_async(go())
@@ -327,6 +373,25 @@ def fetch(
     if out != "-":
         click.echo(f"{key}: {len(data):,} bytes written to {out}", err=True)
     return ExitCode.OK
+
+
+def _npy_bytes(key: str, value: object) -> bytes:
+    """``value`` in the .npy format.
+
+    Raises:
+        CliError: the ref is not a numpy array.
+    """
+    import io
+
+    try:
+        import numpy as np
+    except ImportError:
+        raise CliError("--npy needs numpy installed (pip install numpy)") from None
+    if not isinstance(value, np.ndarray):
+        raise CliError(f"session ref {key} holds a {type(value).__name__}, not a numpy array")
+    buffer = io.BytesIO()
+    np.save(buffer, value, allow_pickle=False)
+    return buffer.getvalue()
 
 
 @cli.command(epilog=_EPILOG)
@@ -364,3 +429,16 @@ def demo() -> int:
     from peerflow.demo.driver import run_demo
 
     return run_demo(debug=_settings.debug)
+
+
+def _schema_fields(schema: dict[str, Any]) -> str:
+    """A JSON Schema's fields on one line: ``document: string (required), pages: integer``."""
+    properties = schema.get("properties")
+    if not isinstance(properties, dict) or not properties:
+        return "any fields" if schema.get("additionalProperties", True) else "no fields"
+    required = set(schema.get("required") or ())
+    parts = []
+    for field, spec in properties.items():
+        kind = spec.get("type", "any") if isinstance(spec, dict) else "any"
+        parts.append(f"{field}: {kind}{' (required)' if field in required else ''}")
+    return ", ".join(parts)

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import importlib
 import importlib.util
-import logging
 import os
 import signal
 import sys
@@ -30,6 +29,7 @@ from peerflow.cli._base import (
     cli,
     log,
 )
+from peerflow.cli._logs import LEVELS, configure
 from peerflow.errors import (
     PeerflowError,
     ValidationError,
@@ -112,9 +112,8 @@ def _import_app(target: str) -> ModuleType:
     except PeerflowError as exc:
         raise CliError(f"APP {target!r} failed to import: {exc}") from exc
     except Exception as exc:
-        raise CliError(
-            f"APP {target!r} failed to import: {type(exc).__name__}: {exc}", ExitCode.INTERNAL
-        ) from exc
+        # The user's module raised: a usage problem (exit 2), with its exception line.
+        raise CliError(f"APP {target!r} failed to import: {type(exc).__name__}: {exc}") from exc
 
 
 @cli.command(epilog=_EPILOG)
@@ -150,6 +149,41 @@ def _import_app(target: str) -> ModuleType:
     help="Ask clients to reconnect after S seconds (lets dns:/// clients find new pods).",
 )
 @click.option(
+    "--default-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="S",
+    help="Deadline of runs whose caller sets none (default: none).",
+)
+@click.option(
+    "--ref-budget",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="BYTES",
+    help="Bytes the session refs may hold in all (default 1 GiB); past it a run fails.",
+)
+@click.option(
+    "--max-message-bytes",
+    type=click.IntRange(min=1024),
+    default=None,
+    metavar="BYTES",
+    help="Largest gRPC message received or sent (default 4 MiB, as Blazen).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(LEVELS, case_sensitive=False),
+    default=None,
+    help="peerflow's log level on stderr (default: info; debug with --debug). "
+    "debug adds the traceback of a failed step.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or as one JSON object per line.",
+)
+@click.option(
     "--grace",
     type=click.FloatRange(min=0),
     default=10.0,
@@ -168,6 +202,11 @@ def serve(
     max_concurrent_runs: int | None,
     ref_ttl: float | None,
     max_connection_age: float | None,
+    default_timeout: float | None,
+    ref_budget: int | None,
+    max_message_bytes: int | None,
+    log_level: str | None,
+    log_format: str,
     grace: float,
 ) -> int:
     """Serve APP's workflows and steps to other machines.
@@ -175,9 +214,10 @@ def serve(
     APP is a module (`my_app.tasks`), `module:attr` (attr: a Workflow or a list of them)
     or a path to a .py file. Prints `serving on HOST:PORT` on stdout once listening and
     logs one line per run on stderr. The first SIGINT/SIGTERM drains runs in flight (up
-    to --grace seconds) and exits 0; a second exits at once.
+    to --grace seconds) and exits 0; a second exits at once. Refused calls (token,
+    unknown workflow or step, limits) and failed steps are logged too (rate-limited).
     """
-    logging.getLogger("peerflow").setLevel(logging.DEBUG if _settings.debug else logging.INFO)
+    configure(log_level or ("debug" if _settings.debug else "info"), log_format.lower())
     workflows = load_app(app)
     token = _token_from_env(token_env)
     tls = _server_tls(tls_cert, tls_key, tls_ca)
@@ -188,6 +228,12 @@ def serve(
         options["ref_ttl"] = ref_ttl
     if max_connection_age is not None:
         options["max_connection_age"] = max_connection_age
+    if default_timeout is not None:
+        options["default_timeout_secs"] = default_timeout
+    if ref_budget is not None:
+        options["ref_budget_bytes"] = ref_budget
+    if max_message_bytes is not None:
+        options["max_message_bytes"] = max_message_bytes
     _run_async(_serve(node_id, listen, grace, workflows, options), fast_loop=True)
     return ExitCode.OK
 

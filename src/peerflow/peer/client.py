@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import socket
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from types import TracebackType
@@ -39,16 +40,24 @@ from peerflow.errors import (
 from peerflow.events import Event, event_from_data
 from peerflow.peer import protocol as pb
 from peerflow.peer._bounded import BoundedDict
+from peerflow.peer._caller import Caller
 from peerflow.peer.address import Target, parse_target
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.results import encode_input, response_to_result
+from peerflow.peer.schemas import read_schemas
 from peerflow.peer.security import ClientTls, bearer_metadata, resolve_token
 from peerflow.peer.service import BLAZEN, EXTENSION
 from peerflow.peer.status import error_from_rpc, kind_for_status
 from peerflow.refs import RefDescriptor, RefLifetime, RegistryKey, loads_value
 from peerflow.result import WorkflowResult
 
-__all__ = ["PeerClient", "PeerInfo", "RemoteRef"]
+__all__ = [
+    "PeerClient",
+    "PeerInfo",
+    "RemoteRef",
+    "default_node_id",
+    "resolve_node_id",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -72,6 +81,9 @@ class PeerInfo:
         workflows: registered workflow names and their step ids.
         step_ids: every registered step id.
         extensions: the peerflow extensions it supports.
+        input_schemas: each workflow's input (its start event's fields) as JSON Schema.
+        output_schemas: the output JSON Schema of each workflow that declares a
+            ``StopEvent`` subclass.
         active_runs: runs holding a slot on the peer now (None: not said, a Blazen or
             older peer).
         lingering_runs: of those, runs that ended while a ``def`` step's thread still
@@ -83,6 +95,8 @@ class PeerInfo:
     workflows: Mapping[str, tuple[str, ...]]
     step_ids: tuple[str, ...]
     extensions: tuple[str, ...]
+    input_schemas: Mapping[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    output_schemas: Mapping[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     active_runs: int | None = None
     lingering_runs: int | None = None
 
@@ -158,6 +172,32 @@ def check_call(workflow_name: str, step_ids: Sequence[str]) -> tuple[str, ...]:
     return tuple(step_ids)
 
 
+def default_node_id(prefix: str = "peerflow") -> str:
+    """The node id used when none is given: ``<prefix>@<hostname>``."""
+    return f"{prefix}@{socket.gethostname()}"
+
+
+def resolve_node_id(client_node_id: str | None, node_id: str | None) -> str:
+    """This caller's node id from ``client_node_id`` or its alias ``node_id`` (seed 001).
+
+    Neither given: :func:`default_node_id`.
+
+    Raises:
+        ValidationError: both given and different, or not a non-empty string.
+    """
+    if client_node_id is not None and node_id is not None and client_node_id != node_id:
+        raise ValidationError(
+            f"pass node_id= or client_node_id=, not two different ids "
+            f"({node_id!r}, {client_node_id!r})"
+        )
+    chosen = node_id if node_id is not None else client_node_id
+    if chosen is None:
+        return default_node_id()
+    if not isinstance(chosen, str) or not chosen.strip():
+        raise ValidationError(f"node_id must be a non-empty string, got {chosen!r}")
+    return chosen
+
+
 def node_user_agent(node_id: str) -> str:
     """The gRPC user agent naming this client's node: ``peerflow/V (node ID)``."""
     safe = "".join(c if c.isalnum() or c in "-_.:@" else "_" for c in node_id)
@@ -165,16 +205,24 @@ def node_user_agent(node_id: str) -> str:
 
 
 def _check_timeout(timeout_secs: float | None) -> int | None:
-    """Seconds for the wire: positive sub-second values round up; None defers."""
+    """Seconds for the wire: positive sub-second values round up; None or 0 defers.
+
+    ``0`` means "the peer's default", as in the Go binding (seed 003).
+    """
     if timeout_secs is None:
         return None
     if (
         isinstance(timeout_secs, bool)
         or not isinstance(timeout_secs, int | float)
         or not math.isfinite(timeout_secs)
-        or timeout_secs <= 0
+        or timeout_secs < 0
     ):
-        raise ValidationError(f"timeout_secs must be a number > 0 or None, got {timeout_secs!r}")
+        raise ValidationError(
+            f"timeout_secs must be a number >= 0 (0: the peer's default) or None, "
+            f"got {timeout_secs!r}"
+        )
+    if timeout_secs == 0:
+        return None
     if timeout_secs > MAX_U64:
         raise ValidationError(f"timeout_secs must be at most {MAX_U64}, got {timeout_secs!r}")
     return math.ceil(timeout_secs)
@@ -209,7 +257,7 @@ def _grpc_deadline(wire_timeout: int | None) -> float | None:
     return wire_timeout + DEADLINE_SLACK_SECS
 
 
-class PeerClient:
+class PeerClient(Caller):
     """A connection to one peer. Build with :meth:`connect`.
 
     Attributes:
@@ -227,6 +275,7 @@ class PeerClient:
         max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
     ) -> None:
         self._target = target
+        self._secure = False  # set by connect() when the channel uses TLS
         self._max_value_bytes = max_value_bytes
         self.node_id = client_node_id
         self.address = target.address
@@ -257,8 +306,9 @@ class PeerClient:
     async def connect(
         cls,
         address: str,
-        client_node_id: str,
+        client_node_id: str | None = None,
         *,
+        node_id: str | None = None,
         token: str | None = None,
         tls: ClientTls | None = None,
         connect_timeout: float | None = 10.0,
@@ -272,11 +322,14 @@ class PeerClient:
             address: ``http://host:port``, ``https://host:port``, ``host:port``,
                 ``dns:///name:port`` (round-robin over every resolved address) or a gRPC
                 ``ipv4:``/``ipv6:`` target list.
-            client_node_id: this caller's node id (sent with every call).
+            client_node_id: this caller's node id (sent with every call); default
+                ``peerflow@<hostname>``.
+            node_id: the same, by the keyword seed 001 uses (``node_id="node-a"``).
             token: the peer's shared secret (default: ``BLAZEN_PEER_TOKEN`` when set).
             tls: a :func:`~peerflow.peer.security.load_client_tls` config (implies TLS).
             connect_timeout: seconds to wait for the connection, or None to connect
-                lazily on the first call.
+                lazily on the first call. A refused connection fails at once (it is
+                final); only an unreachable peer is waited for.
             max_message_bytes: the largest message received or sent.
             flow_control_window: bytes a peer may send ahead of what this client has read,
                 per call (default 1 MiB): a 64 MiB deref then peaks at ~1.1x its size in
@@ -294,10 +347,7 @@ class PeerClient:
             TlsError: the TLS handshake failed.
         """
         target = parse_target(address)
-        if not isinstance(client_node_id, str) or not client_node_id.strip():
-            raise ValidationError(
-                f"client_node_id must be a non-empty string, got {client_node_id!r}"
-            )
+        client_node_id = resolve_node_id(client_node_id, node_id)
         if tls is not None and not isinstance(tls, ClientTls):
             raise ValidationError(f"tls must come from load_client_tls(), got {tls!r}")
         if connect_timeout is not None and (
@@ -350,6 +400,7 @@ class PeerClient:
             channel = grpc.aio.insecure_channel(target.grpc_target, options=options)
         metadata = (*bearer_metadata(resolve_token(token)), ("blazen-node-id", client_node_id))
         client = cls(target, client_node_id, channel, metadata, max_value_bytes)
+        client._secure = secure
         if connect_timeout is not None:
             try:
                 await client._wait_ready(connect_timeout, secure)
@@ -362,8 +413,9 @@ class PeerClient:
     def connect_blocking(
         cls,
         address: str,
-        client_node_id: str,
+        client_node_id: str | None = None,
         *,
+        node_id: str | None = None,
         token: str | None = None,
         tls: ClientTls | None = None,
         connect_timeout: float | None = 10.0,
@@ -373,6 +425,9 @@ class PeerClient:
     ) -> PeerClient:
         """:meth:`connect` for code without an event loop (the client lives on the portal).
 
+        The client is a context manager: ``with PeerClient.connect_blocking(...) as c:``
+        closes it on exit.
+
         Raises:
             ValidationError: bad arguments, or called inside a running event loop.
             TransportError: the peer could not be reached.
@@ -381,6 +436,7 @@ class PeerClient:
             cls.connect,
             address,
             client_node_id,
+            node_id=node_id,
             token=token,
             tls=tls,
             connect_timeout=connect_timeout,
@@ -404,9 +460,10 @@ class PeerClient:
         """Wait for the channel to connect; fail early on a certificate the client rejects.
 
         A failed certificate check on this side (untrusted server certificate, wrong
-        server name) will not heal, so it raises at once; anything else (refused, closed
-        during the handshake by a server rejecting our certificate, unreachable) is
-        retried until ``timeout`` and then reported with the channel's last error.
+        server name) and a refused connection (nothing listens there) are final, so they
+        raise at once; anything else (closed during the handshake by a server rejecting
+        our certificate, unreachable) is retried until ``timeout`` and then reported with
+        the channel's last error.
         """
         channel = self._channel
         last: str | None = None
@@ -419,7 +476,7 @@ class PeerClient:
                     last = await self._probe()
                     if last is None:
                         return
-                    if secure and _tls_failure(last):
+                    if (secure and _tls_failure(last)) or _refused(last):
                         raise _connect_error(self.address, last, secure, None)
                 await channel.wait_for_state_change(state)
                 state = channel.get_state(try_to_connect=True)
@@ -441,7 +498,18 @@ class PeerClient:
         return self._metadata
 
     def _error(self, exc: grpc.RpcError, method: str) -> PeerflowError:
-        return error_from_rpc(exc, address=self.address, method=method)
+        error = error_from_rpc(exc, address=self.address, method=method)
+        if self._secure and isinstance(error, PeerError) and error.code == "UNAVAILABLE":
+            # A lazily connected client meets a failed handshake on a call: say what
+            # connect() would have said (certificate, CA), not gRPC's transport text.
+            details = str(exc.details() or "") if hasattr(exc, "details") else ""
+            lowered = details.lower()
+            closed_in_handshake = "failed to connect" in lowered and "socket closed" in lowered
+            if _tls_failure(details) or closed_in_handshake:
+                translated = _connect_error(self.address, details, True, None)
+                translated.__cause__ = exc
+                return translated
+        return error
 
     async def _unary(
         self, call: Any, method: str, payload: bytes, deadline: float | None = None
@@ -499,21 +567,9 @@ class PeerClient:
 
     # -- workflows -----------------------------------------------------------------------
 
-    async def invoke_sub_workflow(
-        self, request: pb.SubWorkflowRequest, *, deadline: float | None = None
+    async def _invoke_raw(
+        self, request: pb.SubWorkflowRequest, deadline: float | None
     ) -> pb.SubWorkflowResponse:
-        """Send a raw ``SubWorkflowRequest`` and return the raw response envelope.
-
-        Raises:
-            UnknownStepError / UnknownWorkflowError: the peer lacks what was asked.
-            EnvelopeVersionError: the peer supports an older envelope.
-            TransportError: the peer is unreachable or the call's deadline passed.
-            PeerError: another protocol failure (``kind`` says which).
-        """
-        if not isinstance(request, pb.SubWorkflowRequest):
-            raise ValidationError(
-                f"invoke_sub_workflow takes a SubWorkflowRequest, got {request!r}"
-            )
         method = BLAZEN + "InvokeSubWorkflow"
         if deadline is None and request.timeout_secs is not None:
             deadline = _grpc_deadline(request.timeout_secs)
@@ -524,8 +580,6 @@ class PeerClient:
             raise EncodeError(
                 f"bad response from {self.address}: {exc}", address=self.address
             ) from None
-
-    invoke_sub_workflow_blocking = blocking_twin(invoke_sub_workflow)
 
     async def run_remote_workflow(
         self,
@@ -558,7 +612,7 @@ class PeerClient:
             ValidationError: bad arguments.
         """
         request, deadline = self._request(workflow_name, step_ids, input, input_json, timeout_secs)
-        response = await self.invoke_sub_workflow(request, deadline=deadline)
+        response = await self._invoke_raw(request, deadline)
         return response_to_result(
             response, workflow=workflow_name, address=self.address, make_ref=self._make_ref
         )
@@ -776,6 +830,8 @@ class PeerClient:
     async def describe(self) -> PeerInfo:
         """The peer's node id, implementation, workflows, step ids and extensions.
 
+        With each workflow's input schema, and its output schema when it declares one.
+
         Raises:
             UnsupportedError: the peer does not implement DescribePeer (a Blazen peer).
             TransportError: the peer is unreachable.
@@ -784,12 +840,15 @@ class PeerClient:
             self._describe, EXTENSION + "DescribePeer", pb.DescribeRequest().encode()
         )
         info = pb.DescribeResponse.decode(reply)
+        inputs, outputs = read_schemas(info.schemas)
         return PeerInfo(
             node_id=info.node_id,
             implementation=info.implementation,
             workflows={w.name: tuple(w.step_ids) for w in info.workflows},
             step_ids=tuple(info.step_ids),
             extensions=tuple(info.extensions),
+            input_schemas=inputs,
+            output_schemas=outputs,
             active_runs=info.active_runs,
             lingering_runs=info.lingering_runs,
         )
@@ -869,6 +928,28 @@ def _stream_event(item: pb.EventPayload, address: str) -> Event:
         return Event(item.event_type, **data)
 
 
+def _tls_hint(details: str) -> str:
+    """What a TLS failure of this client's own checks means, in words."""
+    lowered = details.lower()
+    if "wrong_version_number" in lowered or "wrong version number" in lowered:
+        return ": the peer does not speak TLS on that port (a plaintext peer? use http://)"
+    if "hostname verification" in lowered:
+        return (
+            ": the peer's certificate does not name this address (connect by a name in its "
+            "certificate)"
+        )
+    if "certificate_verify_failed" in lowered or "certificate verify failed" in lowered:
+        return (
+            ": the peer's certificate is not signed by the CA this client trusts (check the "
+            "CA given to load_client_tls, --tls-ca)"
+        )
+    return ""
+
+
+def _refused(details: str) -> bool:
+    return "connection refused" in details.lower()
+
+
 def _tls_failure(details: str) -> bool:
     return kind_for_status(grpc.StatusCode.UNAVAILABLE, details) is PeerErrorKind.TLS
 
@@ -880,7 +961,7 @@ def _connect_error(
     cause = f"last error: {last}" if last else "no connection attempt finished"
     closed = last is not None and "socket closed" in last.lower()
     if secure and last is not None and _tls_failure(last):
-        message = f"TLS handshake with peer {address} failed ({cause})"
+        message = f"TLS handshake with peer {address} failed{_tls_hint(last)} ({cause})"
         kind = PeerErrorKind.TLS
     elif secure and closed:
         message = (
@@ -889,6 +970,12 @@ def _connect_error(
             f"another CA; or it does not serve TLS) ({cause})"
         )
         kind = PeerErrorKind.TLS
+    elif last is not None and _refused(last):
+        message = (
+            f"could not connect to peer {address}: connection refused (nothing listens "
+            f"there: is the peer running, and on that port?) ({cause})"
+        )
+        kind = PeerErrorKind.TRANSPORT
     else:
         message = f"could not connect to peer {address} ({cause})"
         kind = PeerErrorKind.TRANSPORT

@@ -7,9 +7,16 @@ The rest of a workflow treats it as any other step::
 
 It forwards its event's fields as the remote start input, re-emits the remote run's stream
 events on the parent's stream as they arrive, rolls the remote token/cost usage into the
-parent's totals, and returns the remote ``StopEvent`` (its ``result``). The remote run's
-``UNTIL_PARENT_FINISH`` refs are released when the parent run ends (unless
-``keep_remote_refs=True``); its ``UNTIL_EXPLICIT_DROP`` refs are never released here.
+parent's totals, and returns the remote ``StopEvent`` (its ``result``).
+
+Remote refs when the parent run ends:
+
+- a ref that reached the parent's result (``result.result["matrix"]``) stays alive: the
+  caller fetches it after the run and releases it, or the peer's lease (``ref_ttl``)
+  expires it;
+- the remote run's other ``UNTIL_PARENT_FINISH`` refs are released (all of them when the
+  parent failed or was cancelled), unless ``keep_remote_refs=True``;
+- its ``UNTIL_EXPLICIT_DROP`` refs are never released here.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any, Protocol
 from peerflow.context import Context
 from peerflow.errors import PeerflowError, ValidationError
 from peerflow.events import Event, StartEvent, StopEvent
-from peerflow.refs import RefLifetime
+from peerflow.refs import RefDescriptor, RefLifetime, RegistryKey
 from peerflow.result import WorkflowResult
 from peerflow.step import StepSpec, step
 
@@ -67,8 +74,9 @@ def remote_step(
         name: the step's id (default ``remote:<workflow_name>``).
         timeout_secs: bounds the remote run on the peer.
         retries: extra attempts after a failure (only safe for idempotent remote work).
-        keep_remote_refs: keep the remote run's refs after the parent run ends (they then
-            live until released or their lease expires).
+        keep_remote_refs: keep all the remote run's refs after the parent run ends (they
+            then live until released or their lease expires). Without it, the refs that
+            reached the parent's result are kept and the others released.
 
     Returns:
         A :class:`~peerflow.step.StepSpec`.
@@ -101,7 +109,7 @@ def remote_step(
         # The remote run's usage is already in this run's totals: every PeerClient call
         # made inside a step rolls its usage into the step's run (peerflow.context).
         if result.remote_refs and not keep_remote_refs:
-            ctx.on_run_end(_releaser(result))
+            ctx.on_run_end(_releaser(ctx, result))
         return StopEvent(result=result.result)
 
     run_remote.__qualname__ = f"remote_step[{workflow_name}]"
@@ -119,12 +127,14 @@ def _payload(ev: Event) -> dict[str, Any]:
     return data
 
 
-def _releaser(result: WorkflowResult) -> Any:
+def _releaser(ctx: Context, result: WorkflowResult) -> Any:
     async def release() -> None:
+        handed_over = _reachable_keys(ctx.run_outcome)  # in the parent's result: the caller's
         for key, ref in result.remote_refs.items():
             releaser = getattr(ref, "release", None)
             if (
                 releaser is None
+                or key in handed_over
                 or getattr(ref, "lifetime", None) is RefLifetime.UNTIL_EXPLICIT_DROP
             ):
                 continue  # explicit-drop refs are released by whoever holds them, never here
@@ -134,3 +144,26 @@ def _releaser(result: WorkflowResult) -> Any:
                 log.warning("could not release remote ref %s: %s", key, exc)
 
     return release
+
+
+def _reachable_keys(value: object) -> set[RegistryKey]:
+    """The keys of the session refs inside ``value`` (an event, a result, containers)."""
+    keys: set[RegistryKey] = set()
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, RefDescriptor):
+            keys.add(item.key)
+        elif isinstance(item, Event):
+            stack.extend(item.to_dict().values())
+        elif isinstance(item, WorkflowResult):
+            stack.append(item.result)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+    return keys

@@ -66,12 +66,14 @@ from peerflow.errors import (
 from peerflow.events import Event
 from peerflow.peer import protocol as pb
 from peerflow.peer._bounded import BoundedDict
+from peerflow.peer._caller import Caller
 from peerflow.peer.client import (
     DEFAULT_MAX_MESSAGE_BYTES,
     REMEMBERED_REFS,
     PeerClient,
     PeerInfo,
     check_call,
+    resolve_node_id,
 )
 from peerflow.peer.routing import lacks, never_ran, short_reason
 from peerflow.peer.security import ClientTls
@@ -162,13 +164,15 @@ def _check_seconds(value: float, name: str) -> float:
 # -- the pool ------------------------------------------------------------------------------
 
 
-class PeerPool:
+class PeerPool(Caller):
     """Several peers used as one: routing by capability, least in-flight, health, failover.
 
     Args:
         addresses: the peers (any :class:`~peerflow.peer.client.PeerClient` address; a
             ``dns:///`` one is a single member that gRPC balances over its backends).
-        client_node_id: this caller's node id (sent with every call).
+        client_node_id: this caller's node id (sent with every call); default
+            ``peerflow@<hostname>``.
+        node_id: the same, by the keyword seed 001 uses.
         token: the peers' shared secret (default: ``BLAZEN_PEER_TOKEN`` when set).
         tls: a :func:`~peerflow.peer.security.load_client_tls` config for every peer.
         health_interval: seconds between ``Check`` polls for peers without ``Watch``, and
@@ -184,7 +188,8 @@ class PeerPool:
         self,
         addresses: Sequence[str],
         *,
-        client_node_id: str,
+        client_node_id: str | None = None,
+        node_id: str | None = None,
         token: str | None = None,
         tls: ClientTls | None = None,
         health_interval: float = DEFAULT_HEALTH_INTERVAL,
@@ -200,11 +205,7 @@ class PeerPool:
         cleaned = [a.strip() for a in addresses]
         if len(set(cleaned)) != len(cleaned):
             raise ValidationError(f"duplicate addresses in {cleaned!r}")
-        if not isinstance(client_node_id, str) or not client_node_id.strip():
-            raise ValidationError(
-                f"client_node_id must be a non-empty string, got {client_node_id!r}"
-            )
-        self.node_id = client_node_id
+        self.node_id = resolve_node_id(client_node_id, node_id)
         self._token = token
         self._tls = tls
         self._health_interval = _check_seconds(health_interval, "health_interval")
@@ -226,7 +227,8 @@ class PeerPool:
         cls,
         addresses: Sequence[str],
         *,
-        client_node_id: str,
+        client_node_id: str | None = None,
+        node_id: str | None = None,
         token: str | None = None,
         tls: ClientTls | None = None,
         health_interval: float = DEFAULT_HEALTH_INTERVAL,
@@ -242,6 +244,7 @@ class PeerPool:
         pool = cls(
             addresses,
             client_node_id=client_node_id,
+            node_id=node_id,
             token=token,
             tls=tls,
             health_interval=health_interval,
@@ -256,7 +259,8 @@ class PeerPool:
         cls,
         addresses: Sequence[str],
         *,
-        client_node_id: str,
+        client_node_id: str | None = None,
+        node_id: str | None = None,
         token: str | None = None,
         tls: ClientTls | None = None,
         health_interval: float = DEFAULT_HEALTH_INTERVAL,
@@ -273,6 +277,7 @@ class PeerPool:
             cls.connect,
             addresses,
             client_node_id=client_node_id,
+            node_id=node_id,
             token=token,
             tls=tls,
             health_interval=health_interval,
@@ -732,30 +737,17 @@ class PeerPool:
 
     stream_remote_workflow_blocking = blocking_iter_twin(stream_remote_workflow)
 
-    async def invoke_sub_workflow(
-        self, request: pb.SubWorkflowRequest, *, deadline: float | None = None
+    async def _invoke_raw(
+        self, request: pb.SubWorkflowRequest, deadline: float | None
     ) -> pb.SubWorkflowResponse:
-        """Send a raw ``SubWorkflowRequest`` to a capable peer; return the raw response.
-
-        Raises:
-            UnknownStepError / UnknownWorkflowError / TransportError / ValidationError:
-                as :meth:`run_remote_workflow`.
-            PeerError: another protocol failure of the chosen peer.
-        """
-        if not isinstance(request, pb.SubWorkflowRequest):
-            raise ValidationError(
-                f"invoke_sub_workflow takes a SubWorkflowRequest, got {request!r}"
-            )
         ids = check_call(request.workflow_name, request.step_ids)
         peer, response = await self._call(
             request.workflow_name,
             ids,
-            lambda client: client.invoke_sub_workflow(request, deadline=deadline),
+            lambda client: client._invoke_raw(request, deadline),
         )
         self._remember(peer, iter(response.remote_refs))
         return response
-
-    invoke_sub_workflow_blocking = blocking_twin(invoke_sub_workflow)
 
     # -- session refs --------------------------------------------------------------------
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Self, TypeAlias
+from typing import Any, Self, TypeAlias
+
+import orjson
 
 from peerflow.errors import EncodeError, EnvelopeVersionError, ValidationError
 from peerflow.peer.postcard import Reader, Writer
@@ -47,6 +49,7 @@ __all__ = [
     "SubWorkflowResponse",
     "Usage",
     "WorkflowInfo",
+    "WorkflowSchema",
     "check_envelope_version",
 ]
 
@@ -147,6 +150,32 @@ class SubWorkflowRequest(_Message):
         if type(self.step_ids) is not tuple:
             object.__setattr__(self, "step_ids", _as_str_tuple(self.step_ids, "step_ids"))
 
+    @classmethod
+    def new(
+        cls,
+        workflow_name: str,
+        step_ids: Iterable[str],
+        input: Any,
+        timeout_secs: int | None = None,
+    ) -> Self:
+        """Rust's ``SubWorkflowRequest::new(name, step_ids, &input, Some(60))``.
+
+        ``input`` is JSON-encoded (compact, keys sorted, as Blazen's serde_json does).
+
+        Raises:
+            ValidationError: ``input`` is not JSON-serializable, or ``timeout_secs`` is not
+                an int >= 0 or None.
+        """
+        if timeout_secs is not None and (
+            isinstance(timeout_secs, bool) or not isinstance(timeout_secs, int) or timeout_secs < 0
+        ):
+            raise ValidationError(f"timeout_secs must be an int >= 0 or None, got {timeout_secs!r}")
+        try:
+            input_json = orjson.dumps(input, option=orjson.OPT_SORT_KEYS)
+        except TypeError as exc:
+            raise ValidationError(f"input is not JSON-serializable: {exc}") from None
+        return cls(workflow_name, _as_str_tuple(step_ids, "step_ids"), input_json, timeout_secs)
+
     def _write(self, w: Writer) -> None:
         w.write_u32(self.envelope_version)
         w.write_str(self.workflow_name)
@@ -244,6 +273,19 @@ class FailedStep:
 
 
 @dataclass(frozen=True, slots=True)
+class ErrorDetail:
+    """The exception behind a remote run's failure (an extension).
+
+    Attributes:
+        type_name: the exception's type name (``"KeyError"``).
+        traceback: its traceback as text (bounded by the peer).
+    """
+
+    type_name: str
+    traceback: str
+
+
+@dataclass(frozen=True, slots=True)
 class SubWorkflowResponse(_Message):
     """The outcome of a sub-workflow run.
 
@@ -252,7 +294,8 @@ class SubWorkflowResponse(_Message):
     error: Option<String>``; then peerflow's optional trailing extensions
     ``usage: Option<Usage>, error_kind: Option<String>, event_type: Option<String>,
     run_id: Option<String>, explicit_refs: Option<Vec<Uuid>>,
-    failed_step: Option<FailedStep { step_id: String, attempts: u32 }>``.
+    failed_step: Option<FailedStep { step_id: String, attempts: u32 }>,
+    error_detail: Option<ErrorDetail { type_name: String, traceback: String }>``.
 
     Attributes:
         state_json: JSON of each ``ctx.state`` entry (Blazen sends it empty).
@@ -268,6 +311,7 @@ class SubWorkflowResponse(_Message):
             its own (extension).
         failed_step: the step that failed and its attempts, when a step failed
             (extension).
+        error_detail: the failing step's exception type and traceback (extension).
         envelope_version: the protocol version (keyword-only).
     """
 
@@ -281,7 +325,24 @@ class SubWorkflowResponse(_Message):
     run_id: str | None = None
     explicit_refs: tuple[uuid.UUID, ...] | None = None
     failed_step: FailedStep | None = None
+    error_detail: ErrorDetail | None = None
     envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
+
+    def result_value(self) -> Any:
+        """Rust's ``response.result_value()``: ``result_json`` decoded (None when absent).
+
+        Session-ref markers stay markers here; ``PeerClient.run_remote_workflow`` turns them
+        into handles.
+
+        Raises:
+            EncodeError: ``result_json`` is not valid JSON.
+        """
+        if self.result_json is None:
+            return None
+        try:
+            return orjson.loads(self.result_json)
+        except orjson.JSONDecodeError as exc:
+            raise EncodeError(f"result_json is not valid JSON: {exc}") from None
 
     def _write(self, w: Writer) -> None:
         w.write_u32(self.envelope_version)
@@ -305,7 +366,9 @@ class SubWorkflowResponse(_Message):
             descriptor._write(w)
         _write_opt_str(w, self.error)
         # Extensions: only when one is set; unset earlier ones hold their place as 00.
-        if self.failed_step is not None:
+        if self.error_detail is not None:
+            count = 7
+        elif self.failed_step is not None:
             count = 6
         elif self.explicit_refs is not None:
             count = 5
@@ -343,10 +406,17 @@ class SubWorkflowResponse(_Message):
                 for ref_uuid in self.explicit_refs:
                     w.write_uuid(ref_uuid)
         if count > 5:
+            if self.failed_step is None:
+                w.write_option(False)
+            else:
+                w.write_option(True)
+                w.write_str(self.failed_step.step_id)
+                w.write_u32(self.failed_step.attempts)
+        if count > 6:
             w.write_option(True)
-            assert self.failed_step is not None
-            w.write_str(self.failed_step.step_id)
-            w.write_u32(self.failed_step.attempts)
+            assert self.error_detail is not None
+            w.write_str(self.error_detail.type_name)
+            w.write_str(self.error_detail.traceback)
 
     @classmethod
     def _read(cls, r: Reader) -> Self:
@@ -367,6 +437,7 @@ class SubWorkflowResponse(_Message):
         error_kind = event_type = run_id = None
         explicit: tuple[uuid.UUID, ...] | None = None
         failed: FailedStep | None = None
+        detail: ErrorDetail | None = None
         try:
             if r.read_option():
                 usage = Usage._read(r)
@@ -381,6 +452,8 @@ class SubWorkflowResponse(_Message):
                                 explicit = tuple(r.read_uuid() for _ in range(r.read_len()))
                             if r.remaining and r.read_option():
                                 failed = FailedStep(r.read_str(), r.read_u32())
+                            if r.remaining and r.read_option():
+                                detail = ErrorDetail(r.read_str(), r.read_str())
         except EncodeError:
             pass  # trailing bytes that are not extensions: ignored, as Blazen ignores them
         return cls(
@@ -394,6 +467,7 @@ class SubWorkflowResponse(_Message):
             run_id,
             explicit,
             failed,
+            detail,
             envelope_version=version,
         )
 
@@ -608,6 +682,34 @@ class WorkflowInfo:
         return cls(r.read_str(), _read_str_seq(r))
 
 
+@dataclass(frozen=True, slots=True)
+class WorkflowSchema:
+    """A workflow's input and output as JSON Schema text (an extension of describe).
+
+    Wire order: ``name: String, input_schema: String, output_schema: Option<String>``.
+
+    Attributes:
+        name: the workflow's name.
+        input_schema: JSON Schema of its start event's fields.
+        output_schema: JSON Schema of its declared stop event, or None.
+    """
+
+    name: str
+    input_schema: str
+    output_schema: str | None = None
+
+    def _write(self, w: Writer) -> None:
+        w.write_str(self.name)
+        w.write_str(self.input_schema)
+        _write_opt_str(w, self.output_schema)
+
+    @classmethod
+    def _read(cls, r: Reader) -> Self:
+        name = r.read_str()
+        input_schema = r.read_str()
+        return cls(name, input_schema, r.read_str() if r.read_option() else None)
+
+
 def _write_str_seq(w: Writer, values: tuple[str, ...]) -> None:
     w.write_len(len(values))
     for value in values:
@@ -623,8 +725,9 @@ class DescribeResponse(_Message):
     """What a peer serves (peerflow extension).
 
     Wire order: ``envelope_version: u32, node_id: String, implementation: String,
-    workflows: Vec<WorkflowInfo>, step_ids: Vec<String>, extensions: Vec<String>``; then,
-    optionally (older peers stop before it), ``active_runs: u32, lingering_runs: u32``.
+    workflows: Vec<WorkflowInfo>, step_ids: Vec<String>, extensions: Vec<String>``; then
+    the optional trailing ``schemas: Option<Vec<WorkflowSchema>>`` and
+    ``load: Option<(active_runs: u32, lingering_runs: u32)>`` (older peers stop earlier).
 
     Attributes:
         node_id: the peer's node id.
@@ -632,6 +735,7 @@ class DescribeResponse(_Message):
         workflows: the registered workflows.
         step_ids: every registered step id.
         extensions: the peerflow extensions the peer supports.
+        schemas: each workflow's input/output JSON Schema (None from older peers).
         active_runs: runs holding a slot now (None: the peer did not say).
         lingering_runs: of those, runs that ended while a sync step's thread still runs
             (Python cannot stop a thread; the slot is held until it returns).
@@ -643,6 +747,7 @@ class DescribeResponse(_Message):
     workflows: tuple[WorkflowInfo, ...] = ()
     step_ids: tuple[str, ...] = ()
     extensions: tuple[str, ...] = ()
+    schemas: tuple[WorkflowSchema, ...] | None = None
     active_runs: int | None = None
     lingering_runs: int | None = None
     envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
@@ -672,7 +777,14 @@ class DescribeResponse(_Message):
             info._write(w)
         _write_str_seq(w, self.step_ids)
         _write_str_seq(w, self.extensions)
+        if self.schemas is not None or self.active_runs is not None:
+            w.write_option(self.schemas is not None)
+            if self.schemas is not None:
+                w.write_len(len(self.schemas))
+                for schema in self.schemas:
+                    schema._write(w)
         if self.active_runs is not None:
+            w.write_option(True)
             w.write_u32(self.active_runs)
             w.write_u32(self.lingering_runs or 0)
 
@@ -682,19 +794,24 @@ class DescribeResponse(_Message):
         node_id = r.read_str()
         implementation = r.read_str()
         workflows = tuple([WorkflowInfo._read(r) for _ in range(r.read_len())])
-        step_ids, extensions = _read_str_seq(r), _read_str_seq(r)
+        step_ids = _read_str_seq(r)
+        extensions = _read_str_seq(r)
+        schemas = None
         active = lingering = None
         try:
-            if r.remaining:
+            if r.remaining and r.read_option():
+                schemas = tuple([WorkflowSchema._read(r) for _ in range(r.read_len())])
+            if r.remaining and r.read_option():
                 active, lingering = r.read_u32(), r.read_u32()
         except EncodeError:
-            active = lingering = None  # trailing bytes that are not the extension: ignored
+            active = lingering = None  # trailing bytes that are not the extensions: ignored
         return cls(
             node_id,
             implementation,
             workflows,
             step_ids,
             extensions,
+            schemas,
             active,
             lingering,
             envelope_version=version,

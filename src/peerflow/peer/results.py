@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,13 +25,22 @@ from peerflow.errors import (
     EncodeError,
     PeerflowError,
     RefNotFoundError,
+    RemoteWorkflowCancelledError,
+    RemoteWorkflowError,
+    RemoteWorkflowTimeoutError,
     ValidationError,
-    WorkflowCancelledError,
     WorkflowError,
-    WorkflowTimeoutError,
 )
-from peerflow.events import STOP_EVENT_TYPE, Event, StartEvent, StopEvent, event_from_data
+from peerflow.events import (
+    REF_MARKER,
+    STOP_EVENT_TYPE,
+    Event,
+    StartEvent,
+    StopEvent,
+    event_from_data,
+)
 from peerflow.peer.protocol import (
+    ErrorDetail,
     FailedStep,
     RemoteRefDescriptor,
     SubWorkflowResponse,
@@ -41,6 +51,7 @@ from peerflow.result import RefMap, WorkflowResult
 
 __all__ = [
     "MAX_INPUT_DEPTH",
+    "INVALID_INPUT",
     "REF_MARKER",
     "ResultEncoder",
     "decode_input",
@@ -52,13 +63,15 @@ __all__ = [
     "wire_descriptors",
 ]
 
-REF_MARKER = "__blazen_session_ref__"
+INVALID_INPUT = "invalid input for workflow"
+"""How the details of an INVALID_ARGUMENT for input that fails a typed start event begin."""
 
-# error_kind extension value -> the WorkflowError subclass a client raises
-_ERROR_CLASSES: dict[str, type[WorkflowError]] = {
-    "timeout": WorkflowTimeoutError,
-    "cancelled": WorkflowCancelledError,
+# error_kind extension value -> the RemoteWorkflowError subclass a client raises
+_ERROR_CLASSES: dict[str, type[RemoteWorkflowError]] = {
+    "timeout": RemoteWorkflowTimeoutError,
+    "cancelled": RemoteWorkflowCancelledError,
 }
+MAX_TRACEBACK_CHARS = 16_384  # the tail of a longer traceback travels (its last frames)
 
 
 def encode_input(fields: Mapping[str, Any] | None) -> bytes:
@@ -77,12 +90,21 @@ def encode_input(fields: Mapping[str, Any] | None) -> bytes:
         raise ValidationError(f"input is not JSON-serializable: {exc}") from None
 
 
-def decode_input(input_json: bytes | memoryview, *, limit: int) -> StartEvent:
+def decode_input(
+    input_json: bytes | memoryview,
+    *,
+    limit: int,
+    start_class: type[StartEvent] = StartEvent,
+    workflow: str = "",
+) -> StartEvent:
     """The ``StartEvent`` of a request: a JSON object (``null`` means ``{}``).
+
+    Validated against ``start_class``, the workflow's typed start event when it has one.
 
     Raises:
         EncodeError: not JSON, or not an object.
-        ValidationError: larger than ``limit`` bytes.
+        ValidationError: larger than ``limit`` bytes, or the fields do not validate
+            (the message starts with :data:`INVALID_INPUT` and names the fields).
     """
     if len(input_json) > limit:
         raise ValidationError(
@@ -97,7 +119,10 @@ def decode_input(input_json: bytes | memoryview, *, limit: int) -> StartEvent:
         fields = {}
     if not isinstance(fields, dict):
         raise EncodeError(f"input_json must be a JSON object, got {type(fields).__name__}")
-    return StartEvent(**fields)
+    try:
+        return start_class(**fields)
+    except ValidationError as exc:
+        raise ValidationError(f"{INVALID_INPUT} `{workflow}`: {exc}") from None
 
 
 MAX_INPUT_DEPTH = 128
@@ -344,7 +369,19 @@ def error_response(
         failed_step=(
             FailedStep(error.step_id, error.attempts) if error.step_id is not None else None
         ),
+        error_detail=error_detail(error),
     )
+
+
+def error_detail(error: WorkflowError) -> ErrorDetail | None:
+    """The type name and traceback text of the exception behind ``error``, if any."""
+    cause = error.cause
+    if cause is None:
+        return None
+    text = "".join(traceback.format_exception(cause))
+    if len(text) > MAX_TRACEBACK_CHARS:
+        text = "...\n" + text[-MAX_TRACEBACK_CHARS:]
+    return ErrorDetail(type(cause).__name__, text)
 
 
 def event_json(event: Event) -> bytes:
@@ -420,16 +457,19 @@ def response_to_result(
 
     if response.error is not None:
         kind = response.error_kind or "step_failed"
-        cls = _ERROR_CLASSES.get(kind, WorkflowError)
+        cls = _ERROR_CLASSES.get(kind, RemoteWorkflowError)
         failed = response.failed_step
+        detail = response.error_detail
         raise cls(
             f"remote workflow `{workflow}` on {address} failed: {response.error}",
             step_id=failed.step_id if failed is not None else None,
             attempts=failed.attempts if failed is not None else 0,
-            remote=True,
             run_id=response.run_id,
             workflow=workflow,
-            kind=kind,
+            reason=kind,
+            address=address,
+            remote_type=detail.type_name if detail is not None else None,
+            remote_traceback=detail.traceback if detail is not None else None,
         )
     result = None
     if response.result_json is not None:

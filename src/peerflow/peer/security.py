@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from peerflow._text import clip
 from peerflow.errors import TlsError, ValidationError
+from peerflow.peer._refusals import REFUSALS, caller_host
 
 __all__ = [
     "ANONYMOUS",
@@ -285,15 +286,30 @@ def _with_principal(handler: Any, principal_of: Callable[[Any], str]) -> Any:
     )
 
 
-async def _reject(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, _REJECT_DETAILS)
+def _logged_reject(method: str, why: str) -> grpc.RpcMethodHandler:
+    """The handler of a call without a valid token: log the refusal, answer UNAUTHENTICATED.
 
+    The log line (rate-limited) names the method, the caller's address and whether the
+    token was missing or wrong, never the token. A stream-stream handler with no
+    deserializer never reads a request message, so a rejected call runs no deserializer,
+    no downstream interceptor and no handler, and the caller cannot probe which methods
+    exist. The status reaches unary and streaming callers alike (a trailers-only response,
+    exactly like UNIMPLEMENTED).
+    """
 
-# A stream-stream handler with no deserializer never reads a request message, so a
-# rejected call runs no deserializer, no downstream interceptor and no handler, and the
-# caller cannot probe which methods exist. The status reaches unary and streaming callers
-# alike (a trailers-only response, exactly like UNIMPLEMENTED).
-_REJECT_HANDLER = grpc.stream_stream_rpc_method_handler(_reject)
+    async def reject(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        peer = context.peer()
+        REFUSALS.note(
+            f"auth-{why}",
+            caller_host(peer),
+            "refused %s from %s: %s peer token (UNAUTHENTICATED)",
+            method.rsplit("/", 1)[-1],
+            peer,
+            why,
+        )
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _REJECT_DETAILS)
+
+    return grpc.stream_stream_rpc_method_handler(reject)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
@@ -368,7 +384,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
         verified = self._token_ok(handler_call_details.invocation_metadata)
         if self._digest is not None and not verified and method not in self._open:
             _log.debug("rejected %s: %s", clip(method), _REJECT_DETAILS)
-            return _REJECT_HANDLER
+            metadata = handler_call_details.invocation_metadata or ()
+            presented = any(key == _AUTH_HEADER for key, _ in metadata)
+            return _logged_reject(method, "wrong" if presented else "missing")
         handler = await continuation(handler_call_details)
         if handler is None:
             return None

@@ -400,6 +400,16 @@ class PeerServer:
 
     stop_blocking = blocking_twin(stop)
 
+    async def close(self, grace: float | None = 5.0) -> None:
+        """:meth:`stop`, by the name the Go and Kotlin bindings use (``server.Close()``).
+
+        Raises:
+            ValidationError: ``grace`` is not a number >= 0 or None.
+        """
+        await self.stop(grace)
+
+    close_blocking = blocking_twin(close)
+
     async def _sweep(self) -> None:
         interval = min(max(self.session_refs.ref_ttl / 4, 0.05), 30.0)
         while True:

@@ -40,6 +40,7 @@ from peerflow.errors import (
     WorkflowError,
 )
 from peerflow.peer import protocol as pb
+from peerflow.peer._refusals import log_step_failure, note_refusal
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.results import (
     decode_input,
@@ -47,6 +48,7 @@ from peerflow.peer.results import (
     event_json,
     result_response,
 )
+from peerflow.peer.schemas import workflow_schemas
 from peerflow.peer.security import current_principal
 from peerflow.peer.status import NOT_STARTED, status_for
 from peerflow.refs import RegistryKey, SessionRefRegistry
@@ -178,6 +180,7 @@ class PeerService:
                 try:
                     return await fn(request, context)
                 except PeerflowError as exc:
+                    note_refusal(method, exc, context.peer())
                     await _abort(context, exc)
                     raise  # unreachable: abort raises
 
@@ -222,6 +225,7 @@ class PeerService:
                             finally:
                                 timer.cancel()
                 except PeerflowError as exc:
+                    note_refusal(method, exc, context.peer())
                     await _abort(context, exc)
 
         return handler
@@ -291,7 +295,12 @@ class PeerService:
         req = self._decode(pb.SubWorkflowRequest, request)
         _check_names(req.workflow_name, req.step_ids)
         workflow = self._workflow(req.workflow_name, req.step_ids)
-        start = decode_input(req.input_json, limit=self.limits.max_input_bytes)
+        start = decode_input(
+            req.input_json,
+            limit=self.limits.max_input_bytes,
+            start_class=workflow.start_event_class,
+            workflow=workflow.name,
+        )
         timeout: float | None = req.timeout_secs or None  # 0 defers to the default, like None
         if timeout is None:
             timeout = self.limits.default_timeout_secs
@@ -376,6 +385,7 @@ class PeerService:
                 error = None
             except WorkflowError as exc:
                 result, error, outcome = None, exc, exc.kind
+                log_step_failure(log, run.run_id, run.workflow_name, exc)
             return self._respond(run, result, error)
         except asyncio.CancelledError:
             outcome = "cancelled by caller"
@@ -534,6 +544,7 @@ class PeerService:
             workflows=workflows,
             step_ids=tuple(self.registry.step_ids()),
             extensions=EXTENSIONS,
+            schemas=workflow_schemas(self.registry),
             active_runs=self.active_runs,
             lingering_runs=self.lingering_runs,
         )

@@ -22,12 +22,17 @@ TRANSPORT                     UNAVAILABLE (other details), DEADLINE_EXCEEDED
 ============================  ==========================================================
 
 Outside the table: ``ValidationError`` ↔ INVALID_ARGUMENT on the server (the client reads
-every INVALID_ARGUMENT as an ``EncodeError``: the request was not acceptable as sent);
+an INVALID_ARGUMENT as an ``EncodeError``: the request was not acceptable as sent; except
+input that failed the workflow's typed start event, details ``invalid input for workflow
+`X`: ...``, which it reads back as a ``ValidationError`` naming the fields);
 ``UnsupportedError`` ↔ UNIMPLEMENTED (what a Blazen peer answers to a peerflow extension
 RPC); ``WorkflowCancelledError`` ↔ CANCELLED whose details say the run ``was cancelled``
-(read back with ``remote=True``; any other CANCELLED is the transport's: a
+(read back as ``RemoteWorkflowCancelledError``; any other CANCELLED is the transport's: a
 ``TransportError``);
 ``WorkflowTimeoutError`` → DEADLINE_EXCEEDED and any other error → INTERNAL on the server.
+Kind WORKFLOW (a :class:`~peerflow.errors.RemoteWorkflowError`) is not in the table: a
+run's failure travels inside an OK response, and one escaping a handler is handled as the
+``WorkflowError`` it also is.
 
 INTERNAL, UNKNOWN and every code not named above become a :class:`TransportError`
 (kind TRANSPORT) on the client. They are not ``WorkflowError``: a step failure travels
@@ -38,9 +43,8 @@ UNKNOWN for protocol failures and for exceptions escaping a handler. The request
 may not have run, so callers that retry or fail over must look at ``.code`` and treat
 only ``UNAVAILABLE`` as "never ran".
 
-``UnsupportedError`` and ``WorkflowCancelledError`` have no ``code`` attribute in the error
-tree; :func:`error_from_rpc` sets one on the instance so every error it returns carries
-``.code``.
+``UnsupportedError`` has no ``code`` attribute in the error tree; :func:`error_from_rpc`
+sets one on the instance so every error it returns carries ``.code``.
 """
 
 from __future__ import annotations
@@ -54,11 +58,13 @@ from peerflow.errors import (
     PeerError,
     PeerErrorKind,
     PeerflowError,
+    RemoteWorkflowCancelledError,
     UnsupportedError,
     ValidationError,
     WorkflowCancelledError,
     WorkflowTimeoutError,
 )
+from peerflow.peer.results import INVALID_INPUT
 
 NOT_STARTED = "the run was not started"
 """Said in the details of every refusal that happens before a run exists (the peer is
@@ -144,7 +150,7 @@ def status_for(exc: PeerflowError) -> tuple[grpc.StatusCode, str]:
         ``"unknown step id `x`"``, so Blazen clients see Blazen's wording.
     """
     details = str(exc)
-    if isinstance(exc, PeerError):
+    if isinstance(exc, PeerError) and exc.kind in STATUS_BY_KIND:
         return STATUS_BY_KIND[exc.kind], details
     if isinstance(exc, ValidationError):
         return grpc.StatusCode.INVALID_ARGUMENT, details
@@ -192,16 +198,19 @@ def error_from_rpc(
 
     result: PeerflowError
     kind = kind_for_status(code, details)
-    if kind is not None:
+    if code is grpc.StatusCode.INVALID_ARGUMENT and details.startswith(INVALID_INPUT):
+        # The input failed the workflow's typed start event: the caller's own mistake.
+        result = ValidationError(message)
+        setattr(result, "code", name)  # noqa: B010
+        setattr(result, "address", address)  # noqa: B010
+    elif kind is not None:
         result = PeerError(message, kind=kind, address=address, code=name)
     elif code is grpc.StatusCode.UNIMPLEMENTED:
         result = UnsupportedError(message)
         setattr(result, "code", name)  # noqa: B010 - no declared attribute to assign
         setattr(result, "address", address)  # noqa: B010
     elif code is grpc.StatusCode.CANCELLED and _REMOTE_CANCEL in details:
-        result = WorkflowCancelledError(message, remote=True)
-        setattr(result, "code", name)  # noqa: B010
-        setattr(result, "address", address)  # noqa: B010
+        result = RemoteWorkflowCancelledError(message, address=address, code=name)
     else:
         result = PeerError(message, kind=PeerErrorKind.TRANSPORT, address=address, code=name)
     result.__cause__ = err
