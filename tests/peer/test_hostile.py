@@ -234,7 +234,7 @@ async def test_a_run_writing_past_its_stream_buffer_fails_typed(client: PeerClie
         ):
             events += 1
             await asyncio.sleep(0.1)  # a reader slower than the step writes (the attack)
-    assert info.value.kind == "stream_overflow"
+    assert info.value.reason == "stream_overflow"
     assert "stream buffer" in str(info.value)
     assert events < 200  # it learned of the failure without draining a backlog
 
@@ -402,10 +402,10 @@ def test_two_thousand_calls_against_a_cap_of_1024_are_never_cancelled() -> None:
 async def test_asking_for_input_on_a_stream_fails_at_once_as_stalled(client: PeerClient) -> None:
     with pytest.raises(WorkflowError) as info:
         await asyncio.wait_for(_drain(client.stream_remote_workflow("ask")), GENEROUS)
-    assert info.value.kind == "stalled"
+    assert info.value.reason == "stalled"
     with pytest.raises(WorkflowError) as info:
         await client.run_remote_workflow("ask")
-    assert info.value.kind == "stalled"
+    assert info.value.reason == "stalled"
 
 
 # -- 11. exact JSON ---------------------------------------------------------------------------

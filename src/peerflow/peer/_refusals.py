@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from peerflow._text import clip
 from peerflow.errors import PeerflowError
 from peerflow.peer._bounded import BoundedDict
 
@@ -93,9 +94,9 @@ def note_refusal(method: str, error: PeerflowError, peer: str | None) -> None:
         type(error).__name__,
         caller_host(peer),
         "refused %s from %s: %s (%s)",
-        method.rsplit("/", 1)[-1],
-        peer or "unknown",
-        error,
+        clip(method.rsplit("/", 1)[-1]),
+        clip(peer or "unknown"),
+        clip(error, 300),
         status_for(error)[0].name,
     )
 
@@ -112,10 +113,10 @@ def log_step_failure(logger: logging.Logger, run_id: str, workflow: str, error: 
     logger.warning(
         "run %s workflow=%s: step %s failed after %d attempt(s): %s: %s",
         run_id,
-        workflow,
-        step_id,
+        clip(workflow),
+        clip(step_id),
         getattr(error, "attempts", 0),
         type(cause).__name__,
-        cause,
+        clip(cause, 300),  # a step's message may quote caller input: escaped, cut
         exc_info=cause if logger.isEnabledFor(logging.DEBUG) else None,
     )

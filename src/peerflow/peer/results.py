@@ -50,8 +50,8 @@ from peerflow.refs import RefDescriptor, RefLifetime, RegistryKey, SessionRefReg
 from peerflow.result import RefMap, WorkflowResult
 
 __all__ = [
-    "MAX_INPUT_DEPTH",
     "INVALID_INPUT",
+    "MAX_INPUT_DEPTH",
     "REF_MARKER",
     "ResultEncoder",
     "decode_input",
