@@ -7,17 +7,20 @@ session refs (values that stay in this process and are handed out by key).
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import math
 import threading
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import orjson
 
 from peerflow.errors import ValidationError
 from peerflow.events import Event
 from peerflow.refs import RefLifetime, RegistryKey, SessionRefRegistry
+
+E = TypeVar("E", bound=Event)
 
 if TYPE_CHECKING:
     import uuid
@@ -41,7 +44,7 @@ def current_context() -> Context | None:
 class _RunHooks(Protocol):
     """What a Context needs from the run driving it (implemented in runtime.py)."""
 
-    def send_event_threadsafe(self, event: Event) -> None: ...
+    def send_event_threadsafe(self, event: Event, step: str | None = None) -> None: ...
 
     def write_to_stream_threadsafe(self, event: Event) -> None: ...
 
@@ -156,7 +159,7 @@ class Context:
         refs: session refs of this run.
     """
 
-    __slots__ = ("_cancelled", "_run", "refs", "run_id", "session", "state", "usage")
+    __slots__ = ("_cancelled", "_collected", "_run", "refs", "run_id", "session", "state", "usage")
 
     def __init__(
         self, run: _RunHooks, run_id: str, refs: RunRefs, state: dict[str, Any] | None = None
@@ -168,6 +171,7 @@ class Context:
         self.state: dict[str, Any] = state if state is not None else {}
         self.session: dict[str, Any] = {}
         self.usage = Usage()
+        self._collected: dict[tuple[str, ...], list[Event]] = {}
 
     def get(self, key: str, default: Any = None) -> Any:
         """Read ``state[key]``, or ``default``."""
@@ -190,15 +194,93 @@ class Context:
             ) from None
         self.state[key] = value
 
-    def send_event(self, event: Event) -> None:
+    def send_event(self, event: Event, step: str | None = None) -> None:
         """Route ``event`` to the steps that accept it (callable from sync steps too).
 
+        Args:
+            event: the event.
+            step: only this step gets it (its id, or its function's name as llama-index
+                names steps); it must accept the event's type.
+
         Raises:
-            ValidationError: ``event`` is not an Event.
+            ValidationError: ``event`` is not an Event, or ``step`` does not exist or does
+                not accept it.
         """
         if not isinstance(event, Event):
             raise ValidationError(f"send_event takes an Event, got {event!r}")
-        self._run.send_event_threadsafe(event)
+        self._run.send_event_threadsafe(event, step)
+
+    def collect_events(
+        self, event: Event, expected: Sequence[type[Event] | str]
+    ) -> list[Event] | None:
+        """Fan-in: buffer ``event``; once one event of each ``expected`` type arrived, return them.
+
+        The events come back in the order of ``expected`` (a type listed twice takes two
+        events of it) and leave the buffer; until then this returns None (the step
+        returns None too, and is called again with the next event). The buffer belongs to
+        the run, keyed by ``expected``.
+
+        Raises:
+            ValidationError: ``expected`` is empty or holds something that is not an Event
+                class or an event-type name.
+        """
+        names = tuple(_event_type_name(e) for e in expected)
+        if not names:
+            raise ValidationError("collect_events needs at least one expected event type")
+        buffer = self._collected.setdefault(names, [])
+        buffer.append(event)
+        chosen: list[Event] = []
+        taken: set[int] = set()
+        for name in names:
+            index = next(
+                (i for i, e in enumerate(buffer) if i not in taken and e.event_type == name), None
+            )
+            if index is None:
+                return None
+            taken.add(index)
+            chosen.append(buffer[index])
+        self._collected[names] = [e for i, e in enumerate(buffer) if i not in taken]
+        return chosen
+
+    async def wait_for_event(
+        self,
+        event_type: type[E],
+        waiter_event: Event | None = None,
+        waiter_id: str | None = None,
+        requirements: dict[str, Any] | None = None,
+        timeout: float | None = 2000.0,  # noqa: ASYNC109 - llama-index's signature
+    ) -> E:
+        """Pause this (async) step until an event of ``event_type`` arrives, and return it.
+
+        The next event of that type whose fields equal ``requirements`` goes to this step
+        instead of to the steps that accept its type. ``waiter_event`` (e.g. an
+        ``InputRequiredEvent`` asking a person) is written to the run's stream once the
+        wait is registered, so an answer cannot arrive too early. The wait counts against
+        the run's timeout. ``waiter_id`` is accepted for llama-index parity (a waiter here
+        belongs to the awaiting call itself).
+
+        Raises:
+            ValidationError: called from a sync step, or a bad ``event_type``.
+            TimeoutError: nothing matching arrived within ``timeout`` seconds.
+        """
+        add = getattr(self._run, "add_waiter", None)
+        if add is None:
+            raise ValidationError(
+                "wait_for_event needs an async step of a running run (a def step cannot await)"
+            )
+        if not (isinstance(event_type, type) and issubclass(event_type, Event)):
+            raise ValidationError(f"wait_for_event takes an Event class, got {event_type!r}")
+        waiter = add(event_type.event_type_name, dict(requirements or {}))
+        try:
+            if waiter_event is not None:
+                self.write_event_to_stream(waiter_event)
+            async with asyncio.timeout(timeout):
+                event = await waiter
+        finally:
+            self._run.remove_waiter(waiter)  # type: ignore[attr-defined]
+        if not isinstance(event, event_type):
+            event = event_type(**event.to_dict())  # it came as a plain Event (the wire)
+        return event
 
     def write_event_to_stream(self, event: Event) -> None:
         """Publish ``event`` on the run's stream only (it is not routed).
@@ -286,7 +368,16 @@ class Context:
         view.state = self.state
         view.session = self.session
         view.usage = self.usage
+        view._collected = self._collected
         return view
 
     def _mark_cancelled(self) -> None:
         self._cancelled.set()
+
+
+def _event_type_name(item: type[Event] | str) -> str:
+    if isinstance(item, str) and item:
+        return item
+    if isinstance(item, type) and issubclass(item, Event) and item is not Event:
+        return item.event_type_name
+    raise ValidationError(f"expected an Event class or an event-type name, got {item!r}")

@@ -40,6 +40,7 @@ from peerflow.events import (
 )
 from peerflow.refs import RefDescriptor, SessionRefRegistry
 from peerflow.result import RefMap, WorkflowResult
+from peerflow.step import retry_delay
 
 if TYPE_CHECKING:
     from peerflow.step import StepSpec
@@ -168,9 +169,9 @@ class _AttemptGate:
         self.open = False
         view._mark_cancelled()
 
-    def send_event_threadsafe(self, event: Event) -> None:
+    def send_event_threadsafe(self, event: Event, step: str | None = None) -> None:
         if self.open:
-            self.run.send_event_threadsafe(event)
+            self.run.send_event_threadsafe(event, step)
 
     def write_to_stream_threadsafe(self, event: Event) -> None:
         if self.open:
@@ -182,6 +183,9 @@ class _AttemptGate:
     @property
     def outcome(self) -> object:
         return self.run.outcome
+
+
+_MISSING = object()
 
 
 class _StepRunner:
@@ -303,6 +307,7 @@ class Run:
         self.early: list[Event] | None = []  # events sent from outside before drive() began
         self.survivors: list[RefDescriptor] = []
         self.threads = 0  # sync-step calls whose thread has not returned (may outlive the run)
+        self.waiters: list[tuple[str, dict[str, Any], asyncio.Future[Event]]] = []
         self._on_threads_done: list[Callable[[], None]] = []
         self._runners: dict[str, _StepRunner] = {}
         self._routes: dict[str, list[_StepRunner]] = {}
@@ -317,15 +322,23 @@ class Run:
 
     # -- routing (loop thread only) ---------------------------------------------------
 
-    def dispatch(self, event: Event) -> None:
-        """Route ``event``: finish on StopEvent, else queue it for every accepting step."""
+    def dispatch(self, event: Event, step: str | None = None) -> None:
+        """Route ``event``: finish on StopEvent, else queue it for every accepting step.
+
+        A step waiting for it (``ctx.wait_for_event``) takes it first; with ``step``, only
+        that step gets it.
+        """
         if self.outcome is not None:
             return
         event_type = event.event_type
         if event_type == STOP_EVENT_TYPE or isinstance(event, StopEvent):
             self._finish(event)
             return
+        if self.waiters and self._to_waiter(event):
+            return
         runners = self._routes.get(event_type)
+        if step is not None:
+            runners = [r for r in runners or () if step in (r.spec.id, r.spec.fn_name)]
         if isinstance(event, InputRequiredEvent):
             self.waiting_input += 1
             if self.stream is not None:
@@ -367,23 +380,68 @@ class Run:
             WorkflowError(message, run_id=self.run_id, workflow=self.workflow_name, kind="stalled")
         )
 
-    def send_external(self, event: Event) -> None:
+    def send_external(self, event: Event, step: str | None = None) -> None:
         """Route an event that came from outside the steps (a handler, a sync step)."""
         if self.early is not None:  # before drive() dispatched the StartEvent: wait for it
-            self.early.append(event)
+            self.early.append(event)  # (a targeted early event loses its target: rare)
             return
-        self.dispatch(event)
+        self.dispatch(event, step)
         if self.pending == 0:
             self.check_stalled()
 
     # -- thread-safe hooks used by Context --------------------------------------------
 
-    def send_event_threadsafe(self, event: Event) -> None:
-        """Route ``event`` from any thread."""
+    def send_event_threadsafe(self, event: Event, step: str | None = None) -> None:
+        """Route ``event`` from any thread (to ``step`` only, when given)."""
+        if step is not None:
+            self.check_step_target(event, step)
         if threading.get_ident() == self.thread_id:
-            self.dispatch(event)
+            self.dispatch(event, step)
         else:
-            self.loop.call_soon_threadsafe(self.send_external, event)
+            self.loop.call_soon_threadsafe(self.send_external, event, step)
+
+    def check_step_target(self, event: Event, step: str) -> None:
+        """Refuse ``send_event(ev, step=...)`` to a step that does not exist or accept it.
+
+        Raises:
+            ValidationError: no such step, or it does not accept the event's type.
+        """
+        for runner in self._runners.values():
+            if step in (runner.spec.id, runner.spec.fn_name):
+                if event.event_type not in runner.spec.accepts:
+                    raise ValidationError(
+                        f"step `{step}` does not accept {event.event_type} "
+                        f"(it accepts {', '.join(runner.spec.accepts)})"
+                    )
+                return
+        raise ValidationError(f"workflow `{self.workflow_name}` has no step `{step}`")
+
+    # -- waiting for an event (ctx.wait_for_event) -----------------------------------------
+
+    def add_waiter(self, event_type: str, requirements: dict[str, Any]) -> asyncio.Future[Event]:
+        """A future resolved with the next event of ``event_type`` matching ``requirements``.
+
+        Such an event goes to the waiter instead of the steps that accept its type.
+        """
+        waiter: asyncio.Future[Event] = self.loop.create_future()
+        self.waiters.append((event_type, requirements, waiter))
+        return waiter
+
+    def remove_waiter(self, waiter: asyncio.Future[Event]) -> None:
+        """Forget ``waiter`` (it was answered, timed out or its step was cancelled)."""
+        self.waiters = [w for w in self.waiters if w[2] is not waiter]
+
+    def _to_waiter(self, event: Event) -> bool:
+        for event_type, requirements, waiter in self.waiters:
+            if event.event_type != event_type or waiter.done():
+                continue
+            if all(getattr(event, k, _MISSING) == v for k, v in requirements.items()):
+                if isinstance(event, HumanResponseEvent) and self.waiting_input:
+                    self.waiting_input -= 1
+                waiter.set_result(event)
+                self.remove_waiter(waiter)
+                return True
+        return False
 
     def write_to_stream_threadsafe(self, event: Event) -> None:
         """Put ``event`` on the stream from any thread."""
@@ -408,6 +466,7 @@ class Run:
         """Run one step on one event, with retries and timeout; route what it returns."""
         cls = spec.accept_classes.get(event.event_type) if spec.accept_classes else None
         attempt = 0
+        started = self.loop.time() if spec.retry_policy is not None else 0.0
         while True:
             attempt += 1
             try:
@@ -431,7 +490,22 @@ class Run:
                 self.fail(self._step_error(spec, attempt, exc))
                 return
             except Exception as exc:
-                if attempt <= spec.retries:
+                if spec.retry_policy is not None:
+                    try:
+                        delay = retry_delay(
+                            spec.retry_policy,
+                            exc,
+                            attempt,
+                            self.loop.time() - started,
+                            spec.retry_backoff,
+                        )
+                    except Exception as policy_error:
+                        self.fail(self._step_error(spec, attempt, policy_error))
+                        return
+                    if delay is not None:
+                        await asyncio.sleep(delay)
+                        continue
+                elif attempt <= spec.retries:
                     await asyncio.sleep(spec.retry_backoff * (2 ** (attempt - 1)))
                     continue
                 self.fail(self._step_error(spec, attempt, exc))
@@ -677,7 +751,7 @@ class _EndedRun:
 
     __slots__ = ()
 
-    def send_event_threadsafe(self, event: Event) -> None:
+    def send_event_threadsafe(self, event: Event, step: str | None = None) -> None:
         """Ignore ``event``: the run has ended."""
 
     def write_to_stream_threadsafe(self, event: Event) -> None:
@@ -698,6 +772,19 @@ _ENDED = _EndedRun()
 async def _traced_drive(run: Run) -> WorkflowResult:
     with telemetry.run_span(run.workflow_name, run.run_id):
         return await run.drive()
+
+
+class _Sent:
+    """What ``send_event`` returns: nothing to wait for, but awaitable (llama-index parity)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator
+
+
+_SENT = _Sent()
 
 
 class WorkflowHandler:
@@ -765,10 +852,12 @@ class WorkflowHandler:
         if error is not None:
             raise error
 
-    def send_event(self, event: Event) -> None:
+    def send_event(self, event: Event, step: str | None = None) -> _Sent:
         """Send an event into the run from outside (e.g. a ``HumanResponseEvent``).
 
-        Safe to call from any thread.
+        Safe to call from any thread. A plain call; ``await handler.send_event(...)``
+        works too (llama-index's handler has an async one). With ``step``, only that step
+        gets it (see :meth:`Context.send_event`).
 
         Raises:
             ValidationError: ``event`` is not an Event, or the run has ended.
@@ -778,10 +867,17 @@ class WorkflowHandler:
         if self._task.done() or self._run.outcome is not None:
             raise ValidationError(f"run {self.run_id} has ended; it accepts no more events")
         run = self._run
+        if step is not None:
+            run.check_step_target(event, step)
         if threading.get_ident() == run.thread_id:
-            run.send_external(event)
+            run.send_external(event, step)
         else:
-            run.loop.call_soon_threadsafe(run.send_external, event)
+            run.loop.call_soon_threadsafe(run.send_external, event, step)
+        return _SENT
+
+    async def cancel_run(self) -> None:
+        """Alias of :meth:`cancel` (llama-index's name)."""
+        await self.cancel()
 
     async def cancel(self) -> None:
         """Cancel the run and wait until its steps have stopped (idempotent).

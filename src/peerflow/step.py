@@ -28,9 +28,15 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, overload
 
 from peerflow.errors import ValidationError
-from peerflow.events import STOP_EVENT_TYPE, Event, StartEvent, StopEvent
+from peerflow.events import STOP_EVENT_TYPE, Event, InputRequiredEvent, StartEvent, StopEvent
 
-__all__ = ["StepSpec", "as_step", "step"]
+__all__ = [
+    "RetryPolicy",
+    "StepSpec",
+    "as_step",
+    "retry_delay",
+    "step",
+]
 
 StepFn = Callable[..., Any]
 
@@ -51,6 +57,10 @@ class StepSpec:
         retry_backoff: seconds before the first retry; doubled for each further retry.
         timeout: seconds one attempt may take, or None.
         is_async: whether ``fn`` is a coroutine function.
+        retry_policy: decides retries instead of ``retries``/``retry_backoff`` when set (see
+            :func:`step`).
+        returns: event-type names of the step's return annotation (checked at build time:
+            some step must accept each, unless it ends the run or asks for input).
     """
 
     fn: StepFn
@@ -63,11 +73,18 @@ class StepSpec:
     retry_backoff: float
     timeout: float | None
     is_async: bool
+    retry_policy: RetryPolicy | None = None
+    returns: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
         """The step id: ``name`` when given, else the function's qualified name."""
         return self.name or _qualname(self.fn)
+
+    @property
+    def fn_name(self) -> str:
+        """The function's own name (what llama-index calls a step: ``step="review"``)."""
+        return str(getattr(self.fn, "__name__", "") or self.id)
 
     def with_name(self, name: str) -> StepSpec:
         """A copy of this step under another id.
@@ -89,6 +106,7 @@ class StepSpec:
             and self.retries == other.retries
             and self.retry_backoff == other.retry_backoff
             and self.timeout == other.timeout
+            and self.retry_policy is other.retry_policy
         )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -115,6 +133,7 @@ def step(
     retries: int = 0,
     retry_backoff: float = 0.1,
     timeout: float | None = None,
+    retry_policy: RetryPolicy | None = None,
 ) -> Callable[[StepFn], StepSpec]: ...
 
 
@@ -129,6 +148,7 @@ def step(
     retries: int = 0,
     retry_backoff: float = 0.1,
     timeout: float | None = None,
+    retry_policy: RetryPolicy | None = None,
 ) -> StepSpec | Callable[[StepFn], StepSpec]:
     """Make a step from ``fn(ctx, ev)``; usable bare (``@step``) or with options.
 
@@ -141,6 +161,10 @@ def step(
         retries: extra attempts after a failure (>= 0).
         retry_backoff: seconds before the first retry, doubled each time (>= 0).
         timeout: seconds one attempt may take (> 0), or None.
+        retry_policy: decides each retry instead of ``retries``: either a function
+            ``(error, attempt) -> bool | float | None`` (True: retry after the backoff; a
+            number: retry after that many seconds; False/None: fail now), or an object with
+            llama-index's ``next(elapsed_time, attempts, error) -> float | None``.
 
     Returns:
         A :class:`StepSpec`, or a decorator making one.
@@ -150,7 +174,15 @@ def step(
     """
 
     def build(f: StepFn) -> StepSpec:
-        return _build(f, accepts, emits, name, num_workers, retries, retry_backoff, timeout)
+        spec = _build(f, accepts, emits, name, num_workers, retries, retry_backoff, timeout)
+        if retry_policy is None:
+            return spec
+        if not callable(retry_policy) and not callable(getattr(retry_policy, "next", None)):
+            raise ValidationError(
+                f"step {spec.id}: retry_policy must be a function (error, attempt) or have "
+                f"next(elapsed_time, attempts, error), got {retry_policy!r}"
+            )
+        return dataclasses.replace(spec, retry_policy=retry_policy)
 
     if fn is not None:
         return build(fn)
@@ -222,7 +254,65 @@ def _build(
         retry_backoff=float(retry_backoff),
         timeout=float(timeout) if timeout is not None else None,
         is_async=_is_async_callable(fn),
+        returns=tuple(
+            dict.fromkeys(
+                c.event_type_name
+                for c in _returned_classes(fn)
+                if not issubclass(c, StopEvent | InputRequiredEvent)  # they need no step
+            )
+        ),
     )
+
+
+def _returned_classes(fn: StepFn) -> list[type[Event]]:
+    """The Event classes of ``fn``'s return annotation (``A | B | None``, ``list[A]``).
+
+    Unresolvable or generic annotations (``Event``, ``Any``) give nothing to check.
+    """
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn).__call__
+    try:
+        hint = typing.get_type_hints(target).get("return")
+    except Exception:  # a class local to the defining function: resolve it as accepts does
+        try:
+            raw = inspect.signature(target).return_annotation
+            hint = None if raw is inspect.Signature.empty else _resolve_one(target, raw)
+        except (ValidationError, TypeError, ValueError):
+            return []
+    found: list[type[Event]] = []
+    pending = [hint]
+    while pending:
+        item = pending.pop()
+        if _is_union(item) or typing.get_origin(item) in (list, tuple):
+            pending.extend(typing.get_args(item))
+        elif isinstance(item, type) and issubclass(item, Event) and item is not Event:
+            found.append(item)
+    return found
+
+
+class RetryPolicy(typing.Protocol):
+    """Decides whether (and after how long) a failed step runs again."""
+
+    def __call__(self, error: Exception, attempt: int, /) -> bool | float | None:
+        """Whether to retry after ``attempt`` failed with ``error`` (seconds, True, or no)."""
+
+
+def retry_delay(
+    policy: Any, error: Exception, attempt: int, elapsed: float, backoff: float
+) -> float | None:
+    """Seconds to wait before retrying, or None to fail now (``attempt`` failed, 1-based).
+
+    Raises:
+        ValidationError: the policy returned something that is not a bool, number or None.
+    """
+    nxt = getattr(policy, "next", None)
+    verdict: object = nxt(elapsed, attempt, error) if callable(nxt) else policy(error, attempt)
+    if verdict is None or verdict is False:
+        return None
+    if verdict is True:
+        return float(backoff * 2 ** (attempt - 1))
+    if isinstance(verdict, int | float) and 0 <= verdict < math.inf:
+        return float(verdict)
+    raise ValidationError(f"retry_policy returned {verdict!r}; expected a bool, seconds or None")
 
 
 def _names(

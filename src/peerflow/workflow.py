@@ -127,6 +127,12 @@ class Workflow:
                         f"workflow `{self.name}`: step `{spec.id}` emits `{emitted}` but no "
                         "step accepts it"
                     )
+            for returned in spec.returns:
+                if returned not in routes:
+                    raise ValidationError(
+                        f"workflow `{self.name}`: step `{spec.id}` returns `{returned}` (its "
+                        "return annotation) but no step accepts it; the run would stall there"
+                    )
         return {k: tuple(v) for k, v in routes.items()}
 
     @property
@@ -145,9 +151,32 @@ class Workflow:
     def start_event(self, fields: dict[str, Any]) -> StartEvent:
         """The run's start event built from ``fields``, validated against its class.
 
+        ``start_event=`` passes a ready event instead (llama-index's ``run(start_event=...)``);
+        llama-index's other ``run()`` keywords (``ctx``, ``run_id``, ...) are refused rather
+        than silently turned into fields.
+
         Raises:
-            ValidationError: a field is missing or invalid (the message names it).
+            ValidationError: a field is missing or invalid (the message names it), a
+                reserved keyword, or a ``start_event`` that is not the workflow's start
+                event class.
         """
+        reserved = sorted(RESERVED_RUN_KEYWORDS & fields.keys())
+        if reserved:
+            raise ValidationError(
+                f"run() of workflow `{self.name}`: {', '.join(reserved)} is reserved, not a "
+                "start-event field (peerflow has no ctx=/run_id= on run(): a run's state "
+                "starts empty and its id is made for it)"
+            )
+        if "start_event" in fields:
+            event = fields["start_event"]
+            if len(fields) > 1:
+                raise ValidationError("run(start_event=...) takes no other keyword fields")
+            if not isinstance(event, self.start_event_class):
+                raise ValidationError(
+                    f"start_event must be a {self.start_event_class.__name__}, got "
+                    f"{type(event).__name__}"
+                )
+            return event
         return self.start_event_class(**fields)
 
     def same_workflow(self, other: Workflow) -> bool:
@@ -270,6 +299,10 @@ class Workflow:
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name} steps={list(self.step_ids)}>"
+
+
+RESERVED_RUN_KEYWORDS = frozenset({"ctx", "context", "run_id", "stepwise", "checkpoint_callback"})
+"""``run()`` keywords llama-index users type that are not start-event fields here."""
 
 
 def _check_timeout(timeout: float | None, where: str) -> float | None:

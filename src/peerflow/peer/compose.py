@@ -62,6 +62,8 @@ def remote_step(
     timeout_secs: float | None = None,
     retries: int = 0,
     keep_remote_refs: bool = False,
+    emits: type[Event] | None = None,
+    merge_state: bool = False,
 ) -> StepSpec:
     """A step that runs ``workflow_name`` on a peer (or a pool) and returns its StopEvent.
 
@@ -77,6 +79,11 @@ def remote_step(
         keep_remote_refs: keep all the remote run's refs after the parent run ends (they
             then live until released or their lease expires). Without it, the refs that
             reached the parent's result are kept and the others released.
+        emits: the event the remote result becomes, so the parent goes on (a step in the
+            middle of a graph): a dict result fills its fields, any other result its
+            ``result`` field. Without it the step returns a ``StopEvent``: it ends the
+            parent run with the remote result.
+        merge_state: merge the remote run's exported state into the parent's ``ctx.state``.
 
     Returns:
         A :class:`~peerflow.step.StepSpec`.
@@ -84,13 +91,17 @@ def remote_step(
     Raises:
         ValidationError: bad arguments.
     """
+    if emits is not None and not (
+        isinstance(emits, type) and issubclass(emits, Event) and emits is not Event
+    ):
+        raise ValidationError(f"emits must be an Event subclass, got {emits!r}")
     if not hasattr(client, "stream_remote_workflow"):
         raise ValidationError(f"remote_step needs a PeerClient or PeerPool, got {client!r}")
     if not isinstance(workflow_name, str) or not workflow_name:
         raise ValidationError(f"workflow_name must be a non-empty string, got {workflow_name!r}")
     ids = tuple(step_ids)
 
-    async def run_remote(ctx: Context, ev: Event) -> StopEvent:
+    async def run_remote(ctx: Context, ev: Event) -> Event:
         result: WorkflowResult | None = None
         stream = client.stream_remote_workflow(
             workflow_name, ids, _payload(ev), timeout_secs=timeout_secs
@@ -110,14 +121,37 @@ def remote_step(
         # made inside a step rolls its usage into the step's run (peerflow.context).
         if result.remote_refs and not keep_remote_refs:
             ctx.on_run_end(_releaser(ctx, result))
-        return StopEvent(result=result.result)
+        if merge_state:
+            for key, value in result.state.items():
+                ctx.state[key] = value  # as the remote run exported it (JSON, or a ref)
+        if emits is None:
+            return StopEvent(result=result.result)
+        return _as_event(emits, result.result, workflow_name)
 
     run_remote.__qualname__ = f"remote_step[{workflow_name}]"
+    if emits is not None:
+        run_remote.__annotations__["return"] = emits  # checked when the Workflow is built
     return step(
         accepts=list(accepts) if accepts is not None else [StartEvent],
         name=name or f"remote:{workflow_name}",
         retries=retries,
     )(run_remote)
+
+
+def _as_event(cls: type[Event], value: Any, workflow_name: str) -> Event:
+    """The remote result as ``cls``: a dict fills its fields, else its ``result`` field.
+
+    Raises:
+        ValidationError: the result does not fit ``cls`` (naming the fields).
+    """
+    try:
+        if isinstance(value, dict) and "result" not in cls.model_fields:
+            return cls(**value)
+        return cls(result=value)
+    except ValidationError as exc:
+        raise ValidationError(
+            f"remote workflow `{workflow_name}`'s result does not make a {cls.__name__}: {exc}"
+        ) from None
 
 
 def _payload(ev: Event) -> dict[str, Any]:
