@@ -127,8 +127,11 @@ def test_register_workflow_bad_input(registry: Registry) -> None:
 
 
 def test_unregister(registry: Registry) -> None:
-    registry.register_workflow(Workflow("halve", [begin.with_name("app::begin")]))
+    registry.register_workflow(
+        Workflow("halve", [begin.with_name("app::begin"), finish.with_name("app::finish")])
+    )
     registry.unregister(step_id="app::begin", workflow="halve")
+    registry.unregister(step_id="app::finish", workflow="never")
     registry.unregister(step_id="never", workflow="never")
     assert registry.step_ids() == []
     assert registry.workflows() == {}
