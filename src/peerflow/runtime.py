@@ -18,7 +18,7 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from peerflow import telemetry
 from peerflow.context import _CURRENT, Context, RunRefs
@@ -42,11 +42,29 @@ from peerflow.result import RefMap, WorkflowResult
 if TYPE_CHECKING:
     from peerflow.step import StepSpec
 
-__all__ = ["Run", "WorkflowHandler"]
+__all__ = ["Journal", "Run", "WorkflowHandler"]
 
 log = logging.getLogger("peerflow")
 
 Finalizer = Callable[[], Awaitable[None]]
+
+
+class Journal(Protocol):
+    """What a durable run's journal (:mod:`peerflow.store`) hooks into; None: not durable."""
+
+    def begin(self, run: Run) -> None:
+        """Start the run: dispatch its StartEvent, or redeliver what a resume left pending."""
+
+    def observe(self, event: Event) -> None:
+        """An event is being routed (stamps events that came from outside a step's return)."""
+
+    def attempt(self, spec: StepSpec, event: Event, attempt: int) -> None:
+        """A step attempt begins (in the worker's task)."""
+
+    async def completed(
+        self, run: Run, spec: StepSpec, event: Event, outputs: list[Event], attempt: int
+    ) -> None:
+        """A step completed with ``outputs``: persist it before they are routed."""
 
 
 class _Stream:
@@ -208,8 +226,10 @@ class Run:
         principal: str,
         streaming: bool,
         run_id: str | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.journal = journal
         self.thread_id = threading.get_ident()
         self.workflow_name = workflow_name
         self.run_id = run_id or str(uuid.uuid4())
@@ -243,6 +263,8 @@ class Run:
         """Route ``event``: finish on StopEvent, else queue it for every accepting step."""
         if self.outcome is not None:
             return
+        if self.journal is not None:
+            self.journal.observe(event)
         event_type = event.event_type
         if event_type == STOP_EVENT_TYPE or isinstance(event, StopEvent):
             self._finish(event)
@@ -260,6 +282,13 @@ class Run:
                 runner.submit(event)
         elif not isinstance(event, InputRequiredEvent):
             self.dropped.append(event_type)
+
+    def redeliver(self, event: Event, step_id: str) -> None:
+        """Queue ``event`` for the step ``step_id`` only (a resumed run's pending work)."""
+        runner = self._runners.get(step_id)
+        if runner is not None and self.outcome is None:
+            self.pending += 1
+            runner.submit(event)
 
     def check_stalled(self) -> None:
         """Fail the run when it can make no more progress."""
@@ -328,6 +357,8 @@ class Run:
         attempt = 0
         while True:
             attempt += 1
+            if self.journal is not None:
+                self.journal.attempt(spec, event, attempt)
             try:
                 if cls is not None and not isinstance(event, cls):
                     event = cls(**event.to_dict())
@@ -364,6 +395,8 @@ class Run:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 return
+        if self.journal is not None and not await self._journal(spec, event, output, attempt):
+            return
         if output is None:
             return
         if isinstance(output, Event):
@@ -383,6 +416,24 @@ class Run:
                 workflow=self.workflow_name,
             )
         )
+
+    async def _journal(self, spec: StepSpec, event: Event, output: Any, attempt: int) -> bool:
+        """Persist a completed step before its outputs are routed; False: the run failed."""
+        assert self.journal is not None
+        if output is None:
+            outputs: list[Event] = []
+        elif isinstance(output, Event):
+            outputs = [output]
+        elif isinstance(output, list | tuple) and all(isinstance(e, Event) for e in output):
+            outputs = list(output)
+        else:
+            return True  # not events: execute() fails the run with its usual message
+        try:
+            await self.journal.completed(self, spec, event, outputs, attempt)
+        except PeerflowError as exc:
+            self.fail(self._step_error(spec, attempt, exc))
+            return False
+        return True
 
     async def _invoke(self, spec: StepSpec, event: Event) -> Any:
         ctx = self.ctx
@@ -455,7 +506,10 @@ class Run:
 
     async def drive(self) -> WorkflowResult:
         """Start the run, wait for its outcome, stop every step, return or raise."""
-        self.dispatch(self.start_event)
+        if self.journal is None:
+            self.dispatch(self.start_event)
+        else:
+            self.journal.begin(self)
         early, self.early = self.early, None
         for event in early or ():
             self.send_external(event)

@@ -20,7 +20,7 @@ from peerflow.events import (
 from peerflow.refs import ANONYMOUS, SessionRefRegistry
 from peerflow.registry import Registry, default_registry
 from peerflow.result import WorkflowResult
-from peerflow.runtime import Run, WorkflowHandler
+from peerflow.runtime import Journal, Run, WorkflowHandler
 from peerflow.step import StepFn, StepSpec, as_step
 
 __all__ = ["Workflow", "default_session_refs"]
@@ -171,6 +171,7 @@ class Workflow:
         session_refs: SessionRefRegistry | None = None,
         principal: str = ANONYMOUS,
         run_id: str | None = None,
+        journal: Journal | None = None,
     ) -> Run:
         return Run(
             workflow_name=self.name,
@@ -187,6 +188,7 @@ class Workflow:
             principal=principal,
             streaming=streaming,
             run_id=run_id,
+            journal=journal,
         )
 
     async def run(self, /, **fields: Any) -> WorkflowResult:

@@ -1,0 +1,71 @@
+"""Helpers for the store tests: the chain app in a child process, killed with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from clitools import cli_env, read_line
+
+APPS = Path(__file__).resolve().parent / "apps"
+CHAIN_STEPS = 10
+CHAIN_RESULT = sum(range(1, CHAIN_STEPS + 1))
+
+
+def chain(url: str, run_id: str, log: Path, pause_at: int = 0) -> subprocess.Popen[str]:
+    """Start the chain app on ``run_id``; it pauses in step ``pause_at`` (0: never)."""
+    return subprocess.Popen(
+        [sys.executable, str(APPS / "chain_app.py"), url, run_id, str(log), str(pause_at)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=cli_env(),
+    )
+
+
+def kill_when_paused(proc: subprocess.Popen[str], pause_at: int) -> None:
+    """Wait for the child's ``paused K`` line, then SIGKILL it and reap it."""
+    line = read_line(proc, timeout=60)
+    if line.strip() != f"paused {pause_at}":
+        proc.kill()
+        _out, err = proc.communicate()
+        raise AssertionError(f"child did not pause at {pause_at}: {line!r}\n{err[-3000:]}")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _close(proc)
+
+
+def finish(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    """Wait for the child to print its result and exit 0."""
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def _close(proc: subprocess.Popen[str]) -> None:
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def counts(log: Path) -> tuple[Counter[int], Counter[int]]:
+    """How often each step started and finished its side effect."""
+    started: Counter[int] = Counter()
+    done: Counter[int] = Counter()
+    if log.exists():
+        for line in log.read_text().splitlines():
+            what, k = line.split()
+            (started if what == "start" else done)[int(k)] += 1
+    return started, done
+
+
+def last_done(log: Path) -> int:
+    """The highest step whose side effect finished (0: none)."""
+    _started, done = counts(log)
+    return max(done, default=0)
