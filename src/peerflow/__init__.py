@@ -22,6 +22,8 @@ from peerflow.errors import (
     RefNotFoundError,
     RefPermissionError,
     ResourceExhaustedError,
+    RunNotFoundError,
+    StoreError,
     TlsError,
     TransportError,
     UnknownStepError,
@@ -29,6 +31,7 @@ from peerflow.errors import (
     UnsupportedError,
     ValidationError,
     WorkflowCancelledError,
+    WorkflowChangedError,
     WorkflowError,
     WorkflowTimeoutError,
 )
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
     from peerflow.peer.pool import PeerPool
     from peerflow.peer.security import load_client_tls, load_server_tls
     from peerflow.peer.server import PeerServer
+    from peerflow.store import open_store
 
 __all__ = [
     "AuthError",
@@ -68,9 +72,11 @@ __all__ = [
     "RegistryKey",
     "RemoteRef",
     "ResourceExhaustedError",
+    "RunNotFoundError",
     "SessionRefRegistry",
     "StartEvent",
     "StopEvent",
+    "StoreError",
     "TlsError",
     "TransportError",
     "UnknownStepError",
@@ -79,6 +85,7 @@ __all__ = [
     "ValidationError",
     "Workflow",
     "WorkflowCancelledError",
+    "WorkflowChangedError",
     "WorkflowError",
     "WorkflowHandler",
     "WorkflowResult",
@@ -87,6 +94,7 @@ __all__ = [
     "default_registry",
     "load_client_tls",
     "load_server_tls",
+    "open_store",
     "register_serializer",
     "register_step",
     "register_workflow",
@@ -102,6 +110,7 @@ _LAZY = {
     "remote_step": "peerflow.peer.compose",
     "load_client_tls": "peerflow.peer.security",
     "load_server_tls": "peerflow.peer.security",
+    "open_store": "peerflow.store",
 }
 
 
