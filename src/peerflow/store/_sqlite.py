@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from peerflow.errors import StoreError
-from peerflow.store._sql import SqlBackend
+from peerflow.store._sql import SCHEMA, SqlBackend
 
 __all__ = ["SqliteBackend"]
 
@@ -65,30 +65,13 @@ class SqliteBackend(SqlBackend):
         try:
             self._conn.execute("PRAGMA journal_mode=WAL").fetchall()
             self._conn.execute(f"PRAGMA synchronous={synchronous}")
-            self._run_sync(self._schema)
-        except BaseException:
+            self._conn.execute("BEGIN IMMEDIATE")
+            for statement in SCHEMA:
+                self._conn.execute(statement)
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
             self._conn.close()
-            raise
-
-    def _schema(self, conn: sqlite3.Connection) -> None:
-        from peerflow.store._sql import SCHEMA
-
-        for statement in SCHEMA:
-            conn.execute(statement)
-
-    def _run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    value = fn(self._conn)
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-                self._conn.execute("COMMIT")
-                return value
-            except sqlite3.Error as exc:
-                raise self._error(exc) from None
+            raise self._error(exc) from None
 
     def _error(self, exc: sqlite3.Error) -> StoreError:
         text = str(exc)
