@@ -41,6 +41,7 @@ from peerflow.peer import protocol as pb
 from peerflow.peer._bounded import BoundedDict
 from peerflow.peer.address import Target, parse_target
 from peerflow.peer.framing import frame, unframe
+from peerflow.peer.named import check_run_id, with_run_id
 from peerflow.peer.results import encode_input, response_to_result
 from peerflow.peer.security import ClientTls, bearer_metadata, resolve_token
 from peerflow.peer.service import BLAZEN, EXTENSION
@@ -438,12 +439,18 @@ class PeerClient:
         return error_from_rpc(exc, address=self.address, method=method)
 
     async def _unary(
-        self, call: Any, method: str, payload: bytes, deadline: float | None = None
+        self,
+        call: Any,
+        method: str,
+        payload: bytes,
+        deadline: float | None = None,
+        run_id: str | None = None,
     ) -> memoryview:
         self._check_open()
         with telemetry.client_rpc_span(method, self.address):
             try:
-                reply = await call(frame(payload), metadata=self._call_metadata(), timeout=deadline)
+                metadata = with_run_id(self._call_metadata(), run_id)
+                reply = await call(frame(payload), metadata=metadata, timeout=deadline)
             except grpc.RpcError as exc:
                 raise self._error(exc, method) from exc
         return unframe(reply)
@@ -494,7 +501,11 @@ class PeerClient:
     # -- workflows -----------------------------------------------------------------------
 
     async def invoke_sub_workflow(
-        self, request: pb.SubWorkflowRequest, *, deadline: float | None = None
+        self,
+        request: pb.SubWorkflowRequest,
+        *,
+        deadline: float | None = None,
+        run_id: str | None = None,
     ) -> pb.SubWorkflowResponse:
         """Send a raw ``SubWorkflowRequest`` and return the raw response envelope.
 
@@ -511,7 +522,7 @@ class PeerClient:
         method = BLAZEN + "InvokeSubWorkflow"
         if deadline is None and request.timeout_secs is not None:
             deadline = _grpc_deadline(request.timeout_secs)
-        reply = await self._unary(self._invoke, method, request.encode(), deadline)
+        reply = await self._unary(self._invoke, method, request.encode(), deadline, run_id)
         try:
             return _accounted(pb.SubWorkflowResponse.decode(reply))
         except EncodeError as exc:
@@ -529,6 +540,7 @@ class PeerClient:
         *,
         input_json: str | bytes | None = None,
         timeout_secs: float | None = None,
+        run_id: str | None = None,
     ) -> WorkflowResult:
         """Run a workflow on the peer and return its result.
 
@@ -539,6 +551,9 @@ class PeerClient:
             input_json: the same, already encoded as a JSON object.
             timeout_secs: bounds the run on the peer (it is cancelled there); positive
                 sub-second values round up to 1; None defers to the peer's default.
+            run_id: an idempotency key: the peer runs the work once per key, and a
+                repeated call attaches to the run in flight or returns its stored result
+                (a peer with a store keeps it across restarts; without one, in memory).
 
         Returns:
             The remote run's result: ``result``, ``state``, usage totals, ``run_id`` and
@@ -552,7 +567,8 @@ class PeerClient:
             ValidationError: bad arguments.
         """
         request, deadline = self._request(workflow_name, step_ids, input, input_json, timeout_secs)
-        response = await self.invoke_sub_workflow(request, deadline=deadline)
+        check_run_id(run_id)
+        response = await self.invoke_sub_workflow(request, deadline=deadline, run_id=run_id)
         return response_to_result(
             response, workflow=workflow_name, address=self.address, make_ref=self._make_ref
         )
@@ -567,6 +583,7 @@ class PeerClient:
         *,
         input_json: str | bytes | None = None,
         timeout_secs: float | None = None,
+        run_id: str | None = None,
     ) -> AsyncGenerator[Event | WorkflowResult, None]:
         """Run a workflow on the peer, yielding its stream events, then its result.
 
@@ -574,7 +591,8 @@ class PeerClient:
         :class:`WorkflowResult`.
 
         Falls back to :meth:`run_remote_workflow` (yielding only the result) when the
-        peer does not implement streaming (a Blazen peer).
+        peer does not implement streaming (a Blazen peer). With a ``run_id`` (see
+        :meth:`run_remote_workflow`) only the result is yielded.
 
         Raises:
             WorkflowError: the remote run failed, after the events streamed before.
@@ -582,12 +600,15 @@ class PeerClient:
                 :meth:`run_remote_workflow`.
         """
         request, deadline = self._request(workflow_name, step_ids, input, input_json, timeout_secs)
+        check_run_id(run_id)
         self._check_open()
         method = BLAZEN + "StreamSubWorkflowEvents"
         scope = telemetry.client_rpc_span(method, self.address)
         with scope:
             call = self._stream(
-                frame(request.encode()), metadata=self._call_metadata(), timeout=deadline
+                frame(request.encode()),
+                metadata=with_run_id(self._call_metadata(), run_id),
+                timeout=deadline,
             )
             scope.release_current()  # not the consumer's current span across our yields
             try:
@@ -611,6 +632,7 @@ class PeerClient:
                         input,
                         input_json=input_json,
                         timeout_secs=timeout_secs,
+                        run_id=run_id,
                     )
                     return
                 raise error from exc

@@ -650,6 +650,7 @@ class PeerPool:
         *,
         input_json: str | bytes | None = None,
         timeout_secs: float | None = None,
+        run_id: str | None = None,
     ) -> WorkflowResult:
         """Run a workflow on a capable, healthy peer and return its result.
 
@@ -659,6 +660,7 @@ class PeerPool:
             input: the start event's fields (JSON-serializable).
             input_json: the same, already encoded as a JSON object.
             timeout_secs: bounds the run on the peer (see ``PeerClient``).
+            run_id: an idempotency key (see ``PeerClient.run_remote_workflow``).
 
         Returns:
             The remote run's result; its ``remote_refs`` stay bound to the peer that ran it.
@@ -675,7 +677,12 @@ class PeerPool:
             workflow_name,
             ids,
             lambda client: client.run_remote_workflow(
-                workflow_name, ids, input, input_json=input_json, timeout_secs=timeout_secs
+                workflow_name,
+                ids,
+                input,
+                input_json=input_json,
+                timeout_secs=timeout_secs,
+                run_id=run_id,
             ),
         )
         self._remember(peer, iter(result.remote_refs))
@@ -691,6 +698,7 @@ class PeerPool:
         *,
         input_json: str | bytes | None = None,
         timeout_secs: float | None = None,
+        run_id: str | None = None,
     ) -> AsyncGenerator[Event | WorkflowResult, None]:
         """Run a workflow on a capable peer, yielding its stream events, then its result.
 
@@ -710,7 +718,12 @@ class PeerPool:
                 raise self._no_peer_error(workflow_name, ids, tried)
             assert peer.client is not None
             stream = peer.client.stream_remote_workflow(
-                workflow_name, ids, input, input_json=input_json, timeout_secs=timeout_secs
+                workflow_name,
+                ids,
+                input,
+                input_json=input_json,
+                timeout_secs=timeout_secs,
+                run_id=run_id,
             )
             started = False
             peer.in_flight += 1

@@ -8,6 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from peerflow.errors import ValidationError
+from peerflow.refs import ANONYMOUS, SessionRefRegistry
 from peerflow.result import WorkflowResult
 from peerflow.store._records import RunInfo, RunStatus
 from peerflow.store._store import Handler, SqlRunStore, StoreOptions
@@ -19,7 +20,13 @@ __all__ = ["RunStore", "open_store"]
 @runtime_checkable
 class RunStore(Protocol):
     """What a durable run store offers; :class:`~peerflow.store.SqlRunStore` implements it
-    for SQLite and PostgreSQL, other backends may too."""
+    for SQLite and PostgreSQL, other backends may too.
+
+    Attributes:
+        session_refs: the registry its runs' ``ctx.refs`` use (None: the process-wide one).
+    """
+
+    session_refs: SessionRefRegistry | None
 
     async def run(
         self,
@@ -28,6 +35,7 @@ class RunStore(Protocol):
         *,
         run_id: str | None = None,
         timeout: float | None = None,
+        principal: str = ANONYMOUS,
     ) -> WorkflowResult:
         """Run durably (or return a finished run's stored result)."""
         ...
@@ -39,6 +47,7 @@ class RunStore(Protocol):
         *,
         run_id: str | None = None,
         timeout: float | None = None,
+        principal: str = ANONYMOUS,
     ) -> Handler:
         """Start, attach to or resume a durable run; its handler."""
         ...

@@ -26,6 +26,7 @@ from peerflow.errors import (
     WorkflowCancelledError,
 )
 from peerflow.events import Event, StartEvent
+from peerflow.refs import ANONYMOUS, SessionRefRegistry
 from peerflow.result import WorkflowResult
 from peerflow.runtime import WorkflowHandler
 from peerflow.store._journal import RunJournal
@@ -161,6 +162,8 @@ class SqlRunStore:
         self._journals: dict[str, RunJournal] = {}
         self._renewer: asyncio.Task[None] | None = None
         self._closed = False
+        #: the session-ref registry of the runs (a PeerServer sets its own); None: default
+        self.session_refs: SessionRefRegistry | None = None
 
     @property
     def url(self) -> str:
@@ -176,6 +179,7 @@ class SqlRunStore:
         *,
         run_id: str | None = None,
         timeout: float | None = None,
+        principal: str = ANONYMOUS,
     ) -> WorkflowResult:
         """Run ``workflow`` durably to completion.
 
@@ -189,7 +193,9 @@ class SqlRunStore:
             StoreError: the store failed.
             ValidationError: bad arguments, or the input is not JSON.
         """
-        handler = await self._open(workflow, input, run_id, timeout, streaming=False)
+        handler = await self._open(
+            workflow, input, run_id, timeout, streaming=False, principal=principal
+        )
         return await handler
 
     run_blocking = blocking_twin(run)
@@ -201,6 +207,7 @@ class SqlRunStore:
         *,
         run_id: str | None = None,
         timeout: float | None = None,
+        principal: str = ANONYMOUS,
     ) -> Handler:
         """Start (or attach to, or resume) a durable run and return its handler.
 
@@ -212,7 +219,9 @@ class SqlRunStore:
             StoreError: the store failed.
             ValidationError: bad arguments, or the input is not JSON.
         """
-        return await self._open(workflow, input, run_id, timeout, streaming=True)
+        return await self._open(
+            workflow, input, run_id, timeout, streaming=True, principal=principal
+        )
 
     async def resume(
         self, run_id: str, workflow: Workflow, *, timeout: float | None = None
@@ -357,6 +366,7 @@ class SqlRunStore:
         timeout: float | None,
         *,
         streaming: bool,
+        principal: str = ANONYMOUS,
     ) -> Handler:
         if self._closed:
             raise ValidationError(f"the store {self.url} is closed")
@@ -385,7 +395,9 @@ class SqlRunStore:
         )
         if await self._backend.create(new):
             journal = self._journal(run_id, None)
-            return self._start_run(workflow, start, run_id, journal, timeout, streaming, None)
+            return self._start_run(
+                workflow, start, run_id, journal, timeout, streaming, None, principal
+            )
         row = await self._backend.row(run_id)
         if row is None:  # pragma: no cover - created and deleted in between
             raise StoreError(f"run {run_id} vanished from {self.url}", run_id=run_id)
@@ -438,9 +450,16 @@ class SqlRunStore:
         timeout: float | None,
         streaming: bool,
         restore: tuple[dict[str, Any], int, int, float] | None,
+        principal: str = ANONYMOUS,
     ) -> WorkflowHandler:
         run = workflow._run(
-            start, streaming=True, timeout=timeout, run_id=run_id, journal=journal
+            start,
+            streaming=True,
+            timeout=timeout,
+            run_id=run_id,
+            journal=journal,
+            session_refs=self.session_refs,
+            principal=principal,
         )
         if not streaming:
             run.stream = None  # as Workflow.run: a run waiting for input cannot be answered
