@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 import signal
 import subprocess
 import sys
@@ -69,3 +70,28 @@ def last_done(log: Path) -> int:
     """The highest step whose side effect finished (0: none)."""
     _started, done = counts(log)
     return max(done, default=0)
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 60.0) -> None:
+    """Poll ``predicate`` until true (a condition wait with a deadline, not a fixed sleep)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def log_lines(log: Path) -> list[str]:
+    """The lines of a log file (none if it does not exist yet)."""
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def serve_app(app: Path, log: Path, *store_args: str) -> Any:
+    """``peerflow serve APP --listen 127.0.0.1:0 [store args]`` with ``CHAIN_LOG=log``."""
+    from clitools import Served, peerflow_cmd
+
+    argv = [*peerflow_cmd(), "serve", str(app), "--node-id", f"peer-{uuid.uuid4().hex[:6]}"]
+    argv += ["--listen", "127.0.0.1:0", *store_args]
+    return Served(argv, env=cli_env({"CHAIN_LOG": str(log)}))

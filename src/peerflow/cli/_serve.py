@@ -150,6 +150,23 @@ def _import_app(target: str) -> ModuleType:
     help="Ask clients to reconnect after S seconds (lets dns:/// clients find new pods).",
 )
 @click.option(
+    "--store",
+    "store_url",
+    default=None,
+    metavar="URL",
+    help="A run store (sqlite:///runs.db, postgresql://...): named runs are durable, and "
+    "unfinished runs of APP's workflows are resumed (docs/durability.md).",
+)
+@click.option(
+    "--store-lease",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds this peer holds a stored run without renewing; a dead peer's runs are "
+    "resumed by another after it.",
+)
+@click.option(
     "--grace",
     type=click.FloatRange(min=0),
     default=10.0,
@@ -168,6 +185,8 @@ def serve(
     max_concurrent_runs: int | None,
     ref_ttl: float | None,
     max_connection_age: float | None,
+    store_url: str | None,
+    store_lease: float,
     grace: float,
 ) -> int:
     """Serve APP's workflows and steps to other machines.
@@ -188,6 +207,8 @@ def serve(
         options["ref_ttl"] = ref_ttl
     if max_connection_age is not None:
         options["max_connection_age"] = max_connection_age
+    if store_url is not None:
+        options["store_url"] = (store_url, store_lease)
     _run_async(_serve(node_id, listen, grace, workflows, options), fast_loop=True)
     return ExitCode.OK
 
@@ -198,6 +219,11 @@ async def _serve(
     from peerflow.peer.server import PeerServer
     from peerflow.registry import default_registry
 
+    store = options.pop("store_url", None)
+    if store is not None:
+        from peerflow.store import open_store
+
+        options["store"] = open_store(store[0], lease=store[1])
     server = PeerServer(node_id, **options)
     with _quiet_fd2():
         await server.start(listen)
