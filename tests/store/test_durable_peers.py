@@ -95,7 +95,7 @@ async def test_two_peers_on_postgres_one_killed_the_other_resumes_each_run_once(
 ) -> None:
     log = tmp_path / "chain.log"
     runs = [f"job-{i}" for i in range(4)]
-    args = ("--store", pg_url, "--store-lease", "1")
+    args = ("--store", pg_url, "--store-lease", "5")  # long enough for a loaded machine
     with serve_app(PEER_APP, log, *args) as doomed, serve_app(PEER_APP, log, *args) as survivor:
         client = await PeerClient.connect(doomed.address, "caller")
         calls = [

@@ -38,6 +38,7 @@ from peerflow.result import RefMap, WorkflowResult
 from peerflow.workflow import Workflow
 
 __all__ = [
+    "LOCAL_HOST",
     "ResumePlan",
     "RunInfo",
     "RunRow",
@@ -55,7 +56,7 @@ __all__ = [
     "workflow_shape",
 ]
 
-_HOST = socket.gethostname()
+LOCAL_HOST = socket.gethostname()
 
 
 class RunStatus(enum.StrEnum):
@@ -399,7 +400,7 @@ def error_outcome(error: BaseException) -> str:
 
 def make_owner(token: str) -> str:
     """This process's owner name: ``host:pid:token``."""
-    return f"{_HOST}:{os.getpid()}:{token}"
+    return f"{LOCAL_HOST}:{os.getpid()}:{token}"
 
 
 def owner_is_dead(owner: str | None) -> bool:
@@ -407,7 +408,7 @@ def owner_is_dead(owner: str | None) -> bool:
     if not owner:
         return False
     host, _, rest = owner.rpartition(":")[0].rpartition(":")
-    if host != _HOST or not rest.isdigit():
+    if host != LOCAL_HOST or not rest.isdigit():
         return False
     pid = int(rest)
     if pid == os.getpid():

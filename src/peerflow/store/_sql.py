@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from peerflow.errors import StoreError
-from peerflow.store._records import RunRow, RunStatus, StoredEvent, owner_is_dead
+from peerflow.store._records import LOCAL_HOST, RunRow, RunStatus, StoredEvent, owner_is_dead
 
 __all__ = ["Cursor", "NewRun", "SqlBackend", "StepCommit"]
 
@@ -321,17 +321,22 @@ class SqlBackend(abc.ABC):
         async def tx(cur: Cursor) -> list[str]:
             now = time.time()
             marks = ", ".join("?" for _ in workflows)
-            rows = await cur.fetch(
-                f"SELECT run_id, owner, lease_until FROM peerflow_runs WHERE status = ? "
-                f"AND workflow IN ({marks}) AND (owner IS NULL OR owner <> ?) "
-                f"ORDER BY created_at LIMIT ?{self.skip_locked}",
-                (RunStatus.RUNNING, *workflows, owner, limit * 4),
+            # Holders that are dead processes on this host may be taken over at once.
+            local = await cur.fetch(
+                "SELECT DISTINCT owner FROM peerflow_runs WHERE status = ? AND owner LIKE ?",
+                (RunStatus.RUNNING, f"{LOCAL_HOST}:%"),
             )
-            taken = [
-                str(run_id)
-                for run_id, held_by, until in rows
-                if held_by is None or float(until) < now or owner_is_dead(held_by)
-            ][:limit]
+            dead = [str(o) for (o,) in local if owner_is_dead(str(o))]
+            # Exactly the rows this call may take are locked, so concurrent callers (which
+            # skip locked rows) miss nothing they could have taken.
+            dead_clause = f" OR owner IN ({', '.join('?' for _ in dead)})" if dead else ""
+            rows = await cur.fetch(
+                f"SELECT run_id FROM peerflow_runs WHERE status = ? AND workflow IN ({marks}) "
+                f"AND (owner IS NULL OR lease_until < ?{dead_clause}) "
+                f"ORDER BY created_at LIMIT ?{self.skip_locked}",
+                (RunStatus.RUNNING, *workflows, now, *dead, limit),
+            )
+            taken = [str(run_id) for (run_id,) in rows]
             if taken:
                 await cur.executemany(
                     "UPDATE peerflow_runs SET owner = ?, lease_until = ? WHERE run_id = ?",
