@@ -198,6 +198,40 @@ class SqlBackend(abc.ABC):
 
         return await self.transact(tx)
 
+    async def load(
+        self, run_ids: Sequence[str]
+    ) -> list[tuple[RunRow, list[StoredEvent], list[tuple[int, str]]]]:
+        """Rows and journals of many runs in one transaction (a peer resuming at start)."""
+        chunks = [run_ids[i : i + 500] for i in range(0, len(run_ids), 500)]
+
+        async def tx(cur: Cursor) -> list[tuple[RunRow, list[StoredEvent], list[tuple[int, str]]]]:
+            rows: dict[str, RunRow] = {}
+            events: dict[str, list[StoredEvent]] = {}
+            done: dict[str, list[tuple[int, str]]] = {}
+            for chunk in chunks:
+                marks = ", ".join("?" for _ in chunk)
+                for values in await cur.fetch(
+                    f"SELECT {_COLUMNS} FROM peerflow_runs WHERE run_id IN ({marks})", chunk
+                ):
+                    row = _row(values)
+                    rows[row.run_id] = row
+                for run_id, seq, kind, data in await cur.fetch(
+                    f"SELECT run_id, seq, event_type, data FROM peerflow_events "
+                    f"WHERE run_id IN ({marks}) ORDER BY run_id, seq",
+                    chunk,
+                ):
+                    events.setdefault(run_id, []).append(StoredEvent(int(seq), kind, data))
+                for run_id, seq, step_id in await cur.fetch(
+                    f"SELECT run_id, seq, step_id FROM peerflow_steps WHERE run_id IN ({marks})",
+                    chunk,
+                ):
+                    done.setdefault(run_id, []).append((int(seq), str(step_id)))
+            return [
+                (rows[r], events.get(r, []), done.get(r, [])) for r in run_ids if r in rows
+            ]
+
+        return await self.transact(tx)
+
     async def commit(self, step: StepCommit) -> None:
         """Journal a completed delivery, its output events, state and usage.
 

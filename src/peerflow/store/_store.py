@@ -34,6 +34,7 @@ from peerflow.store._records import (
     RunInfo,
     RunRow,
     RunStatus,
+    StoredEvent,
     check_shape,
     dumps,
     encode_event,
@@ -260,16 +261,19 @@ class SqlRunStore:
         """
         ids = await self._backend.claim_orphans(list(workflows), self.owner, self.options.lease, limit)
         handlers: list[Handler] = []
-        for run_id in ids:
-            row = await self._backend.row(run_id)
-            if row is None or row.status is not RunStatus.RUNNING:
+        for row, events, done in await self._backend.load(ids) if ids else ():
+            if row.status is not RunStatus.RUNNING:
                 continue
             try:
                 check_shape(row, workflows[row.workflow])
-                handlers.append(await self._launch(row, workflows[row.workflow], None, True))
+                handler = await self._launch(
+                    row, workflows[row.workflow], None, True, loaded=(events, done)
+                )
             except PeerflowError as exc:
-                log.warning("run %s not resumed: %s", run_id, exc)
-                await self._backend.release(run_id, self.owner)
+                log.warning("run %s not resumed: %s", row.run_id, exc)
+                await self._backend.release(row.run_id, self.owner)
+            else:
+                handlers.append(handler)
         return handlers
 
     # -- queries ------------------------------------------------------------------------
@@ -426,13 +430,19 @@ class SqlRunStore:
         return await self._launch(claimed, workflow, timeout, streaming)
 
     async def _launch(
-        self, row: RunRow, workflow: Workflow, timeout: float | None, streaming: bool
+        self,
+        row: RunRow,
+        workflow: Workflow,
+        timeout: float | None,
+        streaming: bool,
+        *,
+        loaded: tuple[list[StoredEvent], list[tuple[int, str]]] | None = None,
     ) -> Handler:
         if row.status is RunStatus.COMPLETED:
             return StoredRunHandler(row.run_id, _value(stored_result(row)))
         if row.status is not RunStatus.RUNNING:
             return StoredRunHandler(row.run_id, _raise(stored_error(row)))
-        events, done = await self._backend.journal(row.run_id)
+        events, done = loaded if loaded is not None else await self._backend.journal(row.run_id)
         plan = plan_resume(workflow, events, done, row.run_id)
         journal = self._journal(row.run_id, plan)
         fields = _loads_dict(row.input, row.run_id)
