@@ -30,7 +30,9 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from peerflow import Context, Event, StartEvent, StopEvent, Workflow, step
+from engine import FIVE_STEPS, A
+
+from peerflow import Context, StartEvent, StopEvent, Workflow, step
 from peerflow.store import SqlRunStore, open_store
 from peerflow.testing.postgres import PostgresCluster
 
@@ -39,48 +41,7 @@ TARGET_STEP_MS: dict[str, float | None] = {"sqlite": 0.3, "sqlite-full": None, "
 TARGET_RESUME_S = 5.0
 
 
-class A(Event):
-    n: int = 0
-
-
-class B(Event):
-    n: int = 0
-
-
-class C(Event):
-    n: int = 0
-
-
-class D(Event):
-    n: int = 0
-
-
-@step
-async def s1(ctx: Context, ev: StartEvent) -> A:
-    return A(n=1)
-
-
-@step
-async def s2(ctx: Context, ev: A) -> B:
-    return B(n=ev.n + 1)
-
-
-@step
-async def s3(ctx: Context, ev: B) -> C:
-    return C(n=ev.n + 1)
-
-
-@step
-async def s4(ctx: Context, ev: C) -> D:
-    return D(n=ev.n + 1)
-
-
-@step
-async def s5(ctx: Context, ev: D) -> StopEvent:
-    return StopEvent(result=ev.n + 1)
-
-
-CHAIN = Workflow("chain5", [s1, s2, s3, s4, s5])
+CHAIN = FIVE_STEPS  # the engine benchmark's 5-step chain
 
 _gate: asyncio.Event | None = None
 
@@ -112,7 +73,7 @@ async def _time(fn: Callable[[], Awaitable[object]], n: int) -> list[float]:
 async def overhead(stores: dict[str, SqlRunStore], runs: int, rounds: int) -> list[str]:
     plain: list[float] = []
     durable: dict[str, list[float]] = {name: [] for name in stores}
-    for name, store in stores.items():  # warm-up
+    for store in stores.values():  # warm-up
         await _time(lambda s=store: s.run(CHAIN, {}), 50)
     await _time(lambda: CHAIN.run(), 50)
     per_round = max(1, runs // rounds)
@@ -122,15 +83,18 @@ async def overhead(stores: dict[str, SqlRunStore], runs: int, rounds: int) -> li
             durable[name] += await _time(lambda s=store: s.run(CHAIN, {}), per_round)
     base = statistics.median(plain) * 1000
     rows = [
-        "| case | 5-step p50 (ms) | plain 5-step p50 (ms) | overhead per step (ms) | target | met |",
+        "| case | 5-step p50 (ms) | plain 5-step p50 (ms) | overhead per step (ms) "
+        "| target | met |",
         "|---|---|---|---|---|---|",
     ]
     for name, samples in durable.items():
         p50 = statistics.median(samples) * 1000
         per_step = (p50 - base) / STEPS
         target = TARGET_STEP_MS[name]
-        goal, met = ("-", "(no target: fsync per commit)") if target is None else (
-            f"<= {target}", "yes" if per_step <= target else "NO"
+        goal, met = (
+            ("-", "(no target: fsync per commit)")
+            if target is None
+            else (f"<= {target}", "yes" if per_step <= target else "NO")
         )
         rows.append(f"| {name} | {p50:.3f} | {base:.3f} | {per_step:.3f} | {goal} | {met} |")
     return rows
@@ -141,8 +105,9 @@ async def resume_at_start(url: str, count: int) -> float:
     _gate = asyncio.Event()
     seed = open_store(url)
     handlers = [await seed.start(RESUMABLE, {}) for _ in range(count)]
-    while any(i.steps_completed < 1 for i in await seed.list_runs(limit=count)):
-        await asyncio.sleep(0.01)  # until every run's first step has committed
+    # until every run's first step has committed
+    while any(i.steps_completed < 1 for i in await seed.list_runs(limit=count)):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
     await seed.detach_all()
     del handlers
     await seed.close()
@@ -196,7 +161,9 @@ async def main() -> None:
         for name, url in resume_urls.items():
             seconds = await resume_at_start(url, args.resume)
             met = "yes" if seconds <= TARGET_RESUME_S else "NO"
-            rows.append(f"| {name} | {args.resume} | {seconds:.2f} | <= {TARGET_RESUME_S} | {met} |")
+            rows.append(
+                f"| {name} | {args.resume} | {seconds:.2f} | <= {TARGET_RESUME_S} | {met} |"
+            )
     finally:
         if cluster is not None:
             cluster.stop()

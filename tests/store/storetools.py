@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import uuid
 import signal
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any

@@ -74,13 +74,15 @@ async def test_a_peer_with_a_store_killed_mid_run_finishes_it_after_restart(
     try:
         with serve_app(PEER_APP, log, "--store", url) as second:
 
-            async def completed() -> None:
-                while (await store.get_run("job-1")).status is not RunStatus.COMPLETED:
+            async def completed() -> None:  # a condition in another process: polled
+                while (await store.get_run("job-1")).status is not RunStatus.COMPLETED:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
 
             await asyncio.wait_for(completed(), 60)  # the restarted peer finished it alone
             async with await PeerClient.connect(second.address, "caller") as again:
-                result = await again.run_remote_workflow("slow-chain", input={"n": 4}, run_id="job-1")
+                result = await again.run_remote_workflow(
+                    "slow-chain", input={"n": 4}, run_id="job-1"
+                )
             assert result.result == 40 and result.state == {"a": 4, "b": True}
     finally:
         await store.close()
@@ -130,27 +132,34 @@ async def test_two_peers_on_postgres_one_killed_the_other_resumes_each_run_once(
 async def test_a_repeated_run_id_runs_once_without_a_store() -> None:
     calls: list[int] = []
     gate = asyncio.Event()
+    entered = asyncio.Event()
 
     @step
     async def count(ctx, ev: StartEvent) -> StopEvent:  # type: ignore[no-untyped-def]
         calls.append(ev.n)
+        entered.set()
         await gate.wait()
         return StopEvent(result=ev.n)
 
     registry = Registry()
     registry.register_workflow(Workflow("count", [count]))
-    async with PeerServer("dedupe", registry=registry) as server:
+    server = PeerServer("dedupe", registry=registry)
+    await server.start()
+    try:
         async with await PeerClient.connect(server.address, "caller") as client:
-            first = asyncio.ensure_future(client.run_remote_workflow("count", input={"n": 1}, run_id="k"))
+            first = asyncio.ensure_future(
+                client.run_remote_workflow("count", input={"n": 1}, run_id="k")
+            )
             second = asyncio.ensure_future(
                 client.run_remote_workflow("count", input={"n": 1}, run_id="k")
             )
-            while not calls:
-                await asyncio.sleep(0.01)
+            await entered.wait()
             gate.set()
             assert (await first).result == (await second).result == 1
             third = await client.run_remote_workflow("count", input={"n": 1}, run_id="k")
             assert third.result == 1
             other = await client.run_remote_workflow("count", input={"n": 2}, run_id="k2")
             assert other.result == 2
+    finally:
+        await server.stop()
     assert calls == [1, 2]

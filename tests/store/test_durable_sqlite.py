@@ -52,11 +52,11 @@ def randomized_kills(url: str, tmp_path: Path, kills: int, seed: int) -> None:
             pause = rng.randint(progress + 1, CHAIN_STEPS)
             kill_when_paused(chain(url, run_id, log, pause_at=pause), pause)
             done_kills += 1
-            started, done = counts(log)
+            _started, done = counts(log)
             assert all(n == 1 for n in done.values()), (run_id, done)
         out = finish(chain(url, run_id, log))
         assert out == {"result": CHAIN_RESULT, "tokens": CHAIN_STEPS, "trail": list(range(1, 11))}
-        started, done = counts(log)
+        _started, done = counts(log)
         assert done == dict.fromkeys(range(1, CHAIN_STEPS + 1), 1), (run_id, done)
 
 

@@ -60,7 +60,7 @@ async def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced(
         assert len(taken) == 1
         assert (await taken[0]).result == "ok"  # type: ignore[misc]
         release.set()  # the old holder wakes up and tries to commit
-        with pytest.raises(WorkflowError, match="lost its lease|completed meanwhile"):
+        with pytest.raises(WorkflowError, match=r"lost its lease|completed meanwhile"):
             await handler
         info = await b.get_run("l-1")
         assert info.status is RunStatus.COMPLETED and info.result == "ok"

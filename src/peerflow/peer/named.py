@@ -150,11 +150,15 @@ class NamedRuns:
         elif isinstance(error, WorkflowError):
             self._outcomes[run_id] = error
 
-    def _response(self, service: PeerService, run_id: str, outcome: Outcome) -> pb.SubWorkflowResponse:
+    def _response(
+        self, service: PeerService, run_id: str, outcome: Outcome
+    ) -> pb.SubWorkflowResponse:
         owner = current_principal()
         if isinstance(outcome, WorkflowResult):
             usage = Usage()
-            usage.add(outcome.total_input_tokens, outcome.total_output_tokens, outcome.total_cost_usd)
+            usage.add(
+                outcome.total_input_tokens, outcome.total_output_tokens, outcome.total_cost_usd
+            )
             try:
                 return result_response(outcome, refs=service.refs, owner=owner, usage=usage)
             except PeerflowError as exc:
@@ -178,8 +182,10 @@ class NamedRuns:
 
 
 def start_resuming(store: RunStore, registry: Registry, node_id: str) -> asyncio.Task[None]:
-    """Resume, now and every third of the store's lease, the unfinished runs of the
-    registry's workflows that no live process holds (a peer with a store)."""
+    """Resume unfinished runs of the registry's workflows that no live process holds.
+
+    Now, then every third of the store's lease (a peer with a store).
+    """
     return asyncio.get_running_loop().create_task(_resume_forever(store, registry, node_id))
 
 

@@ -25,8 +25,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from peerflow.blocking import blocking_twin
 from peerflow.errors import PeerError, PeerErrorKind, ValidationError
 from peerflow.peer.address import parse_listen_address
-from peerflow.peer.security import AuthInterceptor, ServerTls, resolve_token
 from peerflow.peer.named import start_resuming
+from peerflow.peer.security import AuthInterceptor, ServerTls, resolve_token
 from peerflow.peer.service import PeerService, ServiceLimits
 from peerflow.peer.status import NOT_STARTED
 from peerflow.refs import SessionRefRegistry

@@ -19,8 +19,10 @@ __all__ = ["RunStore", "open_store"]
 
 @runtime_checkable
 class RunStore(Protocol):
-    """What a durable run store offers; :class:`~peerflow.store.SqlRunStore` implements it
-    for SQLite and PostgreSQL, other backends may too.
+    """What a durable run store offers.
+
+    :class:`~peerflow.store.SqlRunStore` implements it for SQLite and PostgreSQL; other
+    backends may too.
 
     Attributes:
         session_refs: the registry its runs' ``ctx.refs`` use (None: the process-wide one).

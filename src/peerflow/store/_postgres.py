@@ -10,6 +10,7 @@ lost with the connection is simply repeated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -73,9 +74,7 @@ class PostgresBackend(SqlBackend):
             )
         self._url = url
         parts = urlsplit(url)
-        self.where = (
-            url.replace(f":{parts.password}@", ":***@", 1) if parts.password else url
-        )
+        self.where = url.replace(f":{parts.password}@", ":***@", 1) if parts.password else url
         self._reconnect_timeout = reconnect_timeout
         self._conn: Any = None
         self._lock: asyncio.Lock | None = None
@@ -124,10 +123,8 @@ class PostgresBackend(SqlBackend):
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(psycopg.Error):  # already broken
                 await conn.close()
-            except psycopg.Error:
-                pass  # already broken
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""

@@ -193,7 +193,9 @@ def decode_json(text: str, run_id: str) -> Any:
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise StoreError(f"run {run_id}: a stored value is not JSON ({exc})", run_id=run_id) from None
+        raise StoreError(
+            f"run {run_id}: a stored value is not JSON ({exc})", run_id=run_id
+        ) from None
 
 
 def encode_event(event: Event, seq: int, where: str) -> StoredEvent:

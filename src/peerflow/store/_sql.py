@@ -175,7 +175,9 @@ class SqlBackend(abc.ABC):
         """The run's row, or None."""
 
         async def tx(cur: Cursor) -> RunRow | None:
-            rows = await cur.fetch(f"SELECT {_COLUMNS} FROM peerflow_runs WHERE run_id = ?", (run_id,))
+            rows = await cur.fetch(
+                f"SELECT {_COLUMNS} FROM peerflow_runs WHERE run_id = ?", (run_id,)
+            )
             return _row(rows[0]) if rows else None
 
         return await self.transact(tx)
@@ -226,9 +228,7 @@ class SqlBackend(abc.ABC):
                     chunk,
                 ):
                     done.setdefault(run_id, []).append((int(seq), str(step_id)))
-            return [
-                (rows[r], events.get(r, []), done.get(r, [])) for r in run_ids if r in rows
-            ]
+            return [(rows[r], events.get(r, []), done.get(r, [])) for r in run_ids if r in rows]
 
         return await self.transact(tx)
 
@@ -404,7 +404,9 @@ class SqlBackend(abc.ABC):
 
     # -- queries -----------------------------------------------------------------------
 
-    async def list(self, status: RunStatus | None, workflow: str | None, limit: int) -> list[RunRow]:
+    async def list(
+        self, status: RunStatus | None, workflow: str | None, limit: int
+    ) -> list[RunRow]:
         """Runs, newest first, optionally of one status and workflow."""
         where, params = [], []
         if status is not None:

@@ -8,6 +8,7 @@ another process for longer than ``busy_timeout`` fails the call with
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -109,10 +110,8 @@ class SqliteBackend(SqlBackend):
             return value
 
     def _rollback(self) -> None:
-        try:
+        with contextlib.suppress(sqlite3.Error):  # no transaction left to roll back
             self._conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # no transaction left to roll back
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""

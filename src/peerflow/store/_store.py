@@ -259,7 +259,9 @@ class SqlRunStore:
         Raises:
             StoreError: the store failed.
         """
-        ids = await self._backend.claim_orphans(list(workflows), self.owner, self.options.lease, limit)
+        ids = await self._backend.claim_orphans(
+            list(workflows), self.owner, self.options.lease, limit
+        )
         handlers: list[Handler] = []
         for row, events, done in await self._backend.load(ids) if ids else ():
             if row.status is not RunStatus.RUNNING:
@@ -318,8 +320,9 @@ class SqlRunStore:
     get_run_blocking = blocking_twin(get_run)
 
     async def cancel(self, run_id: str) -> bool:
-        """Cancel a running run (wherever it runs: its process stops it at its next step
-        or lease renewal). False when it had already finished.
+        """Cancel a running run, wherever it runs; False when it had already finished.
+
+        The process driving it stops it at its next step commit or lease renewal.
 
         Raises:
             RunNotFoundError: no such run.
@@ -353,8 +356,11 @@ class SqlRunStore:
     close_blocking = blocking_twin(close)
 
     async def detach_all(self) -> None:
-        """Stop every run this process drives without finishing them (a peer shutting
-        down): they stay unfinished, leases released, for another process to resume."""
+        """Stop every run this process drives without finishing them.
+
+        For a peer shutting down: the runs stay unfinished, their leases released, for
+        another process to resume.
+        """
         for journal in list(self._journals.values()):
             journal.detached = True
         for handler in list(self._live.values()):
@@ -447,7 +453,12 @@ class SqlRunStore:
         journal = self._journal(row.run_id, plan)
         fields = _loads_dict(row.input, row.run_id)
         start = StartEvent(**fields)
-        restore = (_loads_dict(row.state, row.run_id), row.input_tokens, row.output_tokens, row.cost_usd)
+        restore = (
+            _loads_dict(row.state, row.run_id),
+            row.input_tokens,
+            row.output_tokens,
+            row.cost_usd,
+        )
         log.info("run %s of workflow %s resumed by %s", row.run_id, row.workflow, self.owner)
         return self._start_run(workflow, start, row.run_id, journal, timeout, streaming, restore)
 
@@ -531,7 +542,9 @@ class SqlRunStore:
 
 def _check_id(run_id: object) -> str:
     if not isinstance(run_id, str) or not run_id or len(run_id) > 256:
-        raise ValidationError(f"a run id must be a non-empty string of <= 256 chars, got {run_id!r}")
+        raise ValidationError(
+            f"a run id must be a non-empty string of <= 256 chars, got {run_id!r}"
+        )
     return run_id
 
 

@@ -1,5 +1,6 @@
-"""A throw-away PostgreSQL cluster for tests: Debian's ``postgresql`` binaries, a temp
-directory, loopback only, a free port, trust auth. No mock database.
+"""A throw-away PostgreSQL cluster for tests (a real server, never a mock).
+
+Debian's ``postgresql`` binaries, a temp directory, loopback only, a free port, trust auth.
 
 ::
 
@@ -74,7 +75,7 @@ class PostgresCluster:
 
     @classmethod
     def start(cls, base: Path) -> PostgresCluster:
-        """initdb a cluster under ``base`` and start it on a free loopback port.
+        """Create a cluster (initdb) under ``base``; start it on a free loopback port.
 
         Raises:
             UnsupportedError: PostgreSQL is not installed (``apt-get install postgresql``).
