@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from pathlib import Path
 
+import pytest
 from storetools import CHAIN_RESULT, CHAIN_STEPS, chain, counts, finish, kill_when_paused
 from test_durable_sqlite import randomized_kills
 
@@ -27,7 +28,12 @@ def test_kill_mid_step_then_resume_on_postgres(pg_url: str, tmp_path: Path) -> N
 
 
 def test_randomized_kills_on_postgres(pg_url: str, tmp_path: Path) -> None:
-    randomized_kills(pg_url, tmp_path, kills=10, seed=15)
+    randomized_kills(pg_url, tmp_path, kills=15, seed=15)
+
+
+@pytest.mark.slow
+def test_one_hundred_randomized_kills_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    randomized_kills(pg_url, tmp_path, kills=100, seed=1500)
 
 
 class Tick(Event):

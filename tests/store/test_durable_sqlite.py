@@ -6,7 +6,6 @@ import random
 import uuid
 from pathlib import Path
 
-import pytest
 from storetools import CHAIN_RESULT, CHAIN_STEPS, chain, counts, finish, kill_when_paused, last_done
 
 
@@ -60,10 +59,7 @@ def randomized_kills(url: str, tmp_path: Path, kills: int, seed: int) -> None:
         assert done == dict.fromkeys(range(1, CHAIN_STEPS + 1), 1), (run_id, done)
 
 
-def test_randomized_kills_every_run_finishes_and_no_finished_step_reruns(tmp_path: Path) -> None:
-    randomized_kills(f"sqlite:///{tmp_path / 'runs.db'}", tmp_path, kills=30, seed=14)
-
-
-@pytest.mark.slow
-def test_one_hundred_randomized_kills(tmp_path: Path) -> None:
-    randomized_kills(f"sqlite:///{tmp_path / 'runs.db'}", tmp_path, kills=100, seed=1400)
+def test_one_hundred_randomized_kills_every_run_finishes_no_finished_step_reruns(
+    tmp_path: Path,
+) -> None:
+    randomized_kills(f"sqlite:///{tmp_path / 'runs.db'}", tmp_path, kills=100, seed=14)
