@@ -208,3 +208,19 @@ async def test_locked_sqlite_file(tmp_path: Path) -> None:
         other.close()
     assert (await store.run(WF, {"name": "x"}, run_id="l")).result == "HI X"
     await store.close()
+
+
+async def test_run_ids_must_be_printable(store: SqlRunStore) -> None:
+    for bad in ("", "a\nb", "x" * 257, 42):
+        with pytest.raises(ValidationError, match="run id"):
+            await store.run(WF, {"name": "x"}, run_id=bad)  # type: ignore[arg-type]
+    await store.close()
+
+
+def test_blocking_twins(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    assert store.run_blocking(WF, {"name": "b"}, run_id="blk").result == "HI B"
+    assert store.get_run_blocking("blk").status is RunStatus.COMPLETED
+    assert [r.run_id for r in store.list_runs_blocking()] == ["blk"]
+    assert store.resume_blocking("blk", WF).result == "HI B"
+    store.close_blocking()

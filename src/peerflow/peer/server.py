@@ -139,6 +139,8 @@ class PeerServer:
             raise ValidationError(
                 f"session_refs must be a SessionRefRegistry, got {session_refs!r}"
             )
+        if store is not None and not hasattr(store, "resume_orphans"):
+            raise ValidationError(f"store must come from open_store(), got {store!r}")
         if tls is not None and not isinstance(tls, ServerTls):
             raise ValidationError(f"tls must come from load_server_tls(), got {tls!r}")
         max_message_bytes = _positive_int(max_message_bytes, "max_message_bytes")

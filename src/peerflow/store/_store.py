@@ -13,8 +13,9 @@ import contextlib
 import dataclasses
 import logging
 import math
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator, Mapping
+from collections.abc import AsyncIterator, Generator, Mapping
 from typing import Any
 
 from peerflow.blocking import blocking_twin
@@ -23,7 +24,6 @@ from peerflow.errors import (
     RunNotFoundError,
     StoreError,
     ValidationError,
-    WorkflowCancelledError,
 )
 from peerflow.events import Event, StartEvent
 from peerflow.refs import ANONYMOUS, SessionRefRegistry
@@ -36,6 +36,7 @@ from peerflow.store._records import (
     RunStatus,
     StoredEvent,
     check_shape,
+    decode_json,
     dumps,
     encode_event,
     make_owner,
@@ -541,16 +542,14 @@ class SqlRunStore:
 
 
 def _check_id(run_id: object) -> str:
-    if not isinstance(run_id, str) or not run_id or len(run_id) > 256:
-        raise ValidationError(
-            f"a run id must be a non-empty string of <= 256 chars, got {run_id!r}"
-        )
+    """A run id: 1-256 printable characters (it appears in logs and error messages)."""
+    if not isinstance(run_id, str) or not run_id or len(run_id) > 256 or not run_id.isprintable():
+        shown = repr(run_id)[:80]
+        raise ValidationError(f"a run id must be 1-256 printable characters, got {shown}")
     return run_id
 
 
 def _loads_dict(text: str, run_id: str) -> dict[str, Any]:
-    from peerflow.store._records import decode_json
-
     value = decode_json(text, run_id)
     if not isinstance(value, dict):
         raise StoreError(f"run {run_id}: a stored object is not a JSON object", run_id=run_id)
@@ -558,8 +557,6 @@ def _loads_dict(text: str, run_id: str) -> dict[str, Any]:
 
 
 def _now() -> float:
-    import time
-
     return time.time()
 
 
@@ -569,7 +566,3 @@ async def _value(result: WorkflowResult) -> WorkflowResult:
 
 async def _raise(error: PeerflowError) -> WorkflowResult:
     raise error
-
-
-Cancelled = WorkflowCancelledError
-Factory = Callable[[], SqlRunStore]
