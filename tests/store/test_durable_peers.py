@@ -163,3 +163,33 @@ async def test_a_repeated_run_id_runs_once_without_a_store() -> None:
     finally:
         await server.stop()
     assert calls == [1, 2]
+
+
+async def test_a_peer_stopping_gracefully_hands_its_named_runs_over(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'peer.db'}"
+    log = tmp_path / "chain.log"
+    with serve_app(PEER_APP, log, "--store", url) as first:
+        client = await PeerClient.connect(first.address, "caller")
+        call = asyncio.ensure_future(
+            client.run_remote_workflow("slow-chain", input={"n": 2}, run_id="grace-1")
+        )
+        await asyncio.to_thread(
+            wait_for, lambda: "start grace-1 b" in log_lines(log), "step b to start"
+        )
+        assert await asyncio.to_thread(first.stop) == 0  # SIGTERM: a graceful stop
+        try:
+            await call
+        except TransportError as exc:
+            assert "call again with the same run_id" in str(exc)
+        else:  # pragma: no cover
+            raise AssertionError("the call outlived its peer")
+        await client.close()
+    store = open_store(url)
+    info = await store.get_run("grace-1")
+    assert info.status is RunStatus.RUNNING and info.owner is None  # released, not failed
+    await store.close()
+    with serve_app(PEER_APP, log, "--store", url) as second:
+        async with await PeerClient.connect(second.address, "caller") as again:
+            result = await again.run_remote_workflow("slow-chain", input={"n": 2}, run_id="grace-1")
+    assert result.result == 20
+    assert log_lines(log).count("done grace-1 a") == 1

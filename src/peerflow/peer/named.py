@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from peerflow.context import Usage
-from peerflow.errors import PeerflowError, ValidationError, WorkflowError
+from peerflow.errors import (
+    PeerflowError,
+    TransportError,
+    ValidationError,
+    WorkflowCancelledError,
+    WorkflowError,
+)
 from peerflow.peer import protocol as pb
 from peerflow.peer._bounded import BoundedDict
 from peerflow.peer.results import decode_input, error_response, result_response
@@ -111,7 +117,22 @@ class NamedRuns:
                 outcome = await asyncio.shield(task)
             except WorkflowError as exc:
                 outcome = exc
+                if isinstance(exc, WorkflowCancelledError) and service.closing is not None:
+                    raise self._handed_over(service, run_id) from None
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # our caller went away; the run goes on
+                raise self._handed_over(service, run_id) from None
         return self._response(service, run_id, outcome)
+
+    @staticmethod
+    def _handed_over(service: PeerService, run_id: str) -> TransportError:
+        """The run was stopped under its caller: this peer is shutting down."""
+        return TransportError(
+            f"peer {service.node_id} stopped while running {run_id}; call again with the "
+            "same run_id (a peer with the same store resumes it)"
+        )
 
     def _launch(
         self, service: PeerService, request: bytes, run_id: str
