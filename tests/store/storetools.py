@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -95,3 +96,28 @@ def serve_app(app: Path, log: Path, *store_args: str) -> Any:
     argv = [*peerflow_cmd(), "serve", str(app), "--node-id", f"peer-{uuid.uuid4().hex[:6]}"]
     argv += ["--listen", "127.0.0.1:0", *store_args]
     return Served(argv, env=cli_env({"CHAIN_LOG": str(log)}))
+
+
+def randomized_kills(url: str, tmp_path: Path, kills: int, seed: int) -> None:
+    rng = random.Random(seed)
+    done_kills = 0
+    runs = 0
+    while done_kills < kills:
+        runs += 1
+        run_id = f"run-{runs}-{uuid.uuid4().hex[:6]}"
+        log = tmp_path / f"{run_id}.log"
+        for _ in range(rng.randint(1, 4)):  # kills of this run before it may finish
+            if done_kills >= kills:
+                break
+            progress = last_done(log)
+            if progress >= CHAIN_STEPS:
+                break
+            pause = rng.randint(progress + 1, CHAIN_STEPS)
+            kill_when_paused(chain(url, run_id, log, pause_at=pause), pause)
+            done_kills += 1
+            _started, done = counts(log)
+            assert all(n == 1 for n in done.values()), (run_id, done)
+        out = finish(chain(url, run_id, log))
+        assert out == {"result": CHAIN_RESULT, "tokens": CHAIN_STEPS, "trail": list(range(1, 11))}
+        _started, done = counts(log)
+        assert done == dict.fromkeys(range(1, CHAIN_STEPS + 1), 1), (run_id, done)

@@ -7,8 +7,15 @@ import uuid
 from pathlib import Path
 
 import pytest
-from storetools import CHAIN_RESULT, CHAIN_STEPS, chain, counts, finish, kill_when_paused
-from test_durable_sqlite import randomized_kills
+from storetools import (
+    CHAIN_RESULT,
+    CHAIN_STEPS,
+    chain,
+    counts,
+    finish,
+    kill_when_paused,
+    randomized_kills,
+)
 
 from peerflow import Context, Event, StartEvent, StopEvent, Workflow, step
 from peerflow.store import RunStatus, open_store

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import random
-import uuid
 from pathlib import Path
 
-from storetools import CHAIN_RESULT, CHAIN_STEPS, chain, counts, finish, kill_when_paused, last_done
+from storetools import (
+    CHAIN_RESULT,
+    CHAIN_STEPS,
+    chain,
+    counts,
+    finish,
+    kill_when_paused,
+    randomized_kills,
+)
 
 
 def test_kill_mid_step_then_resume_runs_finished_steps_once(tmp_path: Path) -> None:
@@ -32,31 +38,6 @@ def test_a_finished_run_id_returns_its_stored_result_and_runs_nothing(tmp_path: 
     again = finish(chain(url, "order-2", log))
     assert again == first
     assert log.read_text() == before
-
-
-def randomized_kills(url: str, tmp_path: Path, kills: int, seed: int) -> None:
-    rng = random.Random(seed)
-    done_kills = 0
-    runs = 0
-    while done_kills < kills:
-        runs += 1
-        run_id = f"run-{runs}-{uuid.uuid4().hex[:6]}"
-        log = tmp_path / f"{run_id}.log"
-        for _ in range(rng.randint(1, 4)):  # kills of this run before it may finish
-            if done_kills >= kills:
-                break
-            progress = last_done(log)
-            if progress >= CHAIN_STEPS:
-                break
-            pause = rng.randint(progress + 1, CHAIN_STEPS)
-            kill_when_paused(chain(url, run_id, log, pause_at=pause), pause)
-            done_kills += 1
-            _started, done = counts(log)
-            assert all(n == 1 for n in done.values()), (run_id, done)
-        out = finish(chain(url, run_id, log))
-        assert out == {"result": CHAIN_RESULT, "tokens": CHAIN_STEPS, "trail": list(range(1, 11))}
-        _started, done = counts(log)
-        assert done == dict.fromkeys(range(1, CHAIN_STEPS + 1), 1), (run_id, done)
 
 
 def test_one_hundred_randomized_kills_every_run_finishes_no_finished_step_reruns(
