@@ -224,3 +224,61 @@ def test_blocking_twins(tmp_path: Path) -> None:
     assert [r.run_id for r in store.list_runs_blocking()] == ["blk"]
     assert store.resume_blocking("blk", WF).result == "HI B"
     store.close_blocking()
+
+
+async def test_a_run_another_process_drives_is_watched_until_it_ends(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+
+    @step(name="slow")
+    async def slow(ctx: Context, ev: StartEvent) -> StopEvent:
+        entered.set()
+        await gate.wait()
+        return StopEvent(result="from a")
+
+    wf = Workflow("watched", [slow])
+    a = open_store(url)
+    b = open_store(url)  # another owner with a live lease on the run: b only watches
+    try:
+        driving = await a.start(wf, {}, run_id="w")
+        await entered.wait()
+        watching = await b.start(wf, {}, run_id="w")
+        assert watching is not driving and not watching.done()
+        with pytest.raises(ValidationError, match="driven by another process"):
+            watching.send_event(HumanResponseEvent(response=1))
+        gate.set()
+        assert (await driving).result == "from a"
+        assert (await watching).result == "from a"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_an_unreachable_postgres_is_a_store_error() -> None:
+    from clitools import refused_port
+
+    with refused_port() as port:
+        store = open_store(f"postgresql://postgres@127.0.0.1:{port}/x", reconnect_timeout=0.2)
+        with pytest.raises(StoreError, match=r"unreachable for 0.2s") as info:
+            await store.run(WF, {"name": "x"})
+        assert "127.0.0.1" in str(info.value)
+        await store.close()
+
+
+def test_a_postgres_password_never_appears_in_errors() -> None:
+    from clitools import refused_port
+
+    async def go(port: int) -> str:
+        store = open_store(f"postgresql://bob:hunter2@127.0.0.1:{port}/x", reconnect_timeout=0.1)
+        try:
+            await store.get_run("r")
+        except StoreError as exc:
+            return str(exc)
+        finally:
+            await store.close()
+        raise AssertionError("no error")
+
+    with refused_port() as port:
+        message = asyncio.run(go(port))
+    assert "hunter2" not in message and "***" in message

@@ -34,7 +34,14 @@ _START_ATTEMPTS = 5
 
 
 def find_pg_bin() -> Path | None:
-    """The directory of ``initdb`` and ``pg_ctl`` (Debian's layout or PATH), or None."""
+    """The directory of ``initdb`` and ``pg_ctl``, or None.
+
+    ``$PEERFLOW_PG_BIN`` when set (None if it holds no ``initdb``), else Debian's
+    ``/usr/lib/postgresql/<version>/bin`` (the newest), else ``initdb`` on PATH.
+    """
+    given = os.environ.get("PEERFLOW_PG_BIN")
+    if given is not None:
+        return Path(given) if (Path(given) / "initdb").exists() else None
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=_version_key)
     if found:
         return Path(found[-1]).parent
