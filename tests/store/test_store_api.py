@@ -282,3 +282,52 @@ def test_a_postgres_password_never_appears_in_errors() -> None:
     with refused_port() as port:
         message = asyncio.run(go(port))
     assert "hunter2" not in message and "***" in message
+
+
+class Part(Event):
+    name: str
+
+
+async def test_fan_out_resume_reruns_only_the_unfinished_branch(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    ran: list[str] = []
+    hold = asyncio.Event()
+    held = asyncio.Event()
+    joined_left = asyncio.Event()
+
+    @step(name="left")
+    async def left(ctx: Context, ev: StartEvent) -> Part:
+        ran.append("left")
+        return Part(name="left")
+
+    @step(name="right")
+    async def right(ctx: Context, ev: StartEvent) -> Part:
+        ran.append("right")
+        if not held.is_set():
+            held.set()
+            await hold.wait()  # the process "dies" here
+        return Part(name="right")
+
+    @step(name="join")
+    async def join(ctx: Context, ev: Part) -> StopEvent | None:
+        ctx.state["parts"] = sorted([*ctx.state.get("parts", []), ev.name])
+        ran.append(f"join {ev.name}")
+        if ev.name == "left":
+            joined_left.set()
+        return StopEvent(result=ctx.state["parts"]) if len(ctx.state["parts"]) == 2 else None
+
+    wf = Workflow("fan", [left, right, join])
+    store = open_store(url)
+    handler = await store.start(wf, {}, run_id="fan-1")
+    await held.wait()
+    await joined_left.wait()  # the other branch went on meanwhile
+    await store.detach_all()
+    with pytest.raises(WorkflowCancelledError):
+        await handler
+    await store.close()
+    ran.clear()
+    store = open_store(url)
+    result = await store.resume("fan-1", wf)
+    assert result.result == ["left", "right"]
+    assert ran == ["right", "join right"]  # left and its join were journaled: not re-run
+    await store.close()
