@@ -31,9 +31,11 @@ PINNED = [
     "RemoteWorkflowError",
     "RemoteWorkflowTimeoutError",
     "ResourceExhaustedError",
+    "RunNotFoundError",
     "SessionRefRegistry",
     "StartEvent",
     "StopEvent",
+    "StoreError",
     "TlsError",
     "TransportError",
     "UnknownStepError",
@@ -42,6 +44,7 @@ PINNED = [
     "ValidationError",
     "Workflow",
     "WorkflowCancelledError",
+    "WorkflowChangedError",
     "WorkflowError",
     "WorkflowHandler",
     "WorkflowResult",
@@ -50,6 +53,7 @@ PINNED = [
     "default_registry",
     "load_client_tls",
     "load_server_tls",
+    "open_store",
     "register_serializer",
     "register_step",
     "register_workflow",
@@ -57,7 +61,7 @@ PINNED = [
     "step",
 ]
 
-# Imported on first use, from the peer layer.
+# Imported on first use, from the peer layer and the run store.
 LAZY = [
     "PeerClient",
     "PeerPool",
@@ -65,6 +69,7 @@ LAZY = [
     "RemoteRef",
     "load_client_tls",
     "load_server_tls",
+    "open_store",
     "remote_step",
 ]
 
@@ -77,10 +82,10 @@ def test_all_is_pinned_and_sorted() -> None:
     assert len(set(PINNED)) == len(PINNED)
 
 
-def test_lazy_names_are_exactly_the_peer_names() -> None:
+def test_lazy_names_are_exactly_the_peer_and_store_names() -> None:
     assert sorted(peerflow._LAZY) == LAZY
     for name, module in peerflow._LAZY.items():
-        assert module.startswith("peerflow.peer."), name
+        assert module.startswith(("peerflow.peer.", "peerflow.store")), name
 
 
 @pytest.mark.parametrize("name", ENGINE)

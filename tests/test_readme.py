@@ -35,7 +35,7 @@ DEMO_COMMAND = (
     "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && peerflow demo"
 )
 TEST_COMMAND = (
-    "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && python -m pytest"
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && scripts/test"
 )
 LINT_COMMAND = (
     "pip install -e '.[dev]' && ruff check src tests && ruff format --check src tests && mypy"
@@ -181,7 +181,10 @@ def test_the_two_commands_are_what_ci_runs() -> None:
     assert "python3 -m venv" in ci
     assert "/bin/activate" in ci
     assert "pip install --quiet -e '.[test]'" in ci
-    assert ci.rstrip().splitlines()[-1] == "python -m pytest"
+    assert ci.rstrip().splitlines()[-1] == 'CI="${CI:-true}" scripts/test'
+    script = (ROOT / "scripts" / "test").read_text()
+    assert script.rstrip().splitlines()[-1] == 'python -m pytest "$@"'
+    assert "apt-get update" in script and "apt-get install -y -q postgresql" in script
     scripts = (ROOT / "pyproject.toml").read_text()
     assert 'peerflow = "peerflow.cli:main"' in scripts
 

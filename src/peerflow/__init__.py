@@ -25,6 +25,8 @@ from peerflow.errors import (
     RemoteWorkflowError,
     RemoteWorkflowTimeoutError,
     ResourceExhaustedError,
+    RunNotFoundError,
+    StoreError,
     TlsError,
     TransportError,
     UnknownStepError,
@@ -32,6 +34,7 @@ from peerflow.errors import (
     UnsupportedError,
     ValidationError,
     WorkflowCancelledError,
+    WorkflowChangedError,
     WorkflowError,
     WorkflowTimeoutError,
 )
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
     from peerflow.peer.pool import PeerPool
     from peerflow.peer.security import load_client_tls, load_server_tls
     from peerflow.peer.server import PeerServer
+    from peerflow.store import open_store
 
 __all__ = [
     "AuthError",
@@ -74,9 +78,11 @@ __all__ = [
     "RemoteWorkflowError",
     "RemoteWorkflowTimeoutError",
     "ResourceExhaustedError",
+    "RunNotFoundError",
     "SessionRefRegistry",
     "StartEvent",
     "StopEvent",
+    "StoreError",
     "TlsError",
     "TransportError",
     "UnknownStepError",
@@ -85,6 +91,7 @@ __all__ = [
     "ValidationError",
     "Workflow",
     "WorkflowCancelledError",
+    "WorkflowChangedError",
     "WorkflowError",
     "WorkflowHandler",
     "WorkflowResult",
@@ -93,6 +100,7 @@ __all__ = [
     "default_registry",
     "load_client_tls",
     "load_server_tls",
+    "open_store",
     "register_serializer",
     "register_step",
     "register_workflow",
@@ -108,6 +116,7 @@ _LAZY = {
     "remote_step": "peerflow.peer.compose",
     "load_client_tls": "peerflow.peer.security",
     "load_server_tls": "peerflow.peer.security",
+    "open_store": "peerflow.store",
 }
 
 

@@ -24,7 +24,10 @@ Every error peerflow raises on purpose is a :class:`PeerflowError`::
     │   ├── RefNotFoundError       no session ref with that key
     │   ├── RefPermissionError     the ref belongs to another principal
     │   └── ResourceExhaustedError a limit was hit (concurrent runs, sizes, ref budget)
-    └── UnsupportedError           the peer lacks an extension this call needs
+    ├── UnsupportedError           the peer lacks an extension this call needs
+    └── StoreError                 a run store failed: unreachable, locked, corrupt, lease lost
+        ├── RunNotFoundError       the store has no run with that id
+        └── WorkflowChangedError   a run's workflow changed between its start and a resume
 
 Lower-layer exceptions (``grpc.RpcError``, ``OSError``, pydantic's errors) are translated
 at one boundary each and chained as ``__cause__``; they never reach a user unwrapped.
@@ -49,6 +52,8 @@ __all__ = [
     "RemoteWorkflowError",
     "RemoteWorkflowTimeoutError",
     "ResourceExhaustedError",
+    "RunNotFoundError",
+    "StoreError",
     "TlsError",
     "TransportError",
     "UnknownStepError",
@@ -56,6 +61,7 @@ __all__ = [
     "UnsupportedError",
     "ValidationError",
     "WorkflowCancelledError",
+    "WorkflowChangedError",
     "WorkflowError",
     "WorkflowTimeoutError",
 ]
@@ -424,3 +430,45 @@ _SUBCLASS_BY_KIND: dict[PeerErrorKind, type[PeerError]] = {
         ResourceExhaustedError,
     )
 }
+
+
+class StoreError(PeerflowError):
+    """A run store failed: unreachable, locked, corrupt, or this process lost a run's lease.
+
+    Attributes:
+        run_id: the run concerned, when one is.
+    """
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self._run_id = run_id
+
+    @property
+    def run_id(self) -> str | None:
+        """The run concerned, when one is."""
+        return self._run_id
+
+
+class RunNotFoundError(StoreError):
+    """The store holds no run with that id."""
+
+
+class WorkflowChangedError(StoreError):
+    """The workflow given to resume a run differs from the one the run started with.
+
+    Nothing is deleted: resume with the original workflow, or cancel the run.
+
+    Attributes:
+        differences: one line per difference (a step added, removed or changed).
+    """
+
+    def __init__(
+        self, message: str, *, run_id: str | None = None, differences: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, run_id=run_id)
+        self._differences = differences
+
+    @property
+    def differences(self) -> tuple[str, ...]:
+        """One line per difference between the journaled and the given workflow."""
+        return self._differences

@@ -18,7 +18,7 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -45,7 +45,7 @@ from peerflow.step import retry_delay
 if TYPE_CHECKING:
     from peerflow.step import StepSpec
 
-__all__ = ["DEFAULT_STREAM_BUFFER_BYTES", "Run", "WorkflowHandler"]
+__all__ = ["DEFAULT_STREAM_BUFFER_BYTES", "Journal", "Run", "WorkflowHandler"]
 
 log = logging.getLogger("peerflow")
 
@@ -64,6 +64,24 @@ def _event_size(event: Event) -> int:
         return len(orjson.dumps(event.to_dict(), default=repr, option=orjson.OPT_NON_STR_KEYS))
     except (TypeError, ValueError):
         return len(repr(event))
+
+
+class Journal(Protocol):
+    """What a durable run's journal (:mod:`peerflow.store`) hooks into; None: not durable."""
+
+    def begin(self, run: Run) -> None:
+        """Start the run: dispatch its StartEvent, or redeliver what a resume left pending."""
+
+    def observe(self, event: Event) -> None:
+        """An event is being routed (stamps events that came from outside a step's return)."""
+
+    def attempt(self, spec: StepSpec, event: Event, attempt: int) -> None:
+        """A step attempt begins (in the worker's task)."""
+
+    async def completed(
+        self, run: Run, spec: StepSpec, event: Event, outputs: list[Event], attempt: int
+    ) -> None:
+        """A step completed with ``outputs``: persist it before they are routed."""
 
 
 class _Stream:
@@ -285,8 +303,10 @@ class Run:
         run_id: str | None = None,
         answerable: bool = True,
         stream_limit: int | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.journal = journal
         self.thread_id = threading.get_ident()
         self.workflow_name = workflow_name
         self.run_id = run_id or str(uuid.uuid4())
@@ -330,6 +350,8 @@ class Run:
         """
         if self.outcome is not None:
             return
+        if self.journal is not None:
+            self.journal.observe(event)
         event_type = event.event_type
         if event_type == STOP_EVENT_TYPE or isinstance(event, StopEvent):
             self._finish(event)
@@ -351,6 +373,13 @@ class Run:
                 runner.submit(event)
         elif not isinstance(event, InputRequiredEvent):
             self.dropped.append(event_type)
+
+    def redeliver(self, event: Event, step_id: str) -> None:
+        """Queue ``event`` for the step ``step_id`` only (a resumed run's pending work)."""
+        runner = self._runners.get(step_id)
+        if runner is not None and self.outcome is None:
+            self.pending += 1
+            runner.submit(event)
 
     def check_stalled(self) -> None:
         """Fail the run when it can make no more progress."""
@@ -469,6 +498,8 @@ class Run:
         started = self.loop.time() if spec.retry_policy is not None else 0.0
         while True:
             attempt += 1
+            if self.journal is not None:
+                self.journal.attempt(spec, event, attempt)
             try:
                 if cls is not None and not isinstance(event, cls):
                     event = cls(**event.to_dict())
@@ -520,6 +551,8 @@ class Run:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 return
+        if self.journal is not None and not await self._journal(spec, event, output, attempt):
+            return
         if output is None:
             return
         if isinstance(output, Event):
@@ -571,6 +604,24 @@ class Run:
             self._on_threads_done.append(callback)
         else:
             callback()
+
+    async def _journal(self, spec: StepSpec, event: Event, output: Any, attempt: int) -> bool:
+        """Persist a completed step before its outputs are routed; False: the run failed."""
+        assert self.journal is not None
+        if output is None:
+            outputs: list[Event] = []
+        elif isinstance(output, Event):
+            outputs = [output]
+        elif isinstance(output, list | tuple) and all(isinstance(e, Event) for e in output):
+            outputs = list(output)
+        else:
+            return True  # not events: execute() fails the run with its usual message
+        try:
+            await self.journal.completed(self, spec, event, outputs, attempt)
+        except PeerflowError as exc:
+            self.fail(self._step_error(spec, attempt, exc))
+            return False
+        return True
 
     async def _invoke(self, spec: StepSpec, event: Event) -> Any:
         ctx = self.ctx
@@ -641,7 +692,10 @@ class Run:
 
     async def drive(self) -> WorkflowResult:
         """Start the run, wait for its outcome, stop every step, return or raise."""
-        self.dispatch(self.start_event)
+        if self.journal is None:
+            self.dispatch(self.start_event)
+        else:
+            self.journal.begin(self)
         early, self.early = self.early, None
         for event in early or ():
             self.send_external(event)

@@ -21,7 +21,7 @@ from peerflow.events import (
 from peerflow.refs import ANONYMOUS, SessionRefRegistry
 from peerflow.registry import Registry, default_registry
 from peerflow.result import WorkflowResult
-from peerflow.runtime import Run, WorkflowHandler
+from peerflow.runtime import Journal, Run, WorkflowHandler
 from peerflow.step import StepFn, StepSpec, as_step
 from peerflow.typed import json_schema, start_event_class, stop_event_class
 
@@ -237,6 +237,7 @@ class Workflow:
         run_id: str | None = None,
         answerable: bool | None = None,
         stream_limit: int | None = None,
+        journal: Journal | None = None,
     ) -> Run:
         return Run(
             workflow_name=self.name,
@@ -255,6 +256,7 @@ class Workflow:
             run_id=run_id,
             answerable=streaming if answerable is None else answerable,
             stream_limit=stream_limit,
+            journal=journal,
         )
 
     async def run(self, /, **fields: Any) -> WorkflowResult:

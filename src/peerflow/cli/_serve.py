@@ -184,6 +184,23 @@ def _import_app(target: str) -> ModuleType:
     help="Log lines as text, or as one JSON object per line.",
 )
 @click.option(
+    "--store",
+    "store_url",
+    default=None,
+    metavar="URL",
+    help="A run store (sqlite:///runs.db, postgresql://...): named runs are durable, and "
+    "unfinished runs of APP's workflows are resumed (docs/durability.md).",
+)
+@click.option(
+    "--store-lease",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds this peer holds a stored run without renewing; a dead peer's runs are "
+    "resumed by another after it.",
+)
+@click.option(
     "--grace",
     type=click.FloatRange(min=0),
     default=10.0,
@@ -207,6 +224,8 @@ def serve(
     max_message_bytes: int | None,
     log_level: str | None,
     log_format: str,
+    store_url: str | None,
+    store_lease: float,
     grace: float,
 ) -> int:
     """Serve APP's workflows and steps to other machines.
@@ -234,6 +253,8 @@ def serve(
         options["ref_budget_bytes"] = ref_budget
     if max_message_bytes is not None:
         options["max_message_bytes"] = max_message_bytes
+    if store_url is not None:
+        options["store_url"] = (store_url, store_lease)
     _run_async(_serve(node_id, listen, grace, workflows, options), fast_loop=True)
     return ExitCode.OK
 
@@ -244,6 +265,11 @@ async def _serve(
     from peerflow.peer.server import PeerServer
     from peerflow.registry import default_registry
 
+    store = options.pop("store_url", None)
+    if store is not None:
+        from peerflow.store import open_store
+
+        options["store"] = open_store(store[0], lease=store[1])
     server = PeerServer(node_id, **options)
     with _quiet_fd2():
         await server.start(listen)

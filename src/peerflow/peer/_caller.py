@@ -59,6 +59,7 @@ class Caller:
         *,
         input_json: str | bytes | None = None,
         timeout_secs: float | None = None,
+        run_id: str | None = None,
     ) -> WorkflowResult:
         """Run a workflow remotely and return its result (defined by each caller).
 
@@ -68,7 +69,7 @@ class Caller:
         raise NotImplementedError
 
     async def _invoke_raw(
-        self, request: pb.SubWorkflowRequest, deadline: float | None
+        self, request: pb.SubWorkflowRequest, deadline: float | None, run_id: str | None = None
     ) -> pb.SubWorkflowResponse:
         raise NotImplementedError
 
@@ -85,7 +86,11 @@ class Caller:
 
     @overload
     async def invoke_sub_workflow(
-        self, request: pb.SubWorkflowRequest, *, deadline: float | None = None
+        self,
+        request: pb.SubWorkflowRequest,
+        *,
+        deadline: float | None = None,
+        run_id: str | None = None,
     ) -> pb.SubWorkflowResponse: ...
 
     @overload
@@ -99,6 +104,7 @@ class Caller:
         input: Mapping[str, Any] | None = None,
         input_json: str | bytes | None = None,
         timeout_secs: float | None = None,
+        run_id: str | None = None,
     ) -> WorkflowResult: ...
 
     async def invoke_sub_workflow(
@@ -111,6 +117,7 @@ class Caller:
         input: Mapping[str, Any] | None = None,
         input_json: str | bytes | None = None,
         timeout_secs: float | None = None,
+        run_id: str | None = None,
     ) -> pb.SubWorkflowResponse | WorkflowResult:
         """Run a sub-workflow remotely, in either of the seeds' two forms.
 
@@ -134,10 +141,15 @@ class Caller:
         ):
             assert workflow_name is not None
             return await self.run_remote_workflow(
-                workflow_name, step_ids, input, input_json=input_json, timeout_secs=timeout_secs
+                workflow_name,
+                step_ids,
+                input,
+                input_json=input_json,
+                timeout_secs=timeout_secs,
+                run_id=run_id,
             )
         assert isinstance(request, pb.SubWorkflowRequest)
-        return await self._invoke_raw(request, deadline)
+        return await self._invoke_raw(request, deadline, run_id)
 
     invoke_sub_workflow_blocking = blocking_twin(invoke_sub_workflow)
 

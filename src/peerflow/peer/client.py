@@ -43,6 +43,7 @@ from peerflow.peer._bounded import BoundedDict
 from peerflow.peer._caller import Caller
 from peerflow.peer.address import Target, parse_target
 from peerflow.peer.framing import frame, unframe
+from peerflow.peer.named import check_run_id, with_run_id
 from peerflow.peer.results import encode_input, response_to_result
 from peerflow.peer.schemas import read_schemas
 from peerflow.peer.security import ClientTls, bearer_metadata, resolve_token
@@ -512,12 +513,18 @@ class PeerClient(Caller):
         return error
 
     async def _unary(
-        self, call: Any, method: str, payload: bytes, deadline: float | None = None
+        self,
+        call: Any,
+        method: str,
+        payload: bytes,
+        deadline: float | None = None,
+        run_id: str | None = None,
     ) -> memoryview:
         self._check_open()
         with telemetry.client_rpc_span(method, self.address):
             try:
-                reply = await call(frame(payload), metadata=self._call_metadata(), timeout=deadline)
+                metadata = with_run_id(self._call_metadata(), run_id)
+                reply = await call(frame(payload), metadata=metadata, timeout=deadline)
             except grpc.RpcError as exc:
                 raise self._error(exc, method) from exc
         return unframe(reply)
@@ -568,12 +575,15 @@ class PeerClient(Caller):
     # -- workflows -----------------------------------------------------------------------
 
     async def _invoke_raw(
-        self, request: pb.SubWorkflowRequest, deadline: float | None
+        self,
+        request: pb.SubWorkflowRequest,
+        deadline: float | None,
+        run_id: str | None = None,
     ) -> pb.SubWorkflowResponse:
         method = BLAZEN + "InvokeSubWorkflow"
         if deadline is None and request.timeout_secs is not None:
             deadline = _grpc_deadline(request.timeout_secs)
-        reply = await self._unary(self._invoke, method, request.encode(), deadline)
+        reply = await self._unary(self._invoke, method, request.encode(), deadline, run_id)
         try:
             return _accounted(pb.SubWorkflowResponse.decode(reply))
         except EncodeError as exc:
@@ -589,6 +599,7 @@ class PeerClient(Caller):
         *,
         input_json: str | bytes | None = None,
         timeout_secs: float | None = None,
+        run_id: str | None = None,
     ) -> WorkflowResult:
         """Run a workflow on the peer and return its result.
 
@@ -599,6 +610,9 @@ class PeerClient(Caller):
             input_json: the same, already encoded as a JSON object.
             timeout_secs: bounds the run on the peer (it is cancelled there); positive
                 sub-second values round up to 1; None defers to the peer's default.
+            run_id: an idempotency key: the peer runs the work once per key, and a
+                repeated call attaches to the run in flight or returns its stored result
+                (a peer with a store keeps it across restarts; without one, in memory).
 
         Returns:
             The remote run's result: ``result``, ``state``, usage totals, ``run_id`` and
@@ -612,7 +626,8 @@ class PeerClient(Caller):
             ValidationError: bad arguments.
         """
         request, deadline = self._request(workflow_name, step_ids, input, input_json, timeout_secs)
-        response = await self._invoke_raw(request, deadline)
+        check_run_id(run_id)
+        response = await self._invoke_raw(request, deadline, run_id)
         return response_to_result(
             response, workflow=workflow_name, address=self.address, make_ref=self._make_ref
         )
@@ -627,6 +642,7 @@ class PeerClient(Caller):
         *,
         input_json: str | bytes | None = None,
         timeout_secs: float | None = None,
+        run_id: str | None = None,
     ) -> AsyncGenerator[Event | WorkflowResult, None]:
         """Run a workflow on the peer, yielding its stream events, then its result.
 
@@ -634,7 +650,8 @@ class PeerClient(Caller):
         :class:`WorkflowResult`.
 
         Falls back to :meth:`run_remote_workflow` (yielding only the result) when the
-        peer does not implement streaming (a Blazen peer).
+        peer does not implement streaming (a Blazen peer). With a ``run_id`` (see
+        :meth:`run_remote_workflow`) only the result is yielded.
 
         Raises:
             WorkflowError: the remote run failed, after the events streamed before.
@@ -642,12 +659,15 @@ class PeerClient(Caller):
                 :meth:`run_remote_workflow`.
         """
         request, deadline = self._request(workflow_name, step_ids, input, input_json, timeout_secs)
+        check_run_id(run_id)
         self._check_open()
         method = BLAZEN + "StreamSubWorkflowEvents"
         scope = telemetry.client_rpc_span(method, self.address)
         with scope:
             call = self._stream(
-                frame(request.encode()), metadata=self._call_metadata(), timeout=deadline
+                frame(request.encode()),
+                metadata=with_run_id(self._call_metadata(), run_id),
+                timeout=deadline,
             )
             scope.release_current()  # not the consumer's current span across our yields
             try:
@@ -671,6 +691,7 @@ class PeerClient(Caller):
                         input,
                         input_json=input_json,
                         timeout_secs=timeout_secs,
+                        run_id=run_id,
                     )
                     return
                 raise error from exc

@@ -32,6 +32,7 @@ from peerflow.events import Event, StartEvent, StopEvent
 from peerflow.refs import RefDescriptor, RefLifetime, RegistryKey
 from peerflow.result import WorkflowResult
 from peerflow.step import StepSpec, step
+from peerflow.store._journal import durable_call_id
 
 __all__ = ["remote_step"]
 
@@ -49,6 +50,7 @@ class _Caller(Protocol):
         *,
         input_json: str | bytes | None = None,
         timeout_secs: float | None = None,
+        run_id: str | None = None,
     ) -> Any: ...
 
 
@@ -103,8 +105,12 @@ def remote_step(
 
     async def run_remote(ctx: Context, ev: Event) -> Event:
         result: WorkflowResult | None = None
+        # In a durable run the remote run is named after (run, step, event, attempt): a
+        # parent resumed after a crash gets the same remote run back, not a second one.
+        call_id = durable_call_id()
+        named = {"run_id": call_id} if call_id is not None else {}
         stream = client.stream_remote_workflow(
-            workflow_name, ids, _payload(ev), timeout_secs=timeout_secs
+            workflow_name, ids, _payload(ev), timeout_secs=timeout_secs, **named
         )
         try:
             async for item in stream:

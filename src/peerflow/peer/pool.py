@@ -655,6 +655,7 @@ class PeerPool(Caller):
         *,
         input_json: str | bytes | None = None,
         timeout_secs: float | None = None,
+        run_id: str | None = None,
     ) -> WorkflowResult:
         """Run a workflow on a capable, healthy peer and return its result.
 
@@ -664,6 +665,7 @@ class PeerPool(Caller):
             input: the start event's fields (JSON-serializable).
             input_json: the same, already encoded as a JSON object.
             timeout_secs: bounds the run on the peer (see ``PeerClient``).
+            run_id: an idempotency key (see ``PeerClient.run_remote_workflow``).
 
         Returns:
             The remote run's result; its ``remote_refs`` stay bound to the peer that ran it.
@@ -680,7 +682,12 @@ class PeerPool(Caller):
             workflow_name,
             ids,
             lambda client: client.run_remote_workflow(
-                workflow_name, ids, input, input_json=input_json, timeout_secs=timeout_secs
+                workflow_name,
+                ids,
+                input,
+                input_json=input_json,
+                timeout_secs=timeout_secs,
+                run_id=run_id,
             ),
         )
         self._remember(peer, iter(result.remote_refs))
@@ -696,6 +703,7 @@ class PeerPool(Caller):
         *,
         input_json: str | bytes | None = None,
         timeout_secs: float | None = None,
+        run_id: str | None = None,
     ) -> AsyncGenerator[Event | WorkflowResult, None]:
         """Run a workflow on a capable peer, yielding its stream events, then its result.
 
@@ -715,7 +723,12 @@ class PeerPool(Caller):
                 raise self._no_peer_error(workflow_name, ids, tried)
             assert peer.client is not None
             stream = peer.client.stream_remote_workflow(
-                workflow_name, ids, input, input_json=input_json, timeout_secs=timeout_secs
+                workflow_name,
+                ids,
+                input,
+                input_json=input_json,
+                timeout_secs=timeout_secs,
+                run_id=run_id,
             )
             started = False
             peer.in_flight += 1
@@ -738,13 +751,13 @@ class PeerPool(Caller):
     stream_remote_workflow_blocking = blocking_iter_twin(stream_remote_workflow)
 
     async def _invoke_raw(
-        self, request: pb.SubWorkflowRequest, deadline: float | None
+        self, request: pb.SubWorkflowRequest, deadline: float | None, run_id: str | None = None
     ) -> pb.SubWorkflowResponse:
         ids = check_call(request.workflow_name, request.step_ids)
         peer, response = await self._call(
             request.workflow_name,
             ids,
-            lambda client: client._invoke_raw(request, deadline),
+            lambda client: client._invoke_raw(request, deadline, run_id),
         )
         self._remember(peer, iter(response.remote_refs))
         return response

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import math
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from peerflow.blocking import blocking_twin
 from peerflow.errors import PeerError, PeerErrorKind, ValidationError
 from peerflow.peer.address import parse_listen_address
+from peerflow.peer.named import start_resuming
 from peerflow.peer.security import AuthInterceptor, ServerTls, resolve_token
 from peerflow.peer.service import (
     DEFAULT_STREAM_IDLE_TIMEOUT,
@@ -35,6 +36,9 @@ from peerflow.peer.status import NOT_STARTED
 from peerflow.refs import SessionRefRegistry
 from peerflow.registry import Registry, default_registry
 from peerflow.runtime import DEFAULT_STREAM_BUFFER_BYTES
+
+if TYPE_CHECKING:
+    from peerflow.store import RunStore
 
 __all__ = ["PeerServer"]
 
@@ -121,6 +125,10 @@ class PeerServer:
         stream_idle_timeout: seconds a streaming call (events, deref) may wait for its
             caller to take the next message (default 60); a stalled reader's call then
             ends (UNAVAILABLE) and its run is cancelled.
+        store: a :func:`~peerflow.open_store` run store: runs callers name with a
+            ``run_id`` are durable there, and on start (then every third of the store's
+            lease) the peer resumes the unfinished runs of the workflows it serves that
+            no live process holds (see ``docs/durability.md``). The server closes it.
 
     Raises:
         ValidationError: a bad argument.
@@ -143,6 +151,7 @@ class PeerServer:
         max_connection_age: float | None = None,
         max_stream_buffer_bytes: int = DEFAULT_STREAM_BUFFER_BYTES,
         stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT,
+        store: RunStore | None = None,
     ) -> None:
         if not isinstance(node_id, str) or not node_id.strip():
             raise ValidationError(f"node_id must be a non-empty string, got {node_id!r}")
@@ -152,6 +161,8 @@ class PeerServer:
             raise ValidationError(
                 f"session_refs must be a SessionRefRegistry, got {session_refs!r}"
             )
+        if store is not None and not hasattr(store, "resume_orphans"):
+            raise ValidationError(f"store must come from open_store(), got {store!r}")
         if tls is not None and not isinstance(tls, ServerTls):
             raise ValidationError(f"tls must come from load_server_tls(), got {tls!r}")
         max_message_bytes = _positive_int(max_message_bytes, "max_message_bytes")
@@ -189,8 +200,16 @@ class PeerServer:
         self.session_refs = session_refs
         self.registry = default_registry() if registry is None else registry
         self._service = PeerService(
-            node_id=node_id, registry=self.registry, refs=session_refs, limits=self._limits
+            node_id=node_id,
+            registry=self.registry,
+            refs=session_refs,
+            limits=self._limits,
+            store=store,
         )
+        self._store = store
+        self._resumer: asyncio.Task[None] | None = None
+        if store is not None:
+            store.session_refs = session_refs
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -303,6 +322,8 @@ class PeerServer:
         host = listen.rsplit(":", 1)[0]
         self._address = f"{host}:{port}"
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        if self._store is not None:
+            self._resumer = start_resuming(self._store, self.registry, self.node_id)
         log.info(
             "peer %s serving on %s (%s, auth=%s)",
             self.node_id,
@@ -385,8 +406,13 @@ class PeerServer:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        if self._resumer is not None:
+            self._resumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resumer
         loop = asyncio.get_running_loop()
         began = loop.time()
+        await self._service.named.close()  # a store's runs stay resumable elsewhere
         if not await self._service.wait_idle(grace):
             # Cancel the runs still in flight while their callers are still connected, so
             # each gets its run's cancelled response (it did run) rather than a dropped
@@ -394,6 +420,8 @@ class PeerServer:
             await self._service.cancel_all()
         await server.stop(None if grace is None else max(0.0, grace - (loop.time() - began)))
         await self._service.cancel_all()
+        if self._store is not None:
+            await self._store.close()
         if self._stopped is not None:
             self._stopped.set()
         log.info("peer %s stopped", self.node_id)

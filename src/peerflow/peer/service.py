@@ -42,6 +42,7 @@ from peerflow.errors import (
 from peerflow.peer import protocol as pb
 from peerflow.peer._refusals import log_step_failure, note_refusal
 from peerflow.peer.framing import frame, unframe
+from peerflow.peer.named import NamedRuns, requested_run_id
 from peerflow.peer.results import (
     decode_input,
     error_response,
@@ -58,6 +59,7 @@ from peerflow.workflow import Workflow
 
 if TYPE_CHECKING:
     from peerflow.runtime import Run
+    from peerflow.store import RunStore
 
 __all__ = [
     "DEFAULT_STREAM_IDLE_TIMEOUT",
@@ -130,8 +132,10 @@ class PeerService:
         registry: Registry,
         refs: SessionRefRegistry,
         limits: ServiceLimits,
+        store: RunStore | None = None,
     ) -> None:
         self.node_id = node_id
+        self.named = NamedRuns(store)  # runs callers gave a run id (peer/named.py)
         self.registry = registry
         self.refs = refs
         self.limits = limits
@@ -406,6 +410,9 @@ class PeerService:
     async def invoke(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """``InvokeSubWorkflow``: run a workflow and return its response envelope."""
         with self._admit() as slot:
+            run_id = requested_run_id(context)
+            if run_id is not None:
+                return frame((await self.named.respond(self, request, run_id)).encode())
             run = slot.run = self._prepare(request, streaming=False)
             response = await self._drive(run, context)
         return frame(response.encode())
@@ -415,6 +422,11 @@ class PeerService:
     ) -> AsyncGenerator[bytes, None]:
         """``StreamSubWorkflowEvents``: each streamed event, then ``Done(response)``."""
         with self._admit() as slot:
+            run_id = requested_run_id(context)
+            if run_id is not None:  # a named run: only its outcome (it may be attached to)
+                response = await self.named.respond(self, request, run_id)
+                yield frame(pb.SubWorkflowEvent(pb.StreamDone(response)).encode())
+                return
             run = slot.run = self._prepare(request, streaming=True)
             driver = asyncio.ensure_future(self._drive(run, context))
             limit = self.limits.max_unary_bytes - 1024
