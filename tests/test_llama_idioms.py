@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pydantic import BaseModel
 
 from peerflow import (
     Context,
@@ -334,3 +335,98 @@ async def test_remote_step_with_emits_feeds_the_next_step_and_merges_state() -> 
 def test_remote_step_emits_must_be_an_event_class() -> None:
     with pytest.raises(ValidationError, match="emits"):
         remote_step(object(), "x", emits=dict)  # type: ignore[arg-type]
+
+
+# -- typed state ---------------------------------------------------------------------------
+
+
+class ReviewState(BaseModel):
+    reviews: int = 0
+    reviewers: list[str] = []
+
+
+@step
+async def first_review(ctx: Context[ReviewState], ev: StartEvent) -> Draft:
+    async with ctx.store.edit_state() as state:
+        state.reviews += 1
+        state.reviewers.append("ann")
+    return Draft(text="v1")
+
+
+@step
+async def second_review(ctx: Context[ReviewState], ev: Draft) -> StopEvent:
+    async with ctx.store.edit_state() as state:
+        state.reviews += 1
+        state.reviewers.append("bo")
+    current = await ctx.store.get_state()
+    assert isinstance(current, ReviewState)
+    return StopEvent(result=current.reviews)
+
+
+async def test_typed_state_from_the_context_annotation_is_edited_atomically() -> None:
+    wf = Workflow("typed", [first_review, second_review])
+    assert wf.state_model is ReviewState
+    result = await wf.run()
+    assert result.result == 2
+    assert result.state == {"reviews": 2, "reviewers": ["ann", "bo"]}  # exported as JSON
+
+
+async def test_typed_state_edits_are_validated_and_a_failed_edit_saves_nothing() -> None:
+    @step
+    async def corrupt(ctx: Context[ReviewState], ev: StartEvent) -> StopEvent:
+        try:
+            async with ctx.store.edit_state() as state:
+                state.reviews = "many"  # type: ignore[assignment]
+        except ValidationError as exc:
+            return StopEvent(result=str(exc))
+        return StopEvent(result="saved")
+
+    result = await Workflow("corrupt", [corrupt]).run()
+    assert "not a valid ReviewState" in result.result
+    assert result.state == {"reviews": 0, "reviewers": []}
+    await_set = Workflow("set", [corrupt], state=ReviewState)
+    assert await_set.state_model is ReviewState
+
+
+async def test_store_get_and_set_on_typed_and_untyped_state() -> None:
+    @step
+    async def use_store(ctx: Context, ev: StartEvent) -> StopEvent:
+        await ctx.store.set("count", 3)
+        return StopEvent(result=await ctx.store.get("count") + await ctx.store.get("x", 1))
+
+    assert (await Workflow("untyped", [use_store]).run()).result == 4
+
+    @step
+    async def typed_set(ctx: Context[ReviewState], ev: StartEvent) -> StopEvent:
+        await ctx.store.set("reviews", 5)
+        try:
+            await ctx.store.set("nope", 1)
+        except ValidationError as exc:
+            return StopEvent(result=(await ctx.store.get("reviews"), str(exc)))
+        return StopEvent(result=None)
+
+    result = (await Workflow("typed-set", [typed_set]).run()).result
+    assert result[0] == 5 and "has no field 'nope'" in result[1]
+
+
+def test_a_state_model_without_defaults_or_disagreeing_steps_fails_the_build() -> None:
+    class Needs(BaseModel):
+        required: int
+
+    class Other(BaseModel):
+        x: int = 0
+
+    with pytest.raises(ValidationError, match="needs defaults"):
+        Workflow("needs", [echo_question], state=Needs)
+    with pytest.raises(ValidationError, match="different states"):
+        Workflow("mixed", [first_review, second_review], state=Other)
+
+
+async def test_typed_state_crosses_the_wire_as_json() -> None:
+    async with (
+        serve_in_process([Workflow("typed", [first_review, second_review])]) as server,
+        await PeerClient.connect(f"http://{server.address}", "caller") as client,
+    ):
+        result = await client.run_remote_workflow("typed")
+    assert result.state == {"reviews": 2, "reviewers": ["ann", "bo"]}
+    assert ReviewState.model_validate(result.state).reviews == 2

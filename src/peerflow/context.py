@@ -12,15 +12,19 @@ import contextvars
 import math
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import orjson
+import pydantic
+from typing_extensions import TypeVar as TypeVar_
 
 from peerflow.errors import ValidationError
 from peerflow.events import Event
 from peerflow.refs import RefLifetime, RegistryKey, SessionRefRegistry
+from peerflow.state import StateStore
 
 E = TypeVar("E", bound=Event)
+S = TypeVar_("S", default=dict[str, Any])  # bare ``Context`` stays the untyped one
 
 if TYPE_CHECKING:
     import uuid
@@ -149,7 +153,7 @@ class RunRefs:
         return self._registry.release(RegistryKey.parse(key), owner=self._owner)
 
 
-class Context:
+class Context(Generic[S]):
     """What a step sees of its run.
 
     Attributes:
@@ -159,7 +163,17 @@ class Context:
         refs: session refs of this run.
     """
 
-    __slots__ = ("_cancelled", "_collected", "_run", "refs", "run_id", "session", "state", "usage")
+    __slots__ = (
+        "_cancelled",
+        "_collected",
+        "_run",
+        "_store",
+        "refs",
+        "run_id",
+        "session",
+        "state",
+        "usage",
+    )
 
     def __init__(
         self, run: _RunHooks, run_id: str, refs: RunRefs, state: dict[str, Any] | None = None
@@ -172,6 +186,23 @@ class Context:
         self.session: dict[str, Any] = {}
         self.usage = Usage()
         self._collected: dict[tuple[str, ...], list[Event]] = {}
+        self._store: StateStore | None = None
+
+    @property
+    def store(self) -> StateStore:
+        """The run's state as llama-index's ``ctx.store``: typed by the workflow's model.
+
+        ``async with ctx.store.edit_state() as s`` edits it atomically; ``await
+        ctx.store.get_state()`` reads a validated copy (see :mod:`peerflow.state`).
+        """
+        if self._store is None:
+            self._store = StateStore(self, None)
+        return self._store
+
+    def _typed(self, model: type[pydantic.BaseModel]) -> None:
+        """Give this (new) run's context its state model and the model's defaults."""
+        self._store = StateStore(self, model)
+        self.state.update(model().model_dump(mode="json"))
 
     def get(self, key: str, default: Any = None) -> Any:
         """Read ``state[key]``, or ``default``."""
@@ -369,6 +400,7 @@ class Context:
         view.session = self.session
         view.usage = self.usage
         view._collected = self._collected
+        view._store = self._store
         return view
 
     def _mark_cancelled(self) -> None:

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Seque
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
+import pydantic
 
 from peerflow import telemetry
 from peerflow.context import _CURRENT, Context, RunRefs
@@ -303,6 +304,7 @@ class Run:
         run_id: str | None = None,
         answerable: bool = True,
         stream_limit: int | None = None,
+        state_model: type[pydantic.BaseModel] | None = None,
         journal: Journal | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
@@ -313,6 +315,8 @@ class Run:
         self.timeout = timeout
         self.start_event = start_event
         self.ctx = Context(self, self.run_id, RunRefs(session_refs, self.run_id, principal))
+        if state_model is not None:
+            self.ctx._typed(state_model)
         self.stream: _Stream | None = _Stream(self, stream_limit) if streaming else None
         # Whether someone can send the HumanResponseEvent an InputRequiredEvent asks for: a
         # handler can; a peer's streaming call (events flow one way) cannot.

@@ -7,6 +7,8 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import pydantic
+
 from peerflow import telemetry
 from peerflow._text import clip
 from peerflow.blocking import blocking_twin
@@ -22,6 +24,7 @@ from peerflow.refs import ANONYMOUS, SessionRefRegistry
 from peerflow.registry import Registry, default_registry
 from peerflow.result import WorkflowResult
 from peerflow.runtime import Journal, Run, WorkflowHandler
+from peerflow.state import state_model
 from peerflow.step import StepFn, StepSpec, as_step
 from peerflow.typed import json_schema, start_event_class, stop_event_class
 
@@ -58,6 +61,8 @@ class Workflow:
             (``StartEvent`` when they take the base class).
         stop_event_class: the ``StopEvent`` subclass a step's return annotation declares,
             or None.
+        state_model: the pydantic model of the run's state (``state=``, or a step's
+            ``ctx: Context[Model]``), or None: ``ctx.state`` is a plain dict.
 
     Raises:
         ValidationError: no steps, duplicate step ids, no step accepting ``StartEvent``,
@@ -70,6 +75,7 @@ class Workflow:
         "name",
         "session_refs",
         "start_event_class",
+        "state_model",
         "steps",
         "stop_event_class",
         "timeout",
@@ -82,6 +88,7 @@ class Workflow:
         timeout: float | None = None,
         *,
         session_refs: SessionRefRegistry | None = None,
+        state: type[pydantic.BaseModel] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ValidationError(f"a workflow name must be a non-empty string, got {name!r}")
@@ -102,6 +109,7 @@ class Workflow:
         self._routes = self._build_routes()
         self.start_event_class = start_event_class(name, specs)
         self.stop_event_class = stop_event_class(specs)
+        self.state_model = state_model(name, specs, state)
 
     def _build_routes(self) -> dict[str, Sequence[StepSpec]]:
         seen: dict[str, StepSpec] = {}
@@ -256,6 +264,7 @@ class Workflow:
             run_id=run_id,
             answerable=streaming if answerable is None else answerable,
             stream_limit=stream_limit,
+            state_model=self.state_model,
             journal=journal,
         )
 
