@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from webtools import Peer, poll, sse
 
-from peerflow.errors import WorkflowError
+from peerflow.errors import UnknownWorkflowError, WorkflowError
 from peerflow.peer.client import PeerClient
 
 
@@ -26,14 +27,10 @@ async def test_metrics_count_runs_steps_and_rpcs(peer: Peer) -> None:
     async with await PeerClient.connect(f"http://{peer.server.address}", "caller") as client:
         for _ in range(3):
             await client.run_remote_workflow("echo", input={"n": 1})
-        try:
+        with pytest.raises(WorkflowError):
             await client.run_remote_workflow("fail")
-        except WorkflowError:
-            pass
-        try:
+        with pytest.raises(UnknownWorkflowError):
             await client.run_remote_workflow("no-such-workflow")
-        except Exception:
-            pass
     run_id = (await peer.client.post("/api/workflows/echo/runs", json={})).json()["run_id"]
     await sse(peer.client, f"/api/runs/{run_id}/events")
     metrics = await _metrics(peer)
