@@ -29,7 +29,7 @@ __all__ = ["Edge", "Graph", "Node", "graph_of", "render_svg", "step_emits"]
 START, STOP, HUMAN = "__start__", "__stop__", "__human__"
 _INPUT = InputRequiredEvent.event_type_name
 _ANSWER = HumanResponseEvent.event_type_name
-_W, _H, _DX, _DY, _PAD = 180, 44, 250, 84, 24
+_W, _H, _DX, _DY, _PAD = 180, 44, 300, 84, 24
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
