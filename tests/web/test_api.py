@@ -25,7 +25,7 @@ async def test_healthz_mirrors_the_peer(peer: Peer) -> None:
 async def test_workflows_are_listed_with_schemas_and_graphs(peer: Peer) -> None:
     body = (await peer.client.get("/api/workflows")).json()
     names = [w["name"] for w in body["workflows"]]
-    assert names == ["ask", "block", "branches", "echo", "fail"]
+    assert names == ["ask", "block", "branches", "echo", "fail", "gated"]
     branches = next(w for w in body["workflows"] if w["name"] == "branches")
     split, left, right = (f"webflows.{n}" for n in ("split", "on_left", "on_right"))
     assert branches["steps"] == [split, left, right]

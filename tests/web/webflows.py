@@ -66,8 +66,29 @@ async def fail(ctx: Context, ev: StartEvent) -> StopEvent:
     raise RuntimeError("boom <script>")
 
 
-def registry() -> Registry:
+GATES: dict[str, asyncio.Event] = {}  # a test sets a fresh event, then sets it to finish
+
+
+@step
+async def gated(ctx: Context, ev: StartEvent) -> StopEvent:
+    await GATES["gate"].wait()
+    return StopEvent(result="opened")
+
+
+HOSTILE = '<img src=x onerror="window.__pwned=1">'
+
+
+@step(name="<script>window.__pwned=2</script>")
+async def hostile_step(ctx: Context, ev: StartEvent) -> StopEvent:
+    ctx.write_event_to_stream(Event("Note", text=HOSTILE))
+    return StopEvent(result=HOSTILE)
+
+
+def registry(*, hostile: bool = False) -> Registry:
     reg = Registry()
+    reg.register_workflow(Workflow("gated", [gated]))
+    if hostile:
+        reg.register_workflow(Workflow(HOSTILE, [hostile_step]))
     reg.register_workflow(Workflow("echo", [echo]))
     reg.register_workflow(Workflow("ask", [ask, answer]))
     reg.register_workflow(Workflow("block", [block]))
