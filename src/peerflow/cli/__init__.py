@@ -8,6 +8,7 @@
     peerflow health ADDRESS                                 exit 0 when SERVING
     peerflow fetch ADDRESS KEY / release ADDRESS KEY...     session refs a run left
     peerflow demo                                           two peers, one workflow
+    peerflow graph APP [--out FILE.svg|.html]               draw its workflows
 
 Every failure prints one line on stderr (``peerflow: error: <message>``) and exits with
 the code of its class (see :data:`EXIT_CODES`); ``--debug`` adds the traceback. This
@@ -16,7 +17,7 @@ package is the only code that writes to stdout/stderr directly; everything else 
 
 from __future__ import annotations
 
-from peerflow.cli import _calls, _serve  # noqa: F401  - importing registers the commands
+from peerflow.cli import _calls, _graph, _serve  # noqa: F401  - importing registers the commands
 from peerflow.cli._base import EXIT_CODES, ExitCode, cli, main, run_cli
 
 __all__ = ["EXIT_CODES", "ExitCode", "cli", "main", "run_cli"]

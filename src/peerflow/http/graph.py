@@ -24,7 +24,26 @@ from peerflow.events import (
 from peerflow.step import StepSpec
 from peerflow.workflow import Workflow
 
-__all__ = ["Edge", "Graph", "Node", "graph_of", "render_svg", "step_emits"]
+__all__ = [
+    "SVG_CSS",
+    "Edge",
+    "Graph",
+    "Node",
+    "graph_of",
+    "render_html",
+    "render_svg",
+    "step_emits",
+]
+
+SVG_CSS = """
+svg.flow rect{fill:#fff;stroke:#8a96a8;stroke-width:1.5}
+svg.flow .start rect,svg.flow .stop rect{fill:#eef1f5}svg.flow .human rect{fill:#fff6e0}
+svg.flow text{font:12px system-ui,sans-serif;fill:#1d232b}svg.flow path{stroke:#8a96a8;
+stroke-width:1.4}svg.flow marker path{fill:#8a96a8;stroke:none}
+svg.flow .edge text{font-size:11px;fill:#677282}
+svg.flow .node.ran rect{fill:#dff3e7;stroke:#2e9a5b;stroke-width:2.5}
+"""
+"""The look of the graphs (``class="flow"``), shared by the status page and standalone files."""
 
 START, STOP, HUMAN = "__start__", "__stop__", "__human__"
 _INPUT = InputRequiredEvent.event_type_name
@@ -159,10 +178,12 @@ def _e(text: str) -> str:
     return html.escape(text, quote=True)
 
 
-def render_svg(graph: Graph, *, marker_id: str = "arrow") -> str:
-    """``graph`` as a standalone ``<svg>`` element (every name escaped).
+def render_svg(graph: Graph, *, marker_id: str = "arrow", standalone: bool = False) -> str:
+    """``graph`` as an ``<svg>`` element (every name escaped).
 
-    Nodes are ``<g class="node" data-node=ID data-kind=KIND>``; edges are
+    With ``standalone``, the SVG carries its own style (a file of its own); otherwise it
+    takes the page's (:data:`SVG_CSS`). Nodes are
+    ``<g class="node" data-node=ID data-kind=KIND>``; edges are
     ``<g class="edge" data-source=ID data-target=ID data-event=TYPE>``.
     """
     where = {n.id: n for n in graph.nodes}
@@ -183,6 +204,8 @@ def render_svg(graph: Graph, *, marker_id: str = "arrow") -> str:
         ' markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z"/></marker>'
         "</defs>",
     ]
+    if standalone:
+        parts.insert(2, f"<style>{SVG_CSS}</style>")
     seen: dict[tuple[str, str], int] = {}
     for edge in graph.edges:
         a, b = where[edge.source], where[edge.target]
@@ -215,3 +238,16 @@ def render_svg(graph: Graph, *, marker_id: str = "arrow") -> str:
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def render_html(graphs: list[Graph]) -> str:
+    """A standalone HTML page drawing each of ``graphs`` (no external assets)."""
+    body = "".join(
+        f"<h2>{_e(g.workflow)}</h2>{render_svg(g, marker_id=f'arrow-{i}')}"
+        for i, g in enumerate(graphs)
+    )
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>peerflow graphs</title>"
+        "<style>body{font:14px system-ui,sans-serif;margin:24px;color:#1d232b}"
+        f"h2{{font-size:16px}}{SVG_CSS}</style></head><body>{body}</body></html>"
+    )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import html
 
-from peerflow.http.graph import graph_of, render_svg
+from peerflow.http.graph import SVG_CSS, graph_of, render_svg
 from peerflow.workflow import Workflow
 
 __all__ = ["render_page"]
@@ -47,12 +47,6 @@ border-radius:6px;padding:5px 12px;cursor:pointer}
 #events{font:12px/1.5 monospace;max-height:320px;overflow:auto;margin:0;padding:0;
 list-style:none}#events li{border-bottom:1px dotted var(--line);padding:2px 0;
 white-space:pre-wrap;word-break:break-all}#events b{color:var(--acc)}
-svg.flow rect{fill:#fff;stroke:#8a96a8;stroke-width:1.5}
-svg.flow .start rect,svg.flow .stop rect{fill:#eef1f5}svg.flow .human rect{fill:#fff6e0}
-svg.flow text{font:12px system-ui,sans-serif;fill:#1d232b}svg.flow path{stroke:#8a96a8;
-stroke-width:1.4}svg.flow marker path{fill:#8a96a8;stroke:none}
-svg.flow .edge text{font-size:11px;fill:#677282}
-svg.flow .node.ran rect{fill:#dff3e7;stroke:#2e9a5b;stroke-width:2.5}
 """
 
 _SCRIPT = r"""
@@ -222,7 +216,7 @@ def render_page(node_id: str, workflows: list[Workflow]) -> str:
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         '<link rel="icon" href="data:,">'
-        f"<title>peerflow · {node}</title><style>{_CSS}</style></head><body>"
+        f"<title>peerflow · {node}</title><style>{_CSS}{SVG_CSS}</style></head><body>"
         f'<header><h1>peerflow</h1><span class="node">node <b id="node">{node}</b></span>'
         '<span id="offline" hidden>· offline</span></header><main>'
         '<section><h2>Waiting for your answer</h2><div id="questions"></div>'

@@ -32,14 +32,14 @@ SHUTDOWN_BACKSTOP = 5  # seconds uvicorn waits for responses still being sent at
 
 
 def parse_http_address(address: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` too) as a host and a port.
+    """``HOST:PORT`` (``[v6]:PORT`` too) as a host and a port; no host means 127.0.0.1.
 
     Raises:
-        ValidationError: not ``HOST:PORT`` with a port in 0..65535.
+        ValidationError: not ``HOST:PORT`` (or ``PORT``) with a port in 0..65535.
     """
-    host, colon, port_text = address.strip().rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not colon or not host or not port_text.isdigit() or int(port_text) > 65535:
+    host, _colon, port_text = address.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"
+    if not port_text.isdigit() or int(port_text) > 65535:
         raise ValidationError(f"an HTTP address is HOST:PORT (port 0..65535), got {address!r}")
     return host, int(port_text)
 
