@@ -51,17 +51,44 @@ def _status_of(outcome: object) -> str:
     return "failed"
 
 
+def _final_entries(record: RunRecord, outcome: object) -> list[bytes]:
+    out = []
+    if record.dropped:
+        out.append(orjson.dumps({"type": TRUNCATED_EVENT_TYPE, "dropped": record.dropped}))
+    if isinstance(outcome, Event):
+        last = sse_json(outcome) if outcome.event_type == STOP_EVENT_TYPE else b""
+        last = last or orjson.dumps({"type": outcome.event_type})
+        if len(last) > DEFAULT_MAX_EVENT_BYTES:
+            last = orjson.dumps(
+                {"type": outcome.event_type, "result_omitted": f"{len(last)} bytes of JSON"}
+            )
+    else:
+        error = outcome if isinstance(outcome, PeerflowError) else None
+        last = orjson.dumps(
+            {
+                "type": FAILED_EVENT_TYPE,
+                "status": record.status,
+                "kind": getattr(error, "kind", None),
+                "error": str(error) if error is not None else "the run ended without result",
+            }
+        )
+    out.append(last)
+    return out
+
+
 class RunRecord:
     """One run as the board shows it."""
 
     __slots__ = (
         "_changed",
+        "_final",
         "caller",
         "dropped",
         "duration",
         "event_bytes",
         "events",
         "handler",
+        "outcome",
         "question",
         "run",
         "run_id",
@@ -87,6 +114,8 @@ class RunRecord:
         self.dropped = 0
         self.question: dict[str, Any] | None = None
         self.steps: dict[str, int] = {}
+        self.outcome: object = None  # the StopEvent or error, until encoded
+        self._final: list[bytes] | None = None
         self._changed: asyncio.Future[None] | None = None
 
     @property
@@ -126,6 +155,19 @@ class RunRecord:
             "steps": dict(self.steps),
             "events": len(self.events),
         }
+
+    def entries(self) -> list[bytes]:
+        """The encoded events so far; once ended, then the last one (result or error).
+
+        The last entry is encoded on first use (nobody may ever read it), then the outcome
+        is dropped; a result larger than the run's event budget is replaced by its size.
+        """
+        if self.duration is None:
+            return self.events
+        if self._final is None:
+            self._final = _final_entries(self, self.outcome)
+            self.outcome = None
+        return self.events + self._final
 
     def add(self, data: bytes, limit: int) -> None:
         """Record one encoded event (past ``limit`` bytes, count it as dropped)."""
@@ -222,46 +264,25 @@ class RunBoard:
             return
         if isinstance(event, InputRequiredEvent):
             record.question = event.to_dict()
-        data = sse_json(event)
-        if record.ended:
-            # Streamed before the end but read after it: keep the terminal entry last.
-            if record.event_bytes + len(data) <= self.max_event_bytes:
-                record.events.insert(len(record.events) - 1, data)
-                record.event_bytes += len(data)
-            return
-        record.add(data, self.max_event_bytes)
+        # An event streamed before the end may be read after it: it still goes before the
+        # last entry, which entries() adds after the events.
+        record.add(sse_json(event), self.max_event_bytes)
 
     def run_ended(self, run: Run, seconds: float) -> None:
         """Record a run's end: its status, duration and last event."""
         record = self._by_run.pop(id(run), None)
         if record is None:
             return
-        outcome = run.outcome
-        record.status = _status_of(outcome)
-        if record.dropped:
-            marker = {"type": TRUNCATED_EVENT_TYPE, "dropped": record.dropped}
-            record.events.append(orjson.dumps(marker))
-        if isinstance(outcome, Event):
-            last = sse_json(outcome) if outcome.event_type == STOP_EVENT_TYPE else b""
-            last = last or orjson.dumps({"type": outcome.event_type})
-        else:
-            error = outcome if isinstance(outcome, PeerflowError) else None
-            last = orjson.dumps(
-                {
-                    "type": FAILED_EVENT_TYPE,
-                    "status": record.status,
-                    "kind": getattr(error, "kind", None),
-                    "error": str(error) if error is not None else "the run ended without result",
-                }
-            )
-        record.events.append(last)
+        outcome = record.outcome = run.outcome
+        record.status = "ok" if isinstance(outcome, Event) else _status_of(outcome)
         record.duration = seconds
         record.run = None  # free the run (and everything it holds) now
         record.handler = None
-        self._live.pop(record.run_id, None)
-        self._ended[record.run_id] = record
-        while len(self._ended) > self.keep:
-            self._ended.popitem(last=False)
+        del self._live[record.run_id]
+        ended = self._ended
+        ended[record.run_id] = record
+        if len(ended) > self.keep:
+            ended.popitem(last=False)
         record.wake()
         if self._on_ended is not None:
             self._on_ended(record)

@@ -47,9 +47,9 @@ async def event_stream(
         yield b"retry: 2000\n\n"
         index = start
         while True:
-            events = record.events
-            while index < len(events):
-                yield b"id: %d\ndata: %s\n\n" % (index, events[index])
+            entries = record.entries()
+            while index < len(entries):
+                yield b"id: %d\ndata: %s\n\n" % (index, entries[index])
                 index += 1
             if record.ended or closed():
                 return
