@@ -14,10 +14,14 @@ once ended, ``run.outcome`` (the ``StopEvent`` or the error). While the run is i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 import grpc
+
+from peerflow.errors import PeerflowError
+from peerflow.peer.status import status_for
 
 if TYPE_CHECKING:
     from peerflow.events import Event
@@ -46,13 +50,18 @@ class _HasObserver(Protocol):
     observer: RunObserver | None
 
 
-def _code(context: grpc.aio.ServicerContext, failed: BaseException | None) -> str:
-    code = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return str(code.name)
+def _code(failed: BaseException | None) -> str:
+    """The status a handler's outcome becomes, read from its error.
+
+    Not from ``context.code()``, which costs a served call ~20 µs.
+    """
     if failed is None:
         return "OK"
-    return "CANCELLED" if isinstance(failed, asyncio.CancelledError) else "UNKNOWN"
+    if isinstance(failed, PeerflowError):
+        return str(status_for(failed)[0].name)
+    if isinstance(failed, asyncio.CancelledError | GeneratorExit):
+        return "CANCELLED"  # the caller left (or a stalled stream was ended)
+    return "UNKNOWN"
 
 
 def counted_unary(
@@ -60,7 +69,11 @@ def counted_unary(
     method: str,
     fn: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]],
 ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
-    """``fn``, reporting its final status to ``owner.observer`` when one is set."""
+    """``fn``, reporting its final status to ``owner.observer`` when one is set.
+
+    Wrap the handler inside the failure boundary (``PeerService._guard``): the status is
+    read from the PeerflowError the boundary turns into it.
+    """
     short = method.rsplit("/", 1)[-1]
 
     async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -74,7 +87,7 @@ def counted_unary(
             failed = exc
             raise
         finally:
-            observer.rpc_done(short, _code(context, failed))
+            observer.rpc_done(short, _code(failed))
 
     return handler
 
@@ -82,22 +95,25 @@ def counted_unary(
 def counted_stream(
     owner: _HasObserver,
     method: str,
-    fn: Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]],
-) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
+    fn: Callable[[bytes, grpc.aio.ServicerContext], AsyncGenerator[bytes, None]],
+) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncGenerator[bytes, None]]:
     """``fn`` (a streaming handler), reporting its final status to ``owner.observer``."""
     short = method.rsplit("/", 1)[-1]
 
-    async def handler(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def handler(
+        request: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncGenerator[bytes, None]:
         observer = owner.observer
         failed: BaseException | None = None
         try:
-            async for item in fn(request, context):
-                yield item
+            async with contextlib.aclosing(fn(request, context)) as items:
+                async for item in items:
+                    yield item
         except BaseException as exc:
             failed = exc
             raise
         finally:
             if observer is not None:
-                observer.rpc_done(short, _code(context, failed))
+                observer.rpc_done(short, _code(failed))
 
     return handler

@@ -160,12 +160,12 @@ class PeerService:
             EXTENSION + "StreamDerefSessionRef": self.stream_deref,
         }
         table = {
-            name: unary(counted_unary(self, name, self._guard(name, fn)))
+            name: unary(self._guard(name, counted_unary(self, name, fn)))
             for name, fn in unaries.items()
         }
         table.update(
             {
-                name: stream(counted_stream(self, name, self._guard_stream(name, fn)))
+                name: stream(self._guard_stream(name, counted_stream(self, name, fn)))
                 for name, fn in streams.items()
             }
         )
