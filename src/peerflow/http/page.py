@@ -27,7 +27,8 @@ _CSS = """
 Roboto,sans-serif;background:var(--bg);color:var(--ink)}
 header{background:#1d232b;color:#fff;padding:12px 24px;display:flex;gap:16px;
 align-items:baseline}header h1{font-size:18px;margin:0}header .node{color:#aeb8c6}
-main{padding:16px 24px;display:grid;gap:16px;max-width:1400px}
+main{padding:16px 24px;display:grid;grid-template-columns:minmax(0,1fr);gap:16px;
+max-width:1400px}#run-graph{overflow-x:auto}#run-graph svg,.wf svg{max-width:100%;height:auto}
 section{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:14px}
 h2{font-size:15px;margin:0 0 10px}.mute{color:var(--mute)}
 .workflows{display:flex;flex-wrap:wrap;gap:12px}
