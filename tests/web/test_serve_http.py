@@ -8,24 +8,13 @@ import subprocess
 import sys
 
 import httpx
-from clitools import ROOT, Served, cli_env, peerflow_cmd, read_line
+from clitools import Served, cli_env, read_line
+from webtools import serve_http_argv
 
 
 def test_serve_with_http_prints_its_address_and_serves(tmp_path: object) -> None:
     env = cli_env({"WEB_TOKEN": "tok-123"})
-    argv = [
-        *peerflow_cmd(),
-        "serve",
-        str(ROOT / "tests" / "cli_app.py"),
-        "--node-id",
-        "web",
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--token-env",
-        "WEB_TOKEN",
-    ]
+    argv = serve_http_argv("--http", "127.0.0.1:0", "--token-env", "WEB_TOKEN")
     with Served(argv, env=env) as served:
         line = read_line(served.proc)
         assert line.startswith("http on 127.0.0.1:"), line
@@ -51,17 +40,7 @@ def test_serve_with_http_prints_its_address_and_serves(tmp_path: object) -> None
 
 
 def test_serve_http_bad_address_is_a_usage_error() -> None:
-    argv = [
-        *peerflow_cmd(),
-        "serve",
-        str(ROOT / "tests" / "cli_app.py"),
-        "--node-id",
-        "web",
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:http",
-    ]
+    argv = serve_http_argv("--http", "127.0.0.1:http")
     done = subprocess.run(argv, capture_output=True, text=True, env=cli_env(), timeout=60)
     assert done.returncode == 2, done.stderr
     assert "HOST:PORT" in done.stderr

@@ -8,7 +8,8 @@ import signal
 
 import httpx
 import psutil
-from clitools import ROOT, Served, peerflow_cmd, read_line
+from clitools import Served, read_line
+from webtools import serve_http_argv
 
 READERS = 1000
 BUDGET = 50 * (1 << 20)
@@ -26,17 +27,7 @@ async def _open_reader(port: int, run_id: str) -> tuple[asyncio.StreamReader, as
 async def test_a_thousand_idle_sse_readers_fit_in_50_mib_and_are_freed() -> None:
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert soft >= READERS + 200, f"needs {READERS + 200} open files (ulimit -n is {soft})"
-    argv = [
-        *peerflow_cmd(),
-        "serve",
-        str(ROOT / "tests" / "cli_app.py"),
-        "--node-id",
-        "sse",
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-    ]
+    argv = serve_http_argv("--http", "127.0.0.1:0")
     with Served(argv) as served:
         port = int(read_line(served.proc).split(":")[-1])
         child = psutil.Process(served.proc.pid)

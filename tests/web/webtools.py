@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from clitools import ROOT, peerflow_cmd
 
 from peerflow.http import HttpServer
 from peerflow.peer.server import PeerServer
@@ -47,3 +48,9 @@ async def sse(
             elif line.startswith("data: "):
                 out.append((event_id, json.loads(line[6:])))
     return out
+
+
+def serve_http_argv(*extra: str) -> list[str]:
+    """``peerflow serve tests/cli_app.py`` on 127.0.0.1 port 0 with ``--http`` (+ ``extra``)."""
+    app = str(ROOT / "tests" / "cli_app.py")
+    return [*peerflow_cmd(), "serve", app, "--node-id", "web", "--listen", "127.0.0.1:0", *extra]

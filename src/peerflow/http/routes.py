@@ -19,7 +19,7 @@ from peerflow.errors import (
 from peerflow.http.board import RunRecord
 from peerflow.http.graph import graph_of, render_svg
 from peerflow.http.page import render_page
-from peerflow.http.runs import start_class
+from peerflow.http.runs import refusal, start_class
 from peerflow.http.sse import event_stream, resume_index
 from peerflow.workflow import Workflow
 
@@ -209,8 +209,7 @@ async def send_event(request: Request) -> Response:
     if isinstance(body, Response):
         return body
     if not record.answerable:
-        how = "has ended" if record.ended else "was started over gRPC, whose call cannot answer"
-        return error(409, f"run {record.run_id} {how}; it takes no events", status=record.status)
+        return error(409, refusal(record), status=record.status)
     try:
         event = _state(request).runs.send(record, body)
     except ValidationError as exc:

@@ -26,7 +26,7 @@ from peerflow.peer.server import PeerServer
 from peerflow.runtime import WorkflowHandler
 from peerflow.workflow import Workflow
 
-__all__ = ["HttpRuns", "start_class"]
+__all__ = ["HttpRuns", "refusal", "start_class"]
 
 CANCEL_WAIT = 10.0  # seconds a cancel waits for a gRPC-served run to end
 
@@ -38,6 +38,12 @@ def start_class(workflow: Workflow) -> type[StartEvent] | None:
         if cls is not None and cls is not StartEvent and issubclass(cls, StartEvent):
             return cls
     return None
+
+
+def refusal(record: RunRecord) -> str:
+    """Why ``record``'s run takes no events (it ended, or its gRPC call cannot answer)."""
+    how = "has ended" if record.ended else "was started over gRPC, whose call cannot answer"
+    return f"run {record.run_id} {how}; it takes no events"
 
 
 class HttpRuns:
@@ -110,8 +116,7 @@ class HttpRuns:
             raise ValidationError('an event needs a "type": a non-empty string')
         handler = record.handler
         if handler is None or record.ended:
-            how = "has ended" if record.ended else "was started over gRPC, whose call cannot answer"
-            raise ValidationError(f"run {record.run_id} {how}; it takes no events")
+            raise ValidationError(refusal(record))
         fields = {k: v for k, v in data.items() if k != "type"}
         event = event_from_data(event_type, fields)
         handler.send_event(event)
