@@ -205,3 +205,15 @@ async def test_disconnected_sse_clients_free_their_streams(peer: Peer) -> None:
 
     await poll(none_open, "the stream to be freed")
     await client.post(f"/api/runs/{run_id}/cancel")
+
+
+async def test_cross_origin_writes_are_refused(peer: Peer) -> None:
+    client = peer.client
+    evil = {"Origin": "http://evil.example"}
+    refused = await client.post("/api/workflows/echo/runs", json={}, headers=evil)
+    assert refused.status_code == 403
+    assert (await client.get("/api/runs")).json()["runs"] == []  # nothing was started
+    host = peer.url.removeprefix("http://")
+    same = await client.post("/api/workflows/echo/runs", json={}, headers={"Origin": peer.url})
+    assert same.status_code == 202, host
+    assert (await client.get("/api/runs", headers=evil)).status_code == 200  # reads pass

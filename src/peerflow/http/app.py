@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from peerflow.errors import ValidationError
-from peerflow.http.auth import TokenAuth
+from peerflow.http.auth import SameOriginWrites, TokenAuth
 from peerflow.http.board import RunBoard
 from peerflow.http.metrics import PeerMetrics
 from peerflow.http.routes import error, routes
@@ -109,6 +109,7 @@ def create_app(
     state = PeerHttp(server, max_body_bytes=max_body_bytes, keep_runs=keep_runs)
     app = Starlette(routes=routes(), exception_handlers={HTTPException: _http_error})
     app.state.peerflow = state
+    app.add_middleware(SameOriginWrites)
     if token is not None:
-        app.add_middleware(TokenAuth, token=token)
+        app.add_middleware(TokenAuth, token=token)  # added last: runs first
     return app

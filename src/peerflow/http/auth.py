@@ -14,7 +14,7 @@ import hmac
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["OPEN_PATHS", "TokenAuth", "presented_token"]
+__all__ = ["OPEN_PATHS", "SameOriginWrites", "TokenAuth", "presented_token"]
 
 OPEN_PATHS = frozenset({"/healthz"})
 _CHALLENGES = (
@@ -39,6 +39,47 @@ def presented_token(authorization: str) -> str | None:
     return None
 
 
+async def _refuse(
+    send: Send, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    body = orjson.dumps({"error": message})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class SameOriginWrites:
+    """ASGI middleware: 403 for a browser's cross-site POST (``Origin`` is not this host).
+
+    A browser that logged in with Basic auth would otherwise send its credentials with a
+    form another site posts here. Clients that send no ``Origin`` (curl, backends) pass.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse cross-origin writes; pass everything else on."""
+        if scope["type"] == "http" and scope.get("method") not in ("GET", "HEAD", "OPTIONS"):
+            headers = dict(scope.get("headers", ()))
+            origin = headers.get(b"origin")
+            if origin is not None:
+                host = headers.get(b"host", b"")
+                if origin.split(b"://", 1)[-1].rstrip(b"/") != host:
+                    await _refuse(send, 403, "cross-origin requests may not change runs")
+                    return
+        await self.app(scope, receive, send)
+
+
 class TokenAuth:
     """ASGI middleware: 401 with ``WWW-Authenticate`` unless the request carries the token."""
 
@@ -60,16 +101,4 @@ class TokenAuth:
         if token is not None and hmac.compare_digest(token.encode("utf-8"), self._token):
             await self.app(scope, receive, send)
             return
-        body = orjson.dumps({"error": "authentication required: send the peer's token"})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    *_CHALLENGES,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _refuse(send, 401, "authentication required: send the peer's token", _CHALLENGES)
