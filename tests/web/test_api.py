@@ -16,6 +16,7 @@ async def test_healthz_mirrors_the_peer(peer: Peer) -> None:
     response = await peer.client.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "SERVING", "node_id": "web-node"}
+    assert response.headers["date"].endswith(" GMT")  # kept current without uvicorn's tick
     await peer.server.stop(0)
     response = await peer.client.get("/healthz")
     assert response.status_code == 503

@@ -7,19 +7,22 @@
 
 The socket is bound here and handed to uvicorn (port 0 picks a free port, read back at
 once); uvicorn's own signal handling is not installed, so the host program (``peerflow
-serve``) keeps its own.
+serve``) keeps its own. Nor is uvicorn's main loop run: its 10 Hz tick (which keeps the
+``Date`` header current) cost the peer's gRPC calls several percent of their throughput,
+so the header is refreshed by the HTTP requests themselves, at most once a second.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import errno
 import logging
 import socket
+import time
+from email.utils import formatdate
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from peerflow.errors import PeerErrorKind, TransportError, ValidationError
 from peerflow.http.app import PeerHttp, create_app
@@ -44,6 +47,27 @@ def parse_http_address(address: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+class _DateHeader:
+    """ASGI middleware keeping uvicorn's default headers (``Date``) current, once a second."""
+
+    def __init__(self, app: ASGIApp, server: uvicorn.Server, config: uvicorn.Config) -> None:
+        self.app = app
+        self._server = server
+        self._config = config
+        self._second = -1
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            date = formatdate(now, usegmt=True).encode()
+            self._server.server_state.default_headers = [
+                (b"date", date),
+                *self._config.encoded_headers,
+            ]
+        await self.app(scope, receive, send)
+
+
 class HttpServer:
     """uvicorn serving ``create_app(peer, **options)`` on the current event loop.
 
@@ -60,7 +84,6 @@ class HttpServer:
         self.state: PeerHttp = self.app.state.peerflow
         self._server: uvicorn.Server | None = None
         self._socket: socket.socket | None = None
-        self._main: asyncio.Task[None] | None = None
         self.address: str | None = None
 
     async def start(self, address: str = "127.0.0.1:0") -> int:
@@ -104,12 +127,13 @@ class HttpServer:
             access_log=False,
             timeout_graceful_shutdown=SHUTDOWN_BACKSTOP,
         )
-        config.load()
         server = uvicorn.Server(config)
+        self._dated = _DateHeader(self.app, server, config)
+        config.app = self._dated
+        config.load()
         server.lifespan = config.lifespan_class(config)
-        await server.startup(sockets=[sock])
+        await server.startup(sockets=[sock])  # no main_loop: see the module docstring
         self._server, self._socket = server, sock
-        self._main = asyncio.get_running_loop().create_task(server.main_loop())
         self.address = f"{host}:{bound}" if ":" not in host else f"[{host}]:{bound}"
         log.info("http on %s", self.address)
         return int(bound)
@@ -126,9 +150,6 @@ class HttpServer:
         if server is None:
             return
         server.should_exit = True
-        if self._main is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._main
         await server.shutdown(sockets=[self._socket] if self._socket else None)
 
     async def __aenter__(self) -> HttpServer:
