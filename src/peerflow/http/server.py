@@ -52,19 +52,22 @@ class _DateHeader:
 
     def __init__(self, app: ASGIApp, server: uvicorn.Server, config: uvicorn.Config) -> None:
         self.app = app
-        self._server = server
-        self._config = config
+        self._extra = config.encoded_headers
         self._second = -1
+        # Updated in place: a request's response reads the list it was given at its start.
+        self._headers: list[tuple[bytes, bytes]] = []
+        server.server_state.default_headers = self._headers
+        self.refresh()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def refresh(self) -> None:
+        """Set ``Date`` to now, unless it already says this second."""
         now = int(time.time())
         if now != self._second:
             self._second = now
-            date = formatdate(now, usegmt=True).encode()
-            self._server.server_state.default_headers = [
-                (b"date", date),
-                *self._config.encoded_headers,
-            ]
+            self._headers[:] = [(b"date", formatdate(now, usegmt=True).encode()), *self._extra]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.refresh()
         await self.app(scope, receive, send)
 
 
@@ -132,7 +135,8 @@ class HttpServer:
         config.app = self._dated
         config.load()
         server.lifespan = config.lifespan_class(config)
-        await server.startup(sockets=[sock])  # no main_loop: see the module docstring
+        await server.startup(sockets=[sock])
+        self._dated.refresh()  # no main_loop: see the module docstring
         self._server, self._socket = server, sock
         self.address = f"{host}:{bound}" if ":" not in host else f"[{host}]:{bound}"
         log.info("http on %s", self.address)
