@@ -638,11 +638,12 @@ async def main(args: argparse.Namespace) -> None:
     print()
     print(text)
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(
             "# Peer hot-path benchmark\n\n"
             f"`python benchmarks/peer.py{' --quick' if args.quick else ''}"
-            f"{' --uvloop' if args.uvloop else ''}{' --http' if args.http else ''}` — "
+            f"{' --uvloop' if args.uvloop else ''}{' --http' if args.http else ''}"
+            f"{'' if args.parts == '1,2,3,4,5' else ' --parts ' + args.parts}` — "
             f"{datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}\n\n"
             f"Machine: {machine()}\n\n"
             "Server in a separate process on 127.0.0.1; baselines are raw grpc.aio servers "
@@ -661,6 +662,9 @@ def _parse() -> argparse.Namespace:
         "--http", action="store_true", help="every part's server child also serves --http"
     )
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.name}")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help=f"where to write the table ({RESULTS.name})"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ref-size", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args()
