@@ -155,3 +155,14 @@ async def test_names_and_event_fields_are_escaped(page_peer: Peer, chromium: Any
     assert injected == 0
     text = await asyncio.to_thread(lambda: chromium.find_element(By.TAG_NAME, "body").text)
     assert name in text  # shown as text
+
+
+async def test_a_browser_logs_in_with_basic_auth(secured_peer: Peer, chromium: Any) -> None:
+    auth = {"Authorization": "Bearer s3cret-token"}
+    response = await secured_peer.client.post("/api/workflows/echo/runs", json={}, headers=auth)
+    run_id = response.json()["run_id"]
+    host = secured_peer.url.removeprefix("http://")
+    await open_page(chromium, f"http://anyone:s3cret-token@{host}/#run={run_id}")
+    # The page's own requests (fetch, EventSource) reuse the browser's Basic login.
+    await wait_until(chromium, lambda d: row_status(run_id)(d) == "ok", 5.0)
+    await wait_until(chromium, lambda d: "StopEvent" in d.find_element(By.ID, "events").text, 5.0)

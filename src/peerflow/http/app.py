@@ -22,7 +22,7 @@ from peerflow.http.metrics import PeerMetrics
 from peerflow.http.routes import error, routes
 from peerflow.http.runs import HttpRuns
 from peerflow.peer.server import PeerServer
-from peerflow.runtime import Run, add_step_hook, remove_step_hook
+from peerflow.runtime import add_step_hook, remove_step_hook
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "PeerHttp", "create_app"]
 
@@ -38,20 +38,14 @@ class PeerHttp:
         self.max_body_bytes = max_body_bytes
         self.streams_open = 0
         self.metrics = PeerMetrics(server.session_refs, self._in_flight, lambda: self.streams_open)
-        self.board = RunBoard(
-            keep=keep_runs, on_ended=self.metrics.run_ended, on_rpc=self.metrics.rpc_done
-        )
+        self.board = RunBoard(keep=keep_runs, metrics=self.metrics)
         self.runs = HttpRuns(server, self.board)
         self.closed = False
         server.observer = self.board
-        add_step_hook(self._step_done)
+        add_step_hook(self.board.step_done)
 
     def _in_flight(self) -> int:
         return self.server.active_runs + self.runs.in_flight
-
-    def _step_done(self, run: Run, step_id: str, seconds: float, ok: bool) -> None:
-        self.board.step_done(run, step_id, seconds, ok)
-        self.metrics.step_done(run, step_id, seconds, ok)
 
     def stream_opened(self, delta: int) -> None:
         """Count an SSE stream opening (+1) or closing (-1)."""
@@ -64,7 +58,7 @@ class PeerHttp:
         self.closed = True
         for record in self.board.records():
             record.wake()  # its event streams see `closed` and end
-        remove_step_hook(self._step_done)
+        remove_step_hook(self.board.step_done)
         if self.server.observer is self.board:
             self.server.observer = None
         await self.runs.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -22,6 +22,7 @@ from peerflow.events import STOP_EVENT_TYPE, Event, InputRequiredEvent
 from peerflow.peer.results import event_json
 
 if TYPE_CHECKING:
+    from peerflow.http.metrics import PeerMetrics
     from peerflow.runtime import Run, WorkflowHandler
 
 __all__ = ["FAILED_EVENT_TYPE", "STATUSES", "RunBoard", "RunRecord", "sse_json"]
@@ -199,9 +200,7 @@ class RunBoard:
     Args:
         keep: how many ended runs to keep (the oldest is dropped first).
         max_event_bytes: bytes of events kept per run; later ones are counted, not kept.
-        on_started: called with each new record (metrics).
-        on_ended: called with each record as it ends (metrics).
-        on_rpc: called with each served RPC's method and status code (metrics).
+        metrics: what counts ended runs, step attempts and RPCs (the peer's metrics).
     """
 
     def __init__(
@@ -209,18 +208,14 @@ class RunBoard:
         *,
         keep: int = DEFAULT_KEEP,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-        on_started: Callable[[RunRecord], None] | None = None,
-        on_ended: Callable[[RunRecord], None] | None = None,
-        on_rpc: Callable[[str, str], None] | None = None,
+        metrics: PeerMetrics | None = None,
     ) -> None:
         self.keep = keep
         self.max_event_bytes = max_event_bytes
         self._live: dict[str, RunRecord] = {}
         self._by_run: dict[int, RunRecord] = {}
         self._ended: OrderedDict[str, RunRecord] = OrderedDict()
-        self._on_started = on_started
-        self._on_ended = on_ended
-        self._on_rpc = on_rpc
+        self._metrics = metrics
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -253,8 +248,6 @@ class RunBoard:
         record = RunRecord(run, caller, source)
         self._live[record.run_id] = record
         self._by_run[id(run)] = record
-        if self._on_started is not None:
-            self._on_started(record)
         return record
 
     def run_event(self, run: Run, event: Event) -> None:
@@ -284,19 +277,25 @@ class RunBoard:
         if len(ended) > self.keep:
             ended.popitem(last=False)
         record.wake()
-        if self._on_ended is not None:
-            self._on_ended(record)
+        if self._metrics is not None:
+            self._metrics.run_ended(record)
 
     def rpc_done(self, method: str, code: str) -> None:
         """Count one served RPC."""
-        if self._on_rpc is not None:
-            self._on_rpc(method, code)
+        if self._metrics is not None:
+            self._metrics.rpc_done(method, code)
 
     def step_done(self, run: Run, step_id: str, seconds: float, ok: bool) -> None:
-        """Count one step attempt of a run on the board."""
+        """Count one step attempt: on its run's record, and in the step-duration metric.
+
+        The runtime's step hook (:func:`peerflow.runtime.add_step_hook`).
+        """
         record = self._by_run.get(id(run))
         if record is not None:
-            record.steps[step_id] = record.steps.get(step_id, 0) + 1
+            steps = record.steps
+            steps[step_id] = steps.get(step_id, 0) + 1
+        if self._metrics is not None:
+            self._metrics.step_done(step_id, seconds)
 
     def cancel_all(self) -> list[RunRecord]:
         """Cancel every run in flight; return their records."""

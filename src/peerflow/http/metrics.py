@@ -35,7 +35,6 @@ from prometheus_client.registry import Collector, CollectorRegistry
 if TYPE_CHECKING:
     from peerflow.http.board import RunRecord
     from peerflow.refs import SessionRefRegistry
-    from peerflow.runtime import Run
 
 __all__ = ["BUCKETS", "PeerMetrics"]
 
@@ -112,9 +111,12 @@ class PeerMetrics(Collector):
         runs = self.runs
         if key in runs or len(runs) < MAX_LABEL_VALUES:
             runs[key] = runs.get(key, 0) + 1
-        _capped(self.run_seconds, record.workflow, _Histogram).observe(record.duration or 0.0)
+        histogram = self.run_seconds.get(record.workflow)
+        if histogram is None:
+            histogram = _capped(self.run_seconds, record.workflow, _Histogram)
+        histogram.observe(record.duration or 0.0)
 
-    def step_done(self, run: Run, step_id: str, seconds: float, ok: bool) -> None:
+    def step_done(self, step_id: str, seconds: float) -> None:
         """Time one step attempt."""
         histogram = self.step_seconds.get(step_id)
         if histogram is None:

@@ -59,7 +59,10 @@ const el = (tag, attrs, text) => {
   if (text !== undefined) e.textContent = text;
   return e;
 };
-const api = (path, opts) => fetch(path, Object.assign({credentials: "same-origin"}, opts));
+// Absolute URLs from location.origin: a page opened as http://user:token@host/ must not
+// hand its credentials to fetch() (which refuses URLs that carry them).
+const api = (path, opts) =>
+  fetch(location.origin + path, Object.assign({credentials: "same-origin"}, opts));
 let runs = [], selected = null, source = null;
 
 function fmtTime(t) { return new Date(t * 1000).toLocaleTimeString(); }
@@ -151,7 +154,8 @@ function follow(runId) {
   const list = $("#events");
   list.replaceChildren();
   if (!runId) return;
-  source = new EventSource("/api/runs/" + encodeURIComponent(runId) + "/events");
+  source = new EventSource(location.origin + "/api/runs/" + encodeURIComponent(runId) +
+                           "/events");
   source.onmessage = msg => {
     const data = JSON.parse(msg.data);
     const li = el("li");
