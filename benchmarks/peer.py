@@ -17,6 +17,11 @@ PeerServer and the raw grpc.aio echo / stream servers):
         targets: >= 0.9x the raw stream, client peak growth <= 1.2x the value,
                  server growth <= 64 MiB
 4. 1,000 concurrent remote runs of a step that awaits 100 ms; target: all within 2 s.
+5. the HTTP face's cost: calls/s with 64 in flight against a child serving ``--http``
+   (uvicorn, the run board and metrics on the peer's loop, /metrics scraped once a
+   second) vs a plain child, alternating rounds;           target: drop <= 5%
+
+``--http`` makes the server child of every part also serve the HTTP face.
 
 Baseline and peerflow measurements alternate in rounds after a warm-up. The table is
 printed and written to ``benchmarks/results/peer.md`` (overwritten each run).
@@ -49,6 +54,7 @@ ECHO = "/bench.Raw/Echo"
 SLEEP = "/bench.Raw/Sleep"
 STREAM = "/bench.Raw/Stream"
 RESULTS = Path(__file__).resolve().parent / "results" / "peer.md"
+HTTP_CHILD = False  # set by --http: every part's server child serves the HTTP face too
 
 
 # -- /proc helpers ------------------------------------------------------------------------
@@ -85,7 +91,7 @@ def reset_hwm(pid: int | str = "self") -> bool:
 # -- the server child -----------------------------------------------------------------------
 
 
-async def _serve(ref_size: int) -> None:
+async def _serve(ref_size: int, http: bool = False) -> None:
     from peerflow import RefLifetime, StartEvent, StopEvent, Workflow, step
     from peerflow.peer.server import PeerServer
     from peerflow.registry import Registry
@@ -104,6 +110,13 @@ async def _serve(ref_size: int) -> None:
     registry.register_workflow(Workflow("sleep100", [sleep]))
     peer = PeerServer("bench-server", registry=registry, token=None)
     peer_port = await peer.start("127.0.0.1:0")
+    http_server = None
+    http_port = None
+    if http:
+        from peerflow.http import HttpServer
+
+        http_server = HttpServer(peer)
+        http_port = await http_server.start("127.0.0.1:0")
 
     value = b""
     key = None
@@ -147,7 +160,14 @@ async def _serve(ref_size: int) -> None:
     await raw.start()
     gc.collect()
     print(
-        json.dumps({"peer": peer_port, "raw": raw_port, "key": str(key) if key else None}),
+        json.dumps(
+            {
+                "peer": peer_port,
+                "raw": raw_port,
+                "key": str(key) if key else None,
+                "http": http_port,
+            }
+        ),
         flush=True,
     )
     loop = asyncio.get_running_loop()
@@ -155,13 +175,17 @@ async def _serve(ref_size: int) -> None:
     await loop.run_in_executor(None, sys.stdin.read)
     await raw.stop(0)
     await peer.stop(0)
+    if http_server is not None:
+        await http_server.stop()
 
 
 class Child:
     """A server child process; terminated on exit."""
 
-    def __init__(self, *, ref_size: int = 0, use_uvloop: bool = False) -> None:
+    def __init__(self, *, ref_size: int = 0, use_uvloop: bool = False, http: bool = False) -> None:
         cmd = [sys.executable, __file__, "--serve", "--ref-size", str(ref_size)]
+        if http or HTTP_CHILD:
+            cmd.append("--http")
         if use_uvloop:
             cmd.append("--uvloop")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -173,6 +197,7 @@ class Child:
         self.peer = f"127.0.0.1:{info['peer']}"
         self.raw = f"127.0.0.1:{info['raw']}"
         self.key: str | None = info["key"]
+        self.http: int | None = info.get("http")
         self.pid = self.proc.pid
         self.ps = psutil.Process(self.pid)
 
@@ -480,6 +505,81 @@ async def bench_concurrent(args: argparse.Namespace, rows: list[list[str]]) -> N
         await client.close()
 
 
+async def bench_http(args: argparse.Namespace, rows: list[list[str]]) -> None:
+    """64 in flight against a plain child and one serving --http, in alternating rounds."""
+    import httpx
+
+    from peerflow.peer.client import PeerClient
+
+    with Child(use_uvloop=args.uvloop) as plain, Child(use_uvloop=args.uvloop, http=True) as web:
+        clients = {
+            "plain": await PeerClient.connect(f"http://{plain.peer}", "bench-client"),
+            "http": await PeerClient.connect(f"http://{web.peer}", "bench-client"),
+        }
+        children = {"plain": plain, "http": web}
+        scraped = 0
+        stop_scraping = asyncio.Event()
+
+        async def scrape() -> None:  # as Prometheus would, but every second
+            nonlocal scraped
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{web.http}") as http:
+                while not stop_scraping.is_set():
+                    (await http.get("/metrics")).raise_for_status()
+                    scraped += 1
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop_scraping.wait(), 1.0)
+
+        scraper = asyncio.ensure_future(scrape())
+
+        def call(name: str) -> Callable[[], Awaitable[Any]]:
+            client = clients[name]
+            return lambda: client.run_remote_workflow("echo1", input={"n": 1})
+
+        seconds = 0.6 if args.quick else 1.5
+        rounds = 4 if args.quick else 16
+        for name in ("plain", "http"):
+            await throughput(call(name), 64, 0.3, children[name])
+        rates: dict[str, list[float]] = {"plain": [], "http": []}
+        cpu: dict[str, list[float]] = {"plain": [], "http": []}
+        for i in range(rounds):
+            order = ("plain", "http") if i % 2 == 0 else ("http", "plain")
+            for name in order:
+                rate, _c, server_cpu = await throughput(call(name), 64, seconds, children[name])
+                rates[name].append(rate)
+                cpu[name].append(server_cpu)
+        stop_scraping.set()
+        await scraper
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{web.http}") as http:
+            text = (await http.get("/metrics")).text
+        counted = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("peerflow_runs_total{")
+        )
+        plain_rate = statistics.median(rates["plain"])
+        http_rate = statistics.median(rates["http"])
+        # Each round measures both back to back: the median of the per-round ratios
+        # cancels the slow drifts of a shared machine better than a ratio of medians.
+        ratio = statistics.median(h / p for h, p in zip(rates["http"], rates["plain"], strict=True))
+        cpu_ratio = statistics.median(h / p for h, p in zip(cpu["http"], cpu["plain"], strict=True))
+        drop = 1 - ratio
+        rows.append(
+            [
+                "5. calls/s, 64 in flight, with --http + metrics (median of "
+                f"{rounds} paired rounds; {counted:,.0f} runs counted, {scraped} scrapes)",
+                f"{http_rate:,.0f}/s (server cpu/call {statistics.median(cpu['http']):.0f} µs)",
+                f"{plain_rate:,.0f}/s (same peer without --http; server cpu/call "
+                f"{statistics.median(cpu['plain']):.0f} µs)",
+                f"{ratio:.3f}x (drop {drop:.1%}; server cpu/call {cpu_ratio:.3f}x)",
+                "drop <= 5%",
+                _ok(drop <= 0.05),
+            ]
+        )
+        _progress(rows[-1:])
+        for client in clients.values():
+            await client.close()
+
+
 # -- output -----------------------------------------------------------------------------------
 
 
@@ -521,7 +621,8 @@ def machine() -> str:
 async def main(args: argparse.Namespace) -> None:
     rows: list[list[str]] = []
     print(
-        f"peer benchmark ({'quick' if args.quick else 'full'}{', uvloop' if args.uvloop else ''})",
+        f"peer benchmark ({'quick' if args.quick else 'full'}{', uvloop' if args.uvloop else ''}"
+        f"{', --http' if args.http else ''})",
         flush=True,
     )
     parts = set(args.parts.split(","))
@@ -531,15 +632,18 @@ async def main(args: argparse.Namespace) -> None:
         await bench_deref(args, rows)
     if "4" in parts:
         await bench_concurrent(args, rows)
+    if "5" in parts:
+        await bench_http(args, rows)
     text = table(rows)
     print()
     print(text)
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(
             "# Peer hot-path benchmark\n\n"
             f"`python benchmarks/peer.py{' --quick' if args.quick else ''}"
-            f"{' --uvloop' if args.uvloop else ''}` — "
+            f"{' --uvloop' if args.uvloop else ''}{' --http' if args.http else ''}"
+            f"{'' if args.parts == '1,2,3,4,5' else ' --parts ' + args.parts}` — "
             f"{datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}\n\n"
             f"Machine: {machine()}\n\n"
             "Server in a separate process on 127.0.0.1; baselines are raw grpc.aio servers "
@@ -553,8 +657,14 @@ def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a fast sanity run")
     parser.add_argument("--uvloop", action="store_true", help="uvloop on both sides")
-    parser.add_argument("--parts", default="1,2,3,4", help="which parts to run, e.g. 1,3")
+    parser.add_argument("--parts", default="1,2,3,4,5", help="which parts to run, e.g. 1,3")
+    parser.add_argument(
+        "--http", action="store_true", help="every part's server child also serves --http"
+    )
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.name}")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help=f"where to write the table ({RESULTS.name})"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ref-size", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -567,7 +677,8 @@ if __name__ == "__main__":
         import uvloop
 
         runner = uvloop.run
+    HTTP_CHILD = ns.http
     if ns.serve:
-        runner(_serve(ns.ref_size))
+        runner(_serve(ns.ref_size, ns.http))
     else:
         runner(main(ns))

@@ -15,6 +15,7 @@ import contextvars
 import inspect
 import logging
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
@@ -46,11 +47,52 @@ from peerflow.step import retry_delay
 if TYPE_CHECKING:
     from peerflow.step import StepSpec
 
-__all__ = ["DEFAULT_STREAM_BUFFER_BYTES", "Journal", "Run", "WorkflowHandler"]
+__all__ = [
+    "DEFAULT_STREAM_BUFFER_BYTES",
+    "Journal",
+    "Run",
+    "StepHook",
+    "WorkflowHandler",
+    "add_step_hook",
+    "remove_step_hook",
+]
 
 log = logging.getLogger("peerflow")
 
 Finalizer = Callable[[], Awaitable[None]]
+
+StepHook = Callable[["Run", str, float, bool], None]
+"""``hook(run, step_id, seconds, ok)``: called once per step attempt when it returns."""
+
+_step_hooks: list[StepHook] = []
+
+
+def add_step_hook(hook: StepHook) -> None:
+    """Call ``hook`` after every step attempt of every run in this process (metrics).
+
+    It runs on the run's loop and must be cheap and never raise.
+    """
+    _step_hooks.append(hook)
+
+
+def remove_step_hook(hook: StepHook) -> None:
+    """Stop calling ``hook`` (no error when it was not added)."""
+    with contextlib.suppress(ValueError):
+        _step_hooks.remove(hook)
+
+
+async def _timed(run: Run, spec: StepSpec, event: Event) -> Any:
+    clock = time.perf_counter
+    began = clock()
+    ok = False
+    try:
+        output = await run._invoke(spec, event)
+        ok = True
+        return output
+    finally:
+        seconds = clock() - began
+        for hook in _step_hooks:
+            hook(run, spec.id, seconds, ok)
 
 
 DEFAULT_STREAM_BUFFER_BYTES = 16 * 1024 * 1024
@@ -512,6 +554,8 @@ class Run:
                     if telemetry.enabled():
                         with telemetry.step_span(spec.id, attempt):
                             output = await self._invoke(spec, event)
+                    elif _step_hooks:
+                        output = await _timed(self, spec, event)
                     else:
                         output = await self._invoke(spec, event)
                 finally:

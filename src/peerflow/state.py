@@ -121,7 +121,9 @@ class StateStore:
         else:
             try:
                 model = self.model.model_validate(
-                    state.model_dump(warnings=False) if isinstance(state, pydantic.BaseModel) else state
+                    state.model_dump(warnings=False)
+                    if isinstance(state, pydantic.BaseModel)
+                    else state
                 )
             except pydantic.ValidationError as exc:
                 raise ValidationError(

@@ -9,6 +9,7 @@
     peerflow fetch ADDRESS KEY / release ADDRESS KEY...     session refs a run left
     peerflow demo                                           two peers, one workflow
     peerflow runs list|show|cancel --store URL              durable runs in a store
+    peerflow graph APP [--out FILE.svg|.html]               draw its workflows
 
 Every failure prints one line on stderr (``peerflow: error: <message>``) and exits with
 the code of its class (see :data:`EXIT_CODES`); ``--debug`` adds the traceback. This
@@ -17,7 +18,7 @@ package is the only code that writes to stdout/stderr directly; everything else 
 
 from __future__ import annotations
 
-from peerflow.cli import _calls, _runs, _serve  # noqa: F401  - importing registers them
+from peerflow.cli import _calls, _graph, _runs, _serve  # noqa: F401  - importing registers them
 from peerflow.cli._base import EXIT_CODES, ExitCode, cli, main, run_cli
 
 __all__ = ["EXIT_CODES", "ExitCode", "cli", "main", "run_cli"]

@@ -201,6 +201,14 @@ def _import_app(target: str) -> ModuleType:
     "resumed by another after it.",
 )
 @click.option(
+    "--http",
+    "http_address",
+    default=None,
+    metavar="HOST:PORT",
+    help="Also serve HTTP (metrics, status page, runs API) here; a bare PORT means "
+    "127.0.0.1:PORT, 0 picks a free port. Needs peerflow[http].",
+)
+@click.option(
     "--grace",
     type=click.FloatRange(min=0),
     default=10.0,
@@ -226,15 +234,17 @@ def serve(
     log_format: str,
     store_url: str | None,
     store_lease: float,
+    http_address: str | None,
     grace: float,
 ) -> int:
     """Serve APP's workflows and steps to other machines.
 
     APP is a module (`my_app.tasks`), `module:attr` (attr: a Workflow or a list of them)
-    or a path to a .py file. Prints `serving on HOST:PORT` on stdout once listening and
-    logs one line per run on stderr. The first SIGINT/SIGTERM drains runs in flight (up
-    to --grace seconds) and exits 0; a second exits at once. Refused calls (token,
-    unknown workflow or step, limits) and failed steps are logged too (rate-limited).
+    or a path to a .py file. Prints `serving on HOST:PORT` on stdout once listening (then
+    `http on HOST:PORT` with --http) and logs one line per run on stderr. The first
+    SIGINT/SIGTERM drains runs in flight (up to --grace seconds) and exits 0; a second
+    exits at once. Refused calls (token, unknown workflow or step, limits) and failed steps
+    are logged too (rate-limited).
     """
     configure(log_level or ("debug" if _settings.debug else "info"), log_format.lower())
     workflows = load_app(app)
@@ -255,12 +265,17 @@ def serve(
         options["max_message_bytes"] = max_message_bytes
     if store_url is not None:
         options["store_url"] = (store_url, store_lease)
-    _run_async(_serve(node_id, listen, grace, workflows, options), fast_loop=True)
+    _run_async(_serve(node_id, listen, grace, workflows, options, http_address), fast_loop=True)
     return ExitCode.OK
 
 
 async def _serve(
-    node_id: str, listen: str, grace: float, workflows: list[str], options: dict[str, Any]
+    node_id: str,
+    listen: str,
+    grace: float,
+    workflows: list[str],
+    options: dict[str, Any],
+    http_address: str | None = None,
 ) -> None:
     from peerflow.peer.server import PeerServer
     from peerflow.registry import default_registry
@@ -271,9 +286,17 @@ async def _serve(
 
         options["store"] = open_store(store[0], lease=store[1])
     server = PeerServer(node_id, **options)
+    http = _http_server(server) if http_address is not None else None
     with _quiet_fd2():
         await server.start(listen)
     click.echo(f"serving on {server.address}")
+    if http is not None and http_address is not None:
+        try:
+            await http.start(http_address)
+        except BaseException:
+            await server.stop(0)
+            raise
+        click.echo(f"http on {http.address}")
     registered = default_registry().workflows()
     log.info(
         "node %s: %d workflow(s): %s",
@@ -314,6 +337,19 @@ async def _serve(
         await server.stop(0)
         for task in stopper:
             await task
+        if http is not None:
+            await http.stop()  # after the drain: /healthz said NOT_SERVING meanwhile
+
+
+def _http_server(server: Any) -> Any:
+    """The HTTP face of ``server`` (``peerflow.http.HttpServer``), or a CliError."""
+    try:
+        from peerflow.http.server import HttpServer
+    except ImportError as exc:
+        raise CliError(
+            f"--http needs the http extra: pip install 'peerflow[http]' ({exc.name} is missing)"
+        ) from exc
+    return HttpServer(server)
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from peerflow.blocking import blocking_twin
 from peerflow.errors import PeerError, PeerErrorKind, ValidationError
 from peerflow.peer.address import parse_listen_address
 from peerflow.peer.named import start_resuming
+from peerflow.peer.observer import RunObserver
 from peerflow.peer.security import AuthInterceptor, ServerTls, resolve_token
 from peerflow.peer.service import (
     DEFAULT_STREAM_IDLE_TIMEOUT,
@@ -236,6 +237,25 @@ class PeerServer:
     def active_runs(self) -> int:
         """Runs in flight right now."""
         return self._service.active_runs
+
+    @property
+    def max_concurrent_runs(self) -> int:
+        """How many served runs may be in flight at once."""
+        return self._limits.max_concurrent_runs
+
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`stop` began: new runs are refused."""
+        return self._service.closing is not None
+
+    @property
+    def observer(self) -> RunObserver | None:
+        """What hears of every served run and call (:mod:`peerflow.peer.observer`), or None."""
+        return self._service.observer
+
+    @observer.setter
+    def observer(self, observer: RunObserver | None) -> None:
+        self._service.observer = observer
 
     @property
     def secure(self) -> bool:

@@ -43,6 +43,7 @@ from peerflow.peer import protocol as pb
 from peerflow.peer._refusals import log_step_failure, note_refusal
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.named import NamedRuns, requested_run_id
+from peerflow.peer.observer import counted_stream, counted_unary
 from peerflow.peer.results import (
     decode_input,
     error_response,
@@ -58,6 +59,7 @@ from peerflow.runtime import DEFAULT_STREAM_BUFFER_BYTES
 from peerflow.workflow import Workflow
 
 if TYPE_CHECKING:
+    from peerflow.peer.observer import RunObserver
     from peerflow.runtime import Run
     from peerflow.store import RunStore
 
@@ -147,6 +149,7 @@ class PeerService:
         self._assembled: dict[tuple[str, tuple[str, ...]], Workflow] = {}
         self._drained: asyncio.Event | None = None  # set when active_runs drops to 0
         self.closing: str | None = None  # set: new runs are refused (UNAVAILABLE) with it
+        self.observer: RunObserver | None = None  # hears of runs and calls (metrics, pages)
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """The method handlers by full method name (raw bytes in and out)."""
@@ -162,8 +165,16 @@ class PeerService:
             BLAZEN + "StreamSubWorkflowEvents": self.stream_events,
             EXTENSION + "StreamDerefSessionRef": self.stream_deref,
         }
-        table = {name: unary(self._guard(name, fn)) for name, fn in unaries.items()}
-        table.update({name: stream(self._guard_stream(name, fn)) for name, fn in streams.items()})
+        table = {
+            name: unary(self._guard(name, counted_unary(self, name, fn)))
+            for name, fn in unaries.items()
+        }
+        table.update(
+            {
+                name: stream(self._guard_stream(name, counted_stream(self, name, fn)))
+                for name, fn in streams.items()
+            }
+        )
         return table
 
     # -- failure boundary (and served-RPC spans) ----------------------------------------
@@ -376,6 +387,9 @@ class PeerService:
         started = time.perf_counter()
         self.runs_started += 1
         self._runs.add(run)
+        observer = self.observer
+        if observer is not None:
+            observer.run_started(run, _caller_node(context))
         outcome = "ok"
         try:
             try:
@@ -396,6 +410,8 @@ class PeerService:
             raise
         finally:
             self._runs.discard(run)
+            if observer is not None:
+                observer.run_ended(run, time.perf_counter() - started)
             if log.isEnabledFor(logging.INFO):  # its arguments cost a metadata scan
                 log.info(
                     "run %s workflow=%s caller=%s node=%s outcome=%s %.1fms",
@@ -435,6 +451,8 @@ class PeerService:
                 async for event in run.stream.events():
                     if event is run.outcome:
                         continue  # the terminal event travels inside Done
+                    if self.observer is not None:
+                        self.observer.run_event(run, event)
                     data = event_json(event)
                     if len(data) + len(event.event_type) > limit:
                         # Too large for one message: a marker says what was there and the
