@@ -101,12 +101,18 @@ DEFAULT_STREAM_BUFFER_BYTES = 16 * 1024 * 1024
 default: its reader is the program itself."""
 
 
+_EVENT_OVERHEAD = 1024
+"""What a buffered event costs beyond its serialized bytes (the Python objects holding it,
+measured at ~0.9 KB for a tiny event), so many tiny events count for what they hold."""
+
+
 def _event_size(event: Event) -> int:
-    """About how many bytes ``event`` takes on the stream: its JSON, or its repr."""
+    """About how many bytes ``event`` holds on the stream: its JSON (or repr) + overhead."""
     try:
-        return len(orjson.dumps(event.to_dict(), default=repr, option=orjson.OPT_NON_STR_KEYS))
+        data = orjson.dumps(event.to_dict(), default=repr, option=orjson.OPT_NON_STR_KEYS)
+        return len(data) + _EVENT_OVERHEAD
     except (TypeError, ValueError):
-        return len(repr(event))
+        return len(repr(event)) + _EVENT_OVERHEAD
 
 
 class Journal(Protocol):

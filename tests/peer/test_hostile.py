@@ -416,7 +416,7 @@ async def test_asking_for_input_on_a_stream_fails_at_once_as_stalled(client: Pee
     [
         (b'{"n": 123456789012345678901234567890}', "beyond 64 bits"),
         (b'{"n": -9223372036854775809}', "beyond 64 bits"),
-        (b'{"deep": ' + b"[" * 500 + b"]" * 500 + b"}", "nests 501 levels"),
+        (b'{"deep": ' + b"[" * 500 + b"]" * 500 + b"}", "nests more than 254 levels"),
     ],
 )
 async def test_inputs_that_would_not_round_trip_are_refused_at_decode(
@@ -440,3 +440,81 @@ def test_describe_load_is_optional_on_the_wire() -> None:
     old = pb.DescribeResponse("n", "peerflow")  # what an older peer sends
     decoded = pb.DescribeResponse.decode(old.encode())
     assert (decoded.active_runs, decoded.lingering_runs) == (None, None)
+
+
+# -- found by a second round of attacks -------------------------------------------------------
+
+
+async def test_many_tiny_events_count_their_memory_against_the_stream_buffer(
+    client: PeerClient,
+) -> None:
+    events = 0
+    with pytest.raises(WorkflowError) as info:
+        async for _item in client.stream_remote_workflow("chatty", input={"n": 50_000, "size": 1}):
+            events += 1
+            await asyncio.sleep(0.1)  # a slow reader (the attack)
+    assert info.value.reason == "stream_overflow"  # 50k tiny events hold far more than 8 MiB
+    assert events < 50_000
+
+
+def test_a_result_that_cannot_be_kept_for_a_full_budget_is_a_workflow_error() -> None:
+    extra = ["--ref-budget-bytes", str(MIB)]
+    with start_peer_process(APP, node_id="tight", env=ENV, extra_args=extra) as process:
+
+        async def scenario() -> None:
+            async with await PeerClient.connect(process.url, "c") as c:
+                # The run ran; only keeping its 5 MB result failed: never RESOURCE_EXHAUSTED,
+                # which would tell a pool the run was not started (and may be retried).
+                with pytest.raises(WorkflowError, match=r"cannot be sent.*budget"):
+                    await c.run_remote_workflow("big_result", input={"size": 5 * MIB})
+
+        asyncio.run(scenario())
+
+
+def test_repeated_step_failures_are_logged_once_a_minute(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(PEER_DIR), "BLAZEN_PEER_TOKEN": ""}
+    with Served.serve(str(APP_FILE), "--node-id", "fails", "--listen", "127.0.0.1:0", env=env) as s:
+
+        async def calls() -> None:
+            async with await PeerClient.connect(s.address, "c") as c:
+                for _ in range(20):
+                    with pytest.raises(WorkflowError):
+                        await c.run_remote_workflow("big_error", input={"size": 10})
+
+        asyncio.run(calls())
+        s.stop()
+        assert s.proc.stderr is not None
+        log = s.proc.stderr.read()
+    assert log.count("failed after") == 1  # the next line, a minute later, counts the rest
+    assert log.count("outcome=step_failed") == 20  # every run still has its run line
+
+
+async def test_a_failed_runs_memory_goes_with_it_without_the_cyclic_gc() -> None:
+    import gc
+    import weakref
+
+    from peerflow import Context, StartEvent, StopEvent, Workflow, step
+    from peerflow.testing import serve_in_process
+
+    class Big:
+        pass
+
+    alive: list[weakref.ref[Big]] = []
+
+    @step
+    async def hold_and_fail(ctx: Context, ev: StartEvent) -> StopEvent:
+        big = Big()  # what a step holds in its frame (50 MB in the attack)
+        alive.append(weakref.ref(big))
+        raise RuntimeError("boom")
+
+    async with (
+        serve_in_process([Workflow("fails", [hold_and_fail])]) as server,
+        await PeerClient.connect(f"http://{server.address}", "c") as c,
+    ):
+        gc.disable()
+        try:
+            with pytest.raises(WorkflowError):
+                await c.run_remote_workflow("fails")
+            assert alive and alive[0]() is None  # freed by refcounting, not left to the GC
+        finally:
+            gc.enable()

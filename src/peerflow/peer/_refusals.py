@@ -48,7 +48,14 @@ class RefusalLog:
         """Forget every key (the next refusal of each kind is logged)."""
         self._seen.clear()
 
-    def note(self, kind: str, host: str, message: str, *args: object) -> bool:
+    def note(
+        self,
+        kind: str,
+        host: str,
+        message: str,
+        *args: object,
+        exc_info: BaseException | None = None,
+    ) -> bool:
         """Log ``message % args`` unless this ``(kind, host)`` was logged within the window.
 
         Returns:
@@ -64,7 +71,7 @@ class RefusalLog:
         self._seen[key] = [now, 0]
         if self._log.isEnabledFor(logging.WARNING):
             suffix = f" ({repeats} more like it since the last line)" if repeats else ""
-            self._log.warning(message + "%s", *args, suffix)
+            self._log.warning(message + "%s", *args, suffix, exc_info=exc_info)
         return True
 
 
@@ -110,7 +117,9 @@ def log_step_failure(logger: logging.Logger, run_id: str, workflow: str, error: 
     cause = getattr(error, "cause", None)
     if step_id is None or cause is None or not logger.isEnabledFor(logging.WARNING):
         return
-    logger.warning(
+    STEP_FAILURES.note(
+        f"{type(cause).__name__}",
+        f"{workflow}\x00{step_id}",  # one line a minute per step and exception type
         "run %s workflow=%s: step %s failed after %d attempt(s): %s: %s",
         run_id,
         clip(workflow),
@@ -120,3 +129,7 @@ def log_step_failure(logger: logging.Logger, run_id: str, workflow: str, error: 
         clip(cause, 300),  # a step's message may quote caller input: escaped, cut
         exc_info=cause if logger.isEnabledFor(logging.DEBUG) else None,
     )
+
+
+STEP_FAILURES = RefusalLog(logging.getLogger("peerflow.server"))
+"""Failed-step lines: one per (workflow, step, exception type) a minute, repeats counted."""

@@ -67,6 +67,7 @@ def _positive(value: float | None, name: str, *, allow_none: bool = False) -> fl
 
 
 _MIN_PENDING_REQUESTS = 16_384
+_MAX_UNREQUESTED_SECS = 24 * 3600
 
 
 def _positive_float(value: float, name: str) -> float:
@@ -310,6 +311,9 @@ class PeerServer:
                 # where the run cap answers RESOURCE_EXHAUSTED with a reason instead.
                 ("grpc.server.max_pending_requests", pending),
                 ("grpc.server.max_pending_requests_hard_limit", pending),
+                # ...and cancels a call not matched within 30 s (a busy loop): a caller's
+                # own deadline bounds the wait instead.
+                ("grpc.server_max_unrequested_time_in_server", _MAX_UNREQUESTED_SECS),
                 *self._connection_age_options(),
             ],
         )

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import re
 import time
+import traceback
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -353,7 +354,9 @@ class PeerService:
                     run_id=run.run_id,
                     workflow=run.workflow_name,
                 )
-            except EncodeError as exc:
+            except (EncodeError, ResourceExhaustedError) as exc:
+                # The run ran: a full ref budget here is its failure, never the "not
+                # started, retry later" a RESOURCE_EXHAUSTED status would tell the caller.
                 error = WorkflowError(
                     f"run {run.run_id} of workflow `{clip(run.workflow_name)}` finished, but "
                     f"its result cannot be sent: {exc}",
@@ -404,7 +407,11 @@ class PeerService:
             except WorkflowError as exc:
                 result, error, outcome = None, exc, exc.kind
                 log_step_failure(log, run.run_id, run.workflow_name, exc)
-            return self._respond(run, result, error)
+            try:
+                return self._respond(run, result, error)
+            finally:
+                if error is not None:
+                    _release_frames(error)
         except asyncio.CancelledError:
             outcome = "cancelled by caller"
             raise
@@ -610,6 +617,26 @@ class _SharedDump:
         self.tag = tag
         self.payload = payload
         self.readers: dict[asyncio.Task[Any], grpc.aio.ServicerContext] = {}
+
+
+def _release_frames(error: BaseException) -> None:
+    """Let a failed run's memory go now: clear the locals of its traceback's frames.
+
+    The step's exception keeps the frames it was raised through alive, and they form a
+    cycle with the run (frame -> run -> outcome -> exception -> frame) that only the cyclic
+    GC would collect: a step holding 50 MB kept it until then. The traceback text has been
+    taken for the response by now.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if exc.__traceback__ is not None:
+            traceback.clear_frames(exc.__traceback__)
+        pending.extend((exc.__cause__, exc.__context__, getattr(exc, "cause", None)))
 
 
 def _end_call(
