@@ -22,7 +22,7 @@ from peerflow import (
     WorkflowError,
     step,
 )
-from peerflow.peer._refusals import REFUSALS, RefusalLog, caller_host
+from peerflow.peer._refusals import REFUSALS, STEP_FAILURES, RefusalLog, caller_host
 from peerflow.registry import Registry
 from peerflow.testing import serve_in_process
 
@@ -56,9 +56,11 @@ def _registry() -> Registry:
 @pytest.fixture(autouse=True)
 def fresh_refusals(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     REFUSALS.clear()
+    STEP_FAILURES.clear()
     caplog.set_level(logging.INFO, logger="peerflow")
     yield
     REFUSALS.clear()
+    STEP_FAILURES.clear()
 
 
 def _server_lines(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:

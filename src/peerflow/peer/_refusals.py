@@ -17,7 +17,14 @@ from peerflow._text import clip
 from peerflow.errors import PeerflowError
 from peerflow.peer._bounded import BoundedDict
 
-__all__ = ["REFUSALS", "RefusalLog", "caller_host", "log_step_failure", "note_refusal"]
+__all__ = [
+    "REFUSALS",
+    "STEP_FAILURES",
+    "RefusalLog",
+    "caller_host",
+    "log_step_failure",
+    "note_refusal",
+]
 
 WINDOW_SECS = 60.0
 MAX_KEYS = 4096
@@ -111,24 +118,28 @@ def note_refusal(method: str, error: PeerflowError, peer: str | None) -> None:
 def log_step_failure(logger: logging.Logger, run_id: str, workflow: str, error: object) -> None:
     """Log a run's failed step: its id, attempts, exception type and message.
 
-    The traceback follows at DEBUG (``peerflow serve --log-level debug``).
+    At INFO and WARNING, one line a minute per workflow, step and exception type (a caller
+    failing a step in a loop cannot fill the disk); at DEBUG (``peerflow serve --log-level
+    debug``) every failure, with its traceback.
     """
     step_id = getattr(error, "step_id", None)
     cause = getattr(error, "cause", None)
     if step_id is None or cause is None or not logger.isEnabledFor(logging.WARNING):
         return
-    STEP_FAILURES.note(
-        f"{type(cause).__name__}",
-        f"{workflow}\x00{step_id}",  # one line a minute per step and exception type
-        "run %s workflow=%s: step %s failed after %d attempt(s): %s: %s",
+    args = (
         run_id,
         clip(workflow),
         clip(step_id),
         getattr(error, "attempts", 0),
         type(cause).__name__,
         clip(cause, 300),  # a step's message may quote caller input: escaped, cut
-        exc_info=cause if logger.isEnabledFor(logging.DEBUG) else None,
     )
+    message = "run %s workflow=%s: step %s failed after %d attempt(s): %s: %s"
+    if logger.isEnabledFor(logging.DEBUG):  # asked for detail: every failure, with traceback
+        logger.warning(message, *args, exc_info=cause)
+        return
+    # One line a minute per workflow, step and exception type; the next counts the repeats.
+    STEP_FAILURES.note(type(cause).__name__, f"{workflow}\x00{step_id}", message, *args)
 
 
 STEP_FAILURES = RefusalLog(logging.getLogger("peerflow.server"))

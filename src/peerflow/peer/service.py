@@ -41,7 +41,7 @@ from peerflow.errors import (
     WorkflowError,
 )
 from peerflow.peer import protocol as pb
-from peerflow.peer._refusals import log_step_failure, note_refusal
+from peerflow.peer._refusals import STEP_FAILURES, log_step_failure, note_refusal
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.named import NamedRuns, requested_run_id
 from peerflow.peer.observer import counted_stream, counted_unary
@@ -408,10 +408,23 @@ class PeerService:
                 result, error, outcome = None, exc, exc.kind
                 log_step_failure(log, run.run_id, run.workflow_name, exc)
             try:
-                return self._respond(run, result, error)
+                response = self._respond(run, result, error)
             finally:
                 if error is not None:
                     _release_frames(error)
+            if error is None and response.error is not None:
+                # It ran, but its result could not be sent (too large, budget full): the log
+                # says so, as the caller is told, instead of outcome=ok.
+                outcome = response.error_kind or "failed"
+                STEP_FAILURES.note(
+                    "result",
+                    run.workflow_name,
+                    "run %s workflow=%s: %s",
+                    run.run_id,
+                    clip(run.workflow_name),
+                    clip(response.error, 300),
+                )
+            return response
         except asyncio.CancelledError:
             outcome = "cancelled by caller"
             raise
