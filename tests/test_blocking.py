@@ -231,3 +231,29 @@ def test_an_interrupt_at_every_point_of_a_call_cancels_cleans_up_and_propagates(
     # No interrupt left an exception "being handled" behind (the __context__ of every
     # exception this thread raises later).
     assert sys.exception() is None
+
+
+@pytest.mark.skipif(
+    signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
+    reason="SIGINT is handled by someone else in this process",
+)
+def test_a_ctrl_c_the_kernel_hands_to_another_thread_still_interrupts_the_call() -> None:
+    # Any thread may receive a process-directed SIGINT. Delivered to another thread, it does
+    # not wake a main thread blocked in a lock; the portal's waiter must notice it anyway.
+    entered, cleaned = threading.Event(), threading.Event()
+
+    async def work() -> None:
+        try:
+            entered.set()
+            await asyncio.sleep(3600)
+        finally:
+            cleaned.set()
+
+    def interrupt_from_here() -> None:
+        entered.wait(10)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # to this thread
+
+    threading.Thread(target=interrupt_from_here, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        call_blocking(work)
+    assert cleaned.is_set()

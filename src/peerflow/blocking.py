@@ -87,6 +87,9 @@ def call_blocking(fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.k
     return _on_portal(fn, *args, **kwargs)
 
 
+_WAKE = 0.05  # seconds between checks for a pending Ctrl-C while a blocking call waits
+
+
 class _PortalCall:
     """One coroutine run on the portal for a waiting thread, safe against interrupts.
 
@@ -94,9 +97,10 @@ class _PortalCall:
     bytecode) at every point: while scheduling the start, while waiting, or after the result
     arrived. So nothing here can be left half-done by the waiter:
 
-    - the waiter blocks on a bare lock used as a one-shot signal: the portal thread only ever
+    - the waiter waits on a bare lock used as a one-shot signal: the portal thread only ever
       *releases* it, so it can never block on a lock the interrupted waiter left held (a
-      ``concurrent.futures.Future`` waits under a condition the portal also needs);
+      ``concurrent.futures.Future`` waits under a condition the portal also needs); it
+      waits in short timed slices, so a Ctrl-C delivered to another thread still reaches it;
     - an abandoned call is marked first (a plain attribute store), then a cancel is
       scheduled; the portal starts no coroutine for a call marked abandoned, and cancels
       the one it started, so whichever of start and cancel runs first, the coroutine either
@@ -174,7 +178,12 @@ class _PortalCall:
         return self._outcome_set
 
     def wait(self) -> Any:
-        self._signal.acquire()  # interruptible by signals; holds nothing the portal needs
+        # Timed waits in a loop, not one blocking acquire: a SIGINT the kernel hands to
+        # another thread (any thread may receive a process signal) does not interrupt a
+        # blocked acquire, and Python runs its handler only when this thread next executes
+        # bytecode. Each timeout returns here, so Ctrl-C lands within _WAKE seconds.
+        while not self._signal.acquire(timeout=_WAKE):
+            pass
         self._signal.release()  # stays open, so a later abandon() does not wait
         if self._error is not None:
             raise self._error
