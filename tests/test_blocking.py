@@ -121,11 +121,14 @@ def test_an_abandoned_blocking_generator_collected_on_the_portal_does_not_deadlo
     assert asyncio.run_coroutine_threadsafe(ping(), loop).result(timeout=10) == "pong"
 
 
-@pytest.mark.skipif(
+_NEEDS_SIGINT = pytest.mark.skipif(
     signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
     reason="SIGINT is handled by someone else in this process",
 )
-def test_ctrl_c_cancels_the_coroutine_and_waits_for_its_cleanup() -> None:
+
+
+def _ctrl_c_during_a_call(send_sigint: Callable[[], None]) -> bool:
+    """A blocking call interrupted by ``send_sigint``: did it raise and run its cleanup?"""
     entered, cleaned = threading.Event(), threading.Event()
 
     async def work() -> None:
@@ -138,12 +141,17 @@ def test_ctrl_c_cancels_the_coroutine_and_waits_for_its_cleanup() -> None:
 
     def interrupt() -> None:
         entered.wait(10)
-        os.kill(os.getpid(), signal.SIGINT)
+        send_sigint()
 
     threading.Thread(target=interrupt, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         call_blocking(work)
-    assert cleaned.is_set()
+    return cleaned.is_set()
+
+
+@_NEEDS_SIGINT
+def test_ctrl_c_cancels_the_coroutine_and_waits_for_its_cleanup() -> None:
+    assert _ctrl_c_during_a_call(lambda: os.kill(os.getpid(), signal.SIGINT))
 
 
 _PORTAL_CODE = (
@@ -233,27 +241,10 @@ def test_an_interrupt_at_every_point_of_a_call_cancels_cleans_up_and_propagates(
     assert sys.exception() is None
 
 
-@pytest.mark.skipif(
-    signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
-    reason="SIGINT is handled by someone else in this process",
-)
+@_NEEDS_SIGINT
 def test_a_ctrl_c_the_kernel_hands_to_another_thread_still_interrupts_the_call() -> None:
     # Any thread may receive a process-directed SIGINT. Delivered to another thread, it does
     # not wake a main thread blocked in a lock; the portal's waiter must notice it anyway.
-    entered, cleaned = threading.Event(), threading.Event()
-
-    async def work() -> None:
-        try:
-            entered.set()
-            await asyncio.sleep(3600)
-        finally:
-            cleaned.set()
-
-    def interrupt_from_here() -> None:
-        entered.wait(10)
-        signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # to this thread
-
-    threading.Thread(target=interrupt_from_here, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        call_blocking(work)
-    assert cleaned.is_set()
+    assert _ctrl_c_during_a_call(
+        lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # to that thread
+    )

@@ -132,7 +132,11 @@ def test_sigterm_drains_a_peer_whose_step_spins() -> None:
                 task = asyncio.ensure_future(
                     c.run_remote_workflow("spin", input={"limit": 10**9}, timeout_secs=60)
                 )
-                await asyncio.sleep(0.2)
+
+                async def spinning() -> bool:
+                    return (await c.describe()).active_runs == 1
+
+                await wait_until(spinning, "the spinning run is in flight")
                 os.kill(process.pid, signal.SIGTERM)
                 with contextlib.suppress(Exception):
                     await task
@@ -361,7 +365,11 @@ def test_a_killed_peer_fails_every_call_in_flight_as_a_transport_error() -> None
                     )
                     for _ in range(5)
                 ]
-                await asyncio.sleep(0.5)
+
+                async def in_flight() -> bool:
+                    return (await c.describe()).active_runs == len(calls)
+
+                await wait_until(in_flight, "every call reached the peer")
                 process.kill()
                 return await asyncio.gather(*calls, return_exceptions=True)
 
