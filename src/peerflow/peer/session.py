@@ -153,8 +153,16 @@ class SessionCall:
             self.outcome.exception()  # retrieved: a caller that left must not log it
         self._wake()
 
-    async def items(self) -> AsyncIterator[Item]:
-        """The call's events and input requests, until its outcome is known."""
+    async def items(self, when: float | None = None) -> AsyncIterator[Item]:
+        """The call's events and input requests, until its outcome is known.
+
+        Args:
+            when: the call's deadline (event-loop time); None: none.
+
+        Raises:
+            PeerflowError: DEADLINE_EXCEEDED (as a gRPC deadline) when ``when`` passes
+                first; the call's run is cancelled.
+        """
         while True:
             while self._items:
                 item = self._items.popleft()
@@ -164,7 +172,11 @@ class SessionCall:
                 return
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await self._waiter
+                async with asyncio.timeout_at(when):
+                    await self._waiter
+            except TimeoutError:
+                self.cancel()
+                raise self.session.deadline_error() from None
             finally:
                 self._waiter = None
 
@@ -213,10 +225,20 @@ class Session:
         self._credit_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._out: collections.deque[bytes] = collections.deque()
         self._ready = asyncio.Event()
+        self._opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._call = channel.stream_stream(SESSION_METHOD)(
             self._requests(), metadata=tuple(metadata) if metadata is not None else None
         )
         self._reader = asyncio.ensure_future(self._read())
+
+    async def opened(self) -> None:
+        """Wait until the peer granted the first credits (the session works).
+
+        Raises:
+            PeerflowError: the stream failed first (``UnsupportedError`` from a peer
+                without sessions, ``AuthError`` for a wrong token, ...).
+        """
+        await asyncio.shield(self._opened)
 
     @property
     def usable(self) -> bool:
@@ -278,6 +300,10 @@ class Session:
             self.state = SessionState.DEAD
         if self.error is None:
             self.error = error
+        error = self.error  # the first failure (a close says why) is every call's
+        if not self._opened.done():
+            self._opened.set_exception(error)
+            self._opened.exception()
         self._ready.set()  # the request generator returns
         for call in self._calls.values():
             call.ended = True
@@ -306,6 +332,8 @@ class Session:
         elif isinstance(f, Credits):
             self._window = f.window
             self._grant()
+            if not self._opened.done():
+                self._opened.set_result(None)
         elif isinstance(f, Ping):
             self._send(Pong(f.nonce))
         elif isinstance(f, Pong):
@@ -337,22 +365,35 @@ class Session:
         run_id: str | None = None,
         named: bool = False,
         trace: tuple[tuple[str, str], ...] = (),
+        when: float | None = None,
     ) -> SessionCall:
         """Start a call once the peer's credits allow (waits while they do not).
 
+        Args:
+            request: the run to start.
+            mode: what comes back besides the outcome.
+            run_id: the run's id (None: the peer picks one).
+            named: ``run_id`` is an idempotency key.
+            trace: W3C trace context pairs.
+            when: the call's deadline (event-loop time); None: none.
+
         Raises:
-            PeerflowError: the session is dead (its error) or closed.
+            PeerflowError: the session is dead (its error) or closed, or ``when`` passed
+                before a credit came (DEADLINE_EXCEEDED).
         """
         self._check_usable()
         if self._in_flight >= self._window or self._credit_waiters:
             waiter = asyncio.get_running_loop().create_future()
             self._credit_waiters.append(waiter)
             try:
-                await waiter  # the credit is taken for us when it resolves
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
+                async with asyncio.timeout_at(when):
+                    await waiter  # the credit is taken for us when it resolves
+            except (asyncio.CancelledError, TimeoutError) as exc:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                     self._in_flight -= 1  # granted as we left: give it back
                     self._grant()
+                if isinstance(exc, TimeoutError):
+                    raise self.deadline_error() from None
                 raise
             self._check_usable()
         else:
@@ -371,21 +412,31 @@ class Session:
                 _Status(grpc.StatusCode.UNAVAILABLE, "the session is closed"), SESSION_METHOD
             )
 
-    async def outcome(self, call: SessionCall, deadline: float | None) -> wire.SubWorkflowResponse:
+    def deadline_error(self) -> PeerflowError:
+        """What a call whose deadline passed raises (as a unary call's gRPC deadline)."""
+        return self._translate(
+            _Status(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"), SESSION_METHOD
+        )
+
+    async def outcome(
+        self, call: SessionCall, when: float | None = None
+    ) -> wire.SubWorkflowResponse:
         """Wait for a call's response; on the deadline or a cancel, stop its run.
+
+        Args:
+            call: the call.
+            when: its deadline (event-loop time); None: none.
 
         Raises:
             PeerflowError: the call failed (as the unary call would have), or its deadline
                 passed (DEADLINE_EXCEEDED, as a gRPC deadline).
         """
         try:
-            async with asyncio.timeout(deadline):
+            async with asyncio.timeout_at(when):
                 return await asyncio.shield(call.outcome)
         except TimeoutError:
             call.cancel()
-            raise self._translate(
-                _Status(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"), SESSION_METHOD
-            ) from None
+            raise self.deadline_error() from None
         except asyncio.CancelledError:
             call.cancel()
             raise
@@ -394,8 +445,14 @@ class Session:
         """Close the session: calls in flight fail, the stream ends."""
         if self.state is SessionState.OPEN:
             self.state = SessionState.CLOSED
+            # Closing the stream cancels the runs on the peer: the calls say so, as a unary
+            # call cancelled by closing its channel would.
             self.error = self._translate(
-                _Status(grpc.StatusCode.CANCELLED, "the session was closed"), SESSION_METHOD
+                _Status(
+                    grpc.StatusCode.CANCELLED,
+                    "the run was cancelled: its client closed the session",
+                ),
+                SESSION_METHOD,
             )
         self._ready.set()
         self._call.cancel()

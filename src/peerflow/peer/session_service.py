@@ -236,6 +236,7 @@ class ServedSession:
 
     async def _run_call(self, call: _ServedCall, start: StartCall) -> wire.SubWorkflowResponse:
         service = self.service
+        wire.check_envelope_version(start.request.envelope_version)
         await service.slot_free(start.request.timeout_secs)
         with service._admit() as slot:
             run_id = None if start.run_id is None else check_run_id(start.run_id)
