@@ -176,7 +176,7 @@ def test_documented_defaults_match_the_code() -> None:
     assert server_module.DEFAULT_MAX_CONCURRENT_RUNS == 1024
     assert server_module.DEFAULT_MAX_MESSAGE_BYTES == 4 << 20
     server = PeerServer("defaults")
-    assert server._limits.max_input_bytes == 4 << 20
+    assert server.config.input_limit == 4 << 20
     assert server.session_refs.max_bytes == 1 << 30
     assert server.session_refs.ref_ttl == 3600.0
     text = DOCS.read_text()
@@ -194,7 +194,7 @@ def test_documented_defaults_match_the_code() -> None:
     ("kwargs", "match"),
     [
         ({"max_concurrent_runs": 0}, "max_concurrent_runs"),
-        ({"max_message_bytes": 100}, "at least 1024"),
+        ({"max_message_bytes": 100}, "max_message_bytes must be an int >= 1024"),
         ({"max_input_bytes": 0}, "max_input_bytes"),
         ({"ref_budget_bytes": 0}, "ref_budget_bytes"),
         ({"ref_ttl": 0}, "ref_ttl"),
