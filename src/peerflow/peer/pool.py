@@ -57,7 +57,6 @@ from peerflow.blocking import blocking_iter_twin, blocking_twin, call_blocking, 
 from peerflow.errors import (
     PeerError,
     PeerErrorKind,
-    PeerflowError,
     ValidationError,
 )
 from peerflow.events import Event
@@ -547,19 +546,7 @@ class PeerPool(Caller):
             ValidationError: the pool is not started or closed.
         """
         self._check_ready()
-        live = [peer for peer in self._members.all if peer.up and peer.client is not None]
-
-        async def one(peer: Member) -> PeerInfo | None:
-            assert peer.client is not None
-            try:
-                peer.info = await peer.client.describe()
-            except PeerflowError:
-                return None
-            return peer.info
-
-        infos = await asyncio.gather(*(one(peer) for peer in live))
-        self._members.notify()
-        return {p.address: info for p, info in zip(live, infos, strict=True) if info}
+        return await self._members.describe_all()
 
     describe_blocking = blocking_twin(describe)
 
@@ -573,16 +560,7 @@ class PeerPool(Caller):
             ValidationError: the pool is not started or closed.
         """
         self._check_ready()
-
-        async def one(peer: Member) -> bool:
-            assert peer.client is not None
-            try:
-                return await peer.client.health(timeout=timeout)
-            except PeerflowError:
-                return False
-
-        answers = await asyncio.gather(*(one(peer) for peer in self._members.all))
-        return dict(zip(self.addresses, answers, strict=True))
+        return await self._members.health_all(timeout)
 
     health_blocking = blocking_twin(health)
 

@@ -131,6 +131,35 @@ class Members:
                 return member
         raise ValidationError(f"no peer {name!r} in this pool ({', '.join(addresses)})")
 
+    async def describe_all(self) -> dict[str, PeerInfo]:
+        """Describe every up member afresh, concurrently: ``{address: info}`` of answers."""
+        live = [member for member in self.all if member.up and member.client is not None]
+
+        async def one(member: Member) -> PeerInfo | None:
+            assert member.client is not None
+            try:
+                member.info = await member.client.describe()
+            except PeerflowError:
+                return None
+            return member.info
+
+        infos = await asyncio.gather(*(one(member) for member in live))
+        self.notify()
+        return {m.address: info for m, info in zip(live, infos, strict=True) if info}
+
+    async def health_all(self, timeout: float) -> dict[str, bool]:
+        """Ask every member's health service now, concurrently: False when it did not answer."""
+
+        async def one(member: Member) -> bool:
+            assert member.client is not None
+            try:
+                return await member.client.health(timeout=timeout)
+            except PeerflowError:
+                return False
+
+        answers = await asyncio.gather(*(one(member) for member in self.all))
+        return {member.address: answer for member, answer in zip(self.all, answers, strict=True)}
+
     # -- watching ------------------------------------------------------------------------
 
     def watch(self, loop: asyncio.AbstractEventLoop) -> None:
