@@ -43,7 +43,7 @@ from peerflow.peer.channel import (
     resolve_node_id,
 )
 from peerflow.peer.channel import node_user_agent as node_user_agent
-from peerflow.peer.config import DEFAULT_CONNECT_TIMEOUT, ClientConfig, from_keywords
+from peerflow.peer.config import DEFAULT_CONNECT_TIMEOUT, ClientConfig, client_config
 from peerflow.peer.config import DEFAULT_FLOW_CONTROL_WINDOW as DEFAULT_FLOW_CONTROL_WINDOW
 from peerflow.peer.config import DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_MAX_MESSAGE_BYTES
 from peerflow.peer.config import DEFAULT_MAX_VALUE_BYTES as DEFAULT_MAX_VALUE_BYTES
@@ -178,15 +178,14 @@ class PeerClient(Caller):
         """
         target = parse_target(address)
         client_node_id = resolve_node_id(client_node_id, node_id)
-        config = from_keywords(
-            ClientConfig,
+        config = client_config(
             config,
-            token=token,
-            tls=tls,
-            connect_timeout=connect_timeout,
-            max_message_bytes=max_message_bytes,
-            flow_control_window=flow_control_window,
-            max_value_bytes=max_value_bytes,
+            token,
+            tls,
+            connect_timeout,
+            max_message_bytes,
+            flow_control_window,
+            max_value_bytes,
         )
         channel = await open_channel(target, client_node_id, config)
         return cls(channel, client_node_id, config)
@@ -215,15 +214,14 @@ class PeerClient(Caller):
             ValidationError: bad arguments, or called inside a running event loop.
             TransportError: the peer could not be reached.
         """
-        config = from_keywords(
-            ClientConfig,
+        config = client_config(
             config,
-            token=token,
-            tls=tls,
-            connect_timeout=connect_timeout,
-            max_message_bytes=max_message_bytes,
-            flow_control_window=flow_control_window,
-            max_value_bytes=max_value_bytes,
+            token,
+            tls,
+            connect_timeout,
+            max_message_bytes,
+            flow_control_window,
+            max_value_bytes,
         )
         return call_blocking(cls.connect, address, client_node_id, node_id=node_id, config=config)
 

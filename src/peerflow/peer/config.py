@@ -37,6 +37,7 @@ __all__ = [
     "MIN_MESSAGE_BYTES",
     "ClientConfig",
     "ServerConfig",
+    "client_config",
     "from_keywords",
 ]
 
@@ -200,6 +201,32 @@ def from_keywords(cls: type[C], config: C | None, **keywords: Any) -> C:
             f"pass config= or the options as keywords, not both (also given: {', '.join(changed)})"
         )
     return config
+
+
+def client_config(
+    config: ClientConfig | None,
+    token: str | None,
+    tls: ClientTls | None,
+    connect_timeout: float | None,
+    max_message_bytes: int,
+    flow_control_window: int | None,
+    max_value_bytes: int | None,
+) -> ClientConfig:
+    """:func:`from_keywords` for the client keywords ``connect`` and ``PeerPool`` take.
+
+    Raises:
+        ValidationError: as :func:`from_keywords`.
+    """
+    return from_keywords(
+        ClientConfig,
+        config,
+        token=token,
+        tls=tls,
+        connect_timeout=connect_timeout,
+        max_message_bytes=max_message_bytes,
+        flow_control_window=flow_control_window,
+        max_value_bytes=max_value_bytes,
+    )
 
 
 def _same(value: object, default: object) -> bool:

@@ -70,7 +70,7 @@ from peerflow.peer.config import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MAX_VALUE_BYTES,
     ClientConfig,
-    from_keywords,
+    client_config,
 )
 from peerflow.peer.failover import Failover, no_peer_error
 from peerflow.peer.pool_health import Member, Members
@@ -154,15 +154,14 @@ class PeerPool(Caller):
     ) -> None:
         cleaned = _addresses(addresses)
         self.node_id = resolve_node_id(client_node_id, node_id)
-        self.config = from_keywords(
-            ClientConfig,
+        self.config = client_config(
             config,
-            token=token,
-            tls=tls,
-            connect_timeout=connect_timeout,
-            max_message_bytes=max_message_bytes,
-            flow_control_window=flow_control_window,
-            max_value_bytes=max_value_bytes,
+            token,
+            tls,
+            connect_timeout,
+            max_message_bytes,
+            flow_control_window,
+            max_value_bytes,
         )
         if self.config.connect_timeout is None:
             raise ValidationError(
