@@ -109,6 +109,7 @@ async def test_invoke_sub_workflow_keeps_the_raw_request_form() -> None:
 PEER_NAMES = [
     "ENVELOPE_VERSION",
     "TOKEN_ENV_VAR",
+    "ClientConfig",
     "ClientTls",
     "PeerClient",
     "PeerInfo",
@@ -116,6 +117,7 @@ PEER_NAMES = [
     "PeerServer",
     "RemoteRef",
     "RemoteRefDescriptor",
+    "ServerConfig",
     "ServerTls",
     "SubWorkflowRequest",
     "SubWorkflowResponse",

@@ -23,6 +23,7 @@ from peerflow import (
     step,
 )
 from peerflow.peer import protocol as pb
+from peerflow.peer.calls import build_request
 from peerflow.registry import Registry
 from peerflow.testing import serve_in_process
 
@@ -62,7 +63,7 @@ async def test_timeout_zero_means_the_peers_default() -> None:
         for negative in (-1, -0.5):
             with pytest.raises(ValidationError, match="timeout_secs must be a number >= 0"):
                 await client.run_remote_workflow("forever", timeout_secs=negative)
-    request, _ = client._request("forever", (), None, None, 0)
+    request, _ = build_request("forever", (), None, None, 0)
     assert request.timeout_secs is None  # 0 goes on the wire as "no timeout": the default
 
 

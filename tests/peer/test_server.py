@@ -204,7 +204,7 @@ async def test_max_concurrent_runs_refuses_the_excess() -> None:
     hooks = EventHooks()
     async with (
         serve_in_process(build_registry(hooks), max_concurrent_runs=1) as server,
-        await PeerClient.connect(server.address or "", "a") as client,
+        await PeerClient.connect(server.address or "", "a", session=False) as client,
     ):
         first = asyncio.ensure_future(client.run_remote_workflow("forever", input={"tag": "1"}))
         await hooks.started_event("1").wait()

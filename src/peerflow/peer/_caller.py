@@ -1,5 +1,7 @@
 """What ``PeerClient`` and ``PeerPool`` share: both ``invoke_sub_workflow`` forms, ``with``.
 
+``async with`` closes the caller on exit (a pool also starts on entry).
+
 ``with`` works on an instance built by ``connect_blocking`` (it lives on the portal).
 
 The I/O stays in each class (``_invoke_raw``, ``run_remote_workflow``); this mixin only
@@ -8,7 +10,7 @@ decides which of them a call means.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, overload
 
@@ -49,24 +51,11 @@ def keyword_invoke(
 
 
 class Caller:
-    """Mixin: ``invoke_sub_workflow`` in both forms, and ``with`` closing a portal caller."""
+    """Mixin: ``invoke_sub_workflow`` in both forms; ``with`` / ``async with`` closing it."""
 
-    async def run_remote_workflow(
-        self,
-        workflow_name: str,
-        step_ids: Sequence[str] = (),
-        input: Mapping[str, Any] | None = None,
-        *,
-        input_json: str | bytes | None = None,
-        timeout_secs: float | None = None,
-        run_id: str | None = None,
-    ) -> WorkflowResult:
-        """Run a workflow remotely and return its result (defined by each caller).
-
-        Raises:
-            NotImplementedError: always, here.
-        """
-        raise NotImplementedError
+    # Each caller defines these; declared here for the methods below.
+    run_remote_workflow: Callable[..., Awaitable[WorkflowResult]]
+    close: Callable[[], Awaitable[None]]
 
     async def _invoke_raw(
         self, request: pb.SubWorkflowRequest, deadline: float | None, run_id: str | None = None
@@ -74,14 +63,6 @@ class Caller:
         raise NotImplementedError
 
     def _check_portal(self) -> None:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        """Close (defined by each caller).
-
-        Raises:
-            NotImplementedError: always, here.
-        """
         raise NotImplementedError
 
     @overload
@@ -152,6 +133,17 @@ class Caller:
         return await self._invoke_raw(request, deadline, run_id)
 
     invoke_sub_workflow_blocking = blocking_twin(invoke_sub_workflow)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
 
     def __enter__(self) -> Self:
         self._check_portal()

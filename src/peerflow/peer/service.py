@@ -9,7 +9,6 @@ inside is turned into a status by the one table in :mod:`peerflow.peer.status`.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import logging
@@ -153,7 +152,6 @@ class PeerService:
         self._runs: set[Run] = set()
         self._assembled: dict[tuple[str, tuple[str, ...]], Workflow] = {}
         self._drained: asyncio.Event | None = None  # set when active_runs drops to 0
-        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.closing: str | None = None  # set: new runs are refused (UNAVAILABLE) with it
         self.observer: RunObserver | None = None  # hears of runs and calls (metrics, pages)
 
@@ -298,8 +296,6 @@ class PeerService:
 
     def _free_slot(self) -> None:
         self.active_runs -= 1
-        if self._slot_waiters:
-            self._wake_slot_waiter()
         if not self.active_runs and self._drained is not None:
             self._drained.set()
 
@@ -510,9 +506,15 @@ class PeerService:
         # next run on receiving it never finds its own finished run still counted.
         yield frame(pb.SubWorkflowEvent(pb.StreamDone(response)).encode())
 
-    async def _event_payloads(self, run: Run) -> AsyncIterator[tuple[Event, pb.EventPayload]]:
-        """Each event a streaming run publishes, with its wire payload (not the outcome)."""
-        limit = self.limits.max_unary_bytes - 1024
+    async def _event_payloads(
+        self, run: Run, max_message: int | None = None
+    ) -> AsyncIterator[tuple[Event, pb.EventPayload]]:
+        """Each event a streaming run publishes, with its wire payload (not the outcome).
+
+        An event larger than ``max_message`` (default: this peer's message limit) is
+        replaced by an ``OVERSIZED_EVENT_TYPE`` marker.
+        """
+        limit = (max_message or self.limits.max_unary_bytes) - 1024
         assert run.stream is not None
         async for event in run.stream.events():
             if event is run.outcome:
@@ -528,40 +530,6 @@ class PeerService:
             else:
                 payload = pb.EventPayload(event.event_type, data)
             yield event, payload
-
-    async def slot_free(self, timeout_secs: float | None) -> None:
-        """Wait until a run slot is free (a session call waits where a unary one is refused).
-
-        Returns at once while the peer is closing (admission then refuses, UNAVAILABLE).
-
-        Raises:
-            ResourceExhaustedError: no slot came free within ``timeout_secs`` (None: no limit).
-        """
-        if self.active_runs < self.limits.max_concurrent_runs or self.closing is not None:
-            return
-        try:
-            async with asyncio.timeout(timeout_secs or None):
-                while self.active_runs >= self.limits.max_concurrent_runs and self.closing is None:
-                    waiter = asyncio.get_running_loop().create_future()
-                    self._slot_waiters.append(waiter)
-                    try:
-                        await waiter
-                    except asyncio.CancelledError:
-                        if waiter.done() and not waiter.cancelled():
-                            self._wake_slot_waiter()  # pass the free slot on
-                        raise
-        except TimeoutError:
-            raise ResourceExhaustedError(
-                f"peer {self.node_id} had no free run slot within {timeout_secs:g}s; {NOT_STARTED}"
-            ) from None
-
-    def _wake_slot_waiter(self) -> None:
-        waiters = self._slot_waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
 
     async def wait_idle(self, timeout: float | None) -> bool:
         """Wait until no run is in flight (at most ``timeout`` s; None: no limit).

@@ -69,7 +69,12 @@ __all__ = [
 
 
 class CallMode(enum.IntEnum):
-    """What a started call wants back besides its outcome."""
+    """What a started call wants back besides its outcome.
+
+    Each mode stands for one Blazen RPC (:attr:`rpc`): a call's client and server spans,
+    and the peer's RPC metrics, carry that method's name, so traces and dashboards read
+    the same whether calls travel on a session or as unary calls.
+    """
 
     RESULT = 0
     """Only the outcome (``run_remote_workflow``); an input request stalls the run."""
@@ -77,6 +82,12 @@ class CallMode(enum.IntEnum):
     """Every streamed event, then the outcome (``stream_remote_workflow``)."""
     CONVERSATION = 2
     """Events and input requests, and the caller may answer (``start_remote_workflow``)."""
+
+    @property
+    def rpc(self) -> str:
+        """The full name of the RPC this mode of call stands for."""
+        name = "InvokeSubWorkflow" if self is CallMode.RESULT else "StreamSubWorkflowEvents"
+        return f"/blazen.peer.v1.BlazenPeer/{name}"
 
 
 @dataclass(frozen=True, slots=True)

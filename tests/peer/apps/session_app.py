@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 
 from apps.e2e_app import FileHooks, build_registry
-
 from peerflow import (
     Context,
     Event,
