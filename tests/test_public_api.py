@@ -174,3 +174,40 @@ def test_import_peerflow_does_not_import_grpc() -> None:
     code = "import sys, peerflow, peerflow.cli._base; assert 'grpc' not in sys.modules"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+_TRACED_LOCAL_RUN = """
+import asyncio, sys
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import peerflow
+from peerflow import StartEvent, StopEvent, Workflow, step, telemetry
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+telemetry.use_tracer_provider(provider)
+
+@step(name="light::s")
+async def s(ctx, ev: StartEvent) -> StopEvent:
+    return StopEvent(result=telemetry.trace_headers())
+
+result = asyncio.run(Workflow("light", [s]).run())
+assert "traceparent" in result.result, result.result
+assert sorted(span.name for span in exporter.get_finished_spans()) == [
+    "peerflow.run light", "peerflow.step light::s"
+]
+assert "grpc" not in sys.modules, "grpc imported"
+"""
+
+
+def test_traced_local_run_does_not_import_grpc() -> None:
+    # Engine tracing (spans, W3C context as a dict) works without the peer layer.
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _TRACED_LOCAL_RUN], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
