@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import grpc
 
-from peerflow.errors import PeerflowError
+from peerflow.errors import PeerflowError, RpcStatus
 from peerflow.peer.handlers import Scope, wrap_behavior
 from peerflow.peer.status import status_for
 
@@ -45,25 +45,28 @@ class RunObserver(Protocol):
         """A served run has ended after ``seconds``; ``run.outcome`` says how."""
 
     def rpc_done(self, method: str, code: str) -> None:
-        """An RPC ``method`` (its short name) ended with status ``code`` (e.g. ``OK``)."""
+        """An RPC ``method`` (its short name) ended with status ``code``.
+
+        ``code`` is an :class:`~peerflow.errors.RpcStatus` (equal to its name, e.g. ``"OK"``).
+        """
 
 
 class _HasObserver(Protocol):
     observer: RunObserver | None
 
 
-def _code(failed: BaseException | None) -> str:
+def _code(failed: BaseException | None) -> RpcStatus:
     """The status a handler's outcome becomes, read from its error.
 
     Not from ``context.code()``, which costs a served call ~20 µs.
     """
     if failed is None:
-        return "OK"
+        return RpcStatus.OK
     if isinstance(failed, PeerflowError):
-        return str(status_for(failed)[0].name)
+        return RpcStatus[status_for(failed)[0].name]
     if isinstance(failed, asyncio.CancelledError | GeneratorExit):
-        return "CANCELLED"  # the caller left (or a stalled stream was ended)
-    return "UNKNOWN"
+        return RpcStatus.CANCELLED  # the caller left (or a stalled stream was ended)
+    return RpcStatus.UNKNOWN
 
 
 class _Counted:
