@@ -205,12 +205,7 @@ class NoopScope:
     def __enter__(self) -> Span:
         return trace_api.INVALID_SPAN
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         return None
 
     def release_current(self) -> None:
