@@ -229,7 +229,7 @@ def test_nonsense_limits_are_validation_errors(kwargs: dict[str, Any], match: st
 
 
 async def test_a_streamed_run_frees_its_slot_before_done_is_sent() -> None:
-    from peerflow.peer import protocol as pb
+    from peerflow.peer import protocol as wire
     from peerflow.peer.framing import frame, unframe
 
     class Context:
@@ -241,12 +241,12 @@ async def test_a_streamed_run_frees_its_slot_before_done_is_sent() -> None:
 
     server = PeerServer("slots", registry=build_registry("slots"), max_concurrent_runs=1)
     handler = server._service.handlers()["/blazen.peer.v1.BlazenPeer/StreamSubWorkflowEvents"]
-    request = frame(pb.SubWorkflowRequest("record", (), b"{}", None).encode())
+    request = frame(wire.SubWorkflowRequest("record", (), b"{}", None).encode())
     stream = handler.unary_stream(request, Context())
     try:
         async for message in stream:
-            kind = pb.SubWorkflowEvent.decode(unframe(message)).kind
-            if isinstance(kind, pb.StreamDone):
+            kind = wire.SubWorkflowEvent.decode(unframe(message)).kind
+            if isinstance(kind, wire.StreamDone):
                 # The handler is suspended right where it hands Done to gRPC.
                 assert server.active_runs == 0
                 break

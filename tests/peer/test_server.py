@@ -28,7 +28,7 @@ from peerflow import (
     WorkflowCancelledError,
     step,
 )
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol as wire
 from peerflow.peer.framing import frame
 from peerflow.registry import Registry
 from peerflow.testing import serve_in_process
@@ -228,7 +228,7 @@ async def test_input_limit() -> None:
         code, details = await raw_status(
             server.address or "",
             "/blazen.peer.v1.BlazenPeer/InvokeSubWorkflow",
-            frame(pb.SubWorkflowRequest("echo", (), b'{"a":"' + b"x" * 100 + b'"}').encode()),
+            frame(wire.SubWorkflowRequest("echo", (), b'{"a":"' + b"x" * 100 + b'"}').encode()),
         )
         assert code is grpc.StatusCode.INVALID_ARGUMENT
         assert "64-byte limit" in details

@@ -16,7 +16,7 @@ from typing import Any, Self, overload
 
 from peerflow.blocking import blocking_twin, call_blocking
 from peerflow.errors import ValidationError
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol as wire
 from peerflow.result import WorkflowResult
 
 __all__ = ["Caller", "keyword_invoke"]
@@ -40,7 +40,7 @@ def keyword_invoke(
         if deadline is not None:
             raise ValidationError("deadline= goes with a SubWorkflowRequest; use timeout_secs=")
         return True
-    if not isinstance(request, pb.SubWorkflowRequest):
+    if not isinstance(request, wire.SubWorkflowRequest):
         raise ValidationError(
             f"invoke_sub_workflow takes a SubWorkflowRequest or workflow_name=..., got {request!r}"
         )
@@ -58,8 +58,8 @@ class Caller:
     close: Callable[[], Awaitable[None]]
 
     async def _invoke_raw(
-        self, request: pb.SubWorkflowRequest, deadline: float | None, run_id: str | None = None
-    ) -> pb.SubWorkflowResponse:
+        self, request: wire.SubWorkflowRequest, deadline: float | None, run_id: str | None = None
+    ) -> wire.SubWorkflowResponse:
         raise NotImplementedError
 
     def _check_portal(self) -> None:
@@ -68,11 +68,11 @@ class Caller:
     @overload
     async def invoke_sub_workflow(
         self,
-        request: pb.SubWorkflowRequest,
+        request: wire.SubWorkflowRequest,
         *,
         deadline: float | None = None,
         run_id: str | None = None,
-    ) -> pb.SubWorkflowResponse: ...
+    ) -> wire.SubWorkflowResponse: ...
 
     @overload
     async def invoke_sub_workflow(
@@ -90,7 +90,7 @@ class Caller:
 
     async def invoke_sub_workflow(
         self,
-        request: pb.SubWorkflowRequest | None = None,
+        request: wire.SubWorkflowRequest | None = None,
         *,
         deadline: float | None = None,
         workflow_name: str | None = None,
@@ -99,7 +99,7 @@ class Caller:
         input_json: str | bytes | None = None,
         timeout_secs: float | None = None,
         run_id: str | None = None,
-    ) -> pb.SubWorkflowResponse | WorkflowResult:
+    ) -> wire.SubWorkflowResponse | WorkflowResult:
         """Run a sub-workflow remotely, in either of the seeds' two forms.
 
         ``invoke_sub_workflow(request)`` (Rust) sends a raw ``SubWorkflowRequest`` and
@@ -129,7 +129,7 @@ class Caller:
                 timeout_secs=timeout_secs,
                 run_id=run_id,
             )
-        assert isinstance(request, pb.SubWorkflowRequest)
+        assert isinstance(request, wire.SubWorkflowRequest)
         return await self._invoke_raw(request, deadline, run_id)
 
     invoke_sub_workflow_blocking = blocking_twin(invoke_sub_workflow)

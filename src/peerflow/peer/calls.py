@@ -17,10 +17,9 @@ from typing import Any
 
 import grpc
 
-from peerflow import telemetry
 from peerflow._checks import check_seconds_or_none
 from peerflow.errors import ValidationError
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol, tracing
 from peerflow.peer.channel import Channel
 from peerflow.peer.config import ClientConfig
 from peerflow.peer.framing import frame, unframe
@@ -67,7 +66,7 @@ class Calls:
             queue=config.session_queue,
         )
 
-    async def session_for(self, request: pb.SubWorkflowRequest) -> Session | None:
+    async def session_for(self, request: protocol.SubWorkflowRequest) -> Session | None:
         """The session to carry ``request``, or None when it goes as a unary call.
 
         None when sessions are off (``session=False``, a balanced target), the peer has
@@ -112,7 +111,7 @@ class Calls:
         call = self._unary.get(method)
         if call is None:
             call = self._unary[method] = channel.grpc.unary_unary(method)
-        with telemetry.client_rpc_span(method, channel.address):
+        with tracing.client_rpc_span(method, channel.address):
             try:
                 metadata = with_run_id(channel.metadata(), run_id)
                 reply = await call(frame(payload), metadata=metadata, timeout=deadline)
@@ -208,7 +207,7 @@ def build_request(
     input: Mapping[str, Any] | None,
     input_json: str | bytes | None,
     timeout_secs: float | None,
-) -> tuple[pb.SubWorkflowRequest, float | None]:
+) -> tuple[protocol.SubWorkflowRequest, float | None]:
     """A ``SubWorkflowRequest`` for a call's arguments, and its gRPC deadline.
 
     Raises:
@@ -225,5 +224,5 @@ def build_request(
     else:
         raw = encode_input(input)
     wire = wire_timeout(timeout_secs)
-    request = pb.SubWorkflowRequest(workflow_name, tuple(step_ids), raw, wire)
+    request = protocol.SubWorkflowRequest(workflow_name, tuple(step_ids), raw, wire)
     return request, grpc_deadline(wire)

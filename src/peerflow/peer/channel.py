@@ -18,7 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from peerflow import telemetry
 from peerflow._version import __version__
-from peerflow.errors import PeerError, PeerErrorKind, PeerflowError, ValidationError
+from peerflow.errors import PeerError, PeerErrorKind, PeerflowError, RpcStatus, ValidationError
+from peerflow.peer import tracing
 from peerflow.peer.address import Target
 from peerflow.peer.config import ClientConfig
 from peerflow.peer.security import bearer_metadata, resolve_token
@@ -151,7 +152,7 @@ class Channel:
     def metadata(self) -> Metadata | list[Any] | None:
         """The metadata a call carries: the token, and trace context when tracing."""
         if telemetry.enabled():
-            return telemetry.inject_metadata(self._full_metadata)
+            return tracing.inject_metadata(self._full_metadata)
         return self._metadata
 
     def check_open(self) -> None:
@@ -176,7 +177,7 @@ class Channel:
             Nothing: the error is returned.
         """
         error = error_from_rpc(exc, address=self.address, method=method)
-        if self.secure and isinstance(error, PeerError) and error.code == "UNAVAILABLE":
+        if self.secure and isinstance(error, PeerError) and error.code is RpcStatus.UNAVAILABLE:
             # A lazily connected client meets a failed handshake on a call: say what
             # connect() would have said (certificate, CA), not gRPC's transport text.
             details = str(exc.details() or "") if hasattr(exc, "details") else ""

@@ -25,12 +25,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
-from peerflow import telemetry
 from peerflow.blocking import blocking_iter_twin, blocking_twin, call_blocking, portal_loop
 from peerflow.context import current_context
 from peerflow.errors import EncodeError, UnsupportedError, ValidationError
 from peerflow.events import Event
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol as wire
+from peerflow.peer import tracing
 from peerflow.peer._caller import Caller
 from peerflow.peer.address import parse_target
 from peerflow.peer.calls import Calls, build_request, call_deadline, grpc_deadline
@@ -243,10 +243,10 @@ class PeerClient(Caller):
 
     async def _invoke_raw(
         self,
-        request: pb.SubWorkflowRequest,
+        request: wire.SubWorkflowRequest,
         deadline: float | None,
         run_id: str | None = None,
-    ) -> pb.SubWorkflowResponse:
+    ) -> wire.SubWorkflowResponse:
         if deadline is None and request.timeout_secs is not None:
             deadline = grpc_deadline(request.timeout_secs)
         session = await self._calls.session_for(request)
@@ -255,7 +255,7 @@ class PeerClient(Caller):
             return _accounted(response)
         reply = await self._calls.unary(INVOKE, request.encode(), deadline, run_id)
         try:
-            return _accounted(pb.SubWorkflowResponse.decode(reply))
+            return _accounted(wire.SubWorkflowResponse.decode(reply))
         except EncodeError as exc:
             raise EncodeError(
                 f"bad response from {self.address}: {exc}", address=self.address
@@ -344,7 +344,7 @@ class PeerClient(Caller):
                 named=run_id is not None,
             )
             async for got in link.items(session, call, when):
-                if isinstance(got, pb.SubWorkflowResponse):
+                if isinstance(got, wire.SubWorkflowResponse):
                     yield self._result(_accounted(got), workflow_name)
                     return
                 yield item_event(
@@ -354,14 +354,14 @@ class PeerClient(Caller):
                     input_request=isinstance(got, InputRequest),
                 )
             return
-        scope = telemetry.client_rpc_span(STREAM_EVENTS, self.address)
+        scope = tracing.client_rpc_span(STREAM_EVENTS, self.address)
         with scope:
             call = self._calls.stream(STREAM_EVENTS, request.encode(), deadline, run_id)
             scope.release_current()  # not the consumer's current span across our yields
             try:
                 async for message in call:
-                    item = pb.SubWorkflowEvent.decode(unframe(message)).kind
-                    if isinstance(item, pb.StreamDone):
+                    item = wire.SubWorkflowEvent.decode(unframe(message)).kind
+                    if isinstance(item, wire.StreamDone):
                         yield response_to_result(
                             _accounted(item.response),
                             workflow=workflow_name,
@@ -389,7 +389,7 @@ class PeerClient(Caller):
 
     stream_remote_workflow_blocking = blocking_iter_twin(stream_remote_workflow)
 
-    def _result(self, response: pb.SubWorkflowResponse, workflow_name: str) -> WorkflowResult:
+    def _result(self, response: wire.SubWorkflowResponse, workflow_name: str) -> WorkflowResult:
         return response_to_result(
             response, workflow=workflow_name, address=self.address, make_ref=self._make_ref
         )
@@ -462,7 +462,7 @@ class PeerClient(Caller):
     def _make_ref(
         self,
         ref_uuid: uuid.UUID,
-        wire: pb.RemoteRefDescriptor | None,
+        wire: wire.RemoteRefDescriptor | None,
         lifetime: RefLifetime | None = None,
     ) -> RemoteRef:
         return self._descriptors.make_ref(self, ref_uuid, wire, lifetime)
@@ -489,7 +489,7 @@ class PeerClient(Caller):
     async def _fetch_bytes(
         self, key: RegistryKey, deadline: float | None
     ) -> tuple[str | None, bytes | bytearray]:
-        payload = pb.DerefRequest(key.uuid).encode()
+        payload = wire.DerefRequest(key.uuid).encode()
         probing = False
         if self._stream_deref is not False:
             try:
@@ -506,7 +506,7 @@ class PeerClient(Caller):
         reply = await self._calls.unary(DEREF, payload, deadline)
         if probing:  # unary works where streaming did not: the peer lacks the extension
             self._stream_deref = False
-        return self._descriptors.type_tag(key), pb.DerefResponse.decode(reply).payload
+        return self._descriptors.type_tag(key), wire.DerefResponse.decode(reply).payload
 
     async def fetch_ref(
         self, key: RegistryKey | uuid.UUID | str, *, timeout: float | None = None
@@ -543,9 +543,9 @@ class PeerClient(Caller):
             ValidationError: ``key`` is not a key.
         """
         key = RegistryKey.parse(key)
-        payload = pb.ReleaseRequest(key.uuid).encode()
+        payload = wire.ReleaseRequest(key.uuid).encode()
         reply = await self._calls.unary(RELEASE, payload, call_deadline(timeout))
-        released = pb.ReleaseResponse.decode(reply).released
+        released = wire.ReleaseResponse.decode(reply).released
         self._descriptors.pop(key, None)
         return released
 
@@ -566,8 +566,8 @@ class PeerClient(Caller):
             UnsupportedError: the peer does not implement DescribePeer (a Blazen peer).
             TransportError: the peer is unreachable.
         """
-        reply = await self._calls.unary(DESCRIBE, pb.DescribeRequest().encode())
-        info = pb.DescribeResponse.decode(reply)
+        reply = await self._calls.unary(DESCRIBE, wire.DescribeRequest().encode())
+        info = wire.DescribeResponse.decode(reply)
         inputs, outputs = read_schemas(info.schemas)
         return PeerInfo(
             node_id=info.node_id,
@@ -634,7 +634,7 @@ class PeerClient(Caller):
         return f"<PeerClient {self.node_id} -> {self.address}{' closed' if self.closed else ''}>"
 
 
-def _accounted(response: pb.SubWorkflowResponse) -> pb.SubWorkflowResponse:
+def _accounted(response: wire.SubWorkflowResponse) -> wire.SubWorkflowResponse:
     """Roll a remote run's usage into the run of the step making the call, if any."""
     ctx = current_context()
     if ctx is not None and response.usage is not None:
@@ -643,5 +643,5 @@ def _accounted(response: pb.SubWorkflowResponse) -> pb.SubWorkflowResponse:
     return response
 
 
-def _stream_event(item: pb.EventPayload, address: str) -> Event:
+def _stream_event(item: wire.EventPayload, address: str) -> Event:
     return item_event(item.event_type, item.data_json, address, input_request=False)

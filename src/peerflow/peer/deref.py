@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import grpc
 
-from peerflow import telemetry
 from peerflow.errors import EncodeError, ResourceExhaustedError
+from peerflow.peer import tracing
 from peerflow.peer.calls import Calls
 from peerflow.peer.framing import unframe
 from peerflow.peer.service import EXTENSION
@@ -41,7 +41,7 @@ async def stream_deref(
     channel = calls.channel
     address = channel.address
     channel.check_open()
-    with telemetry.client_rpc_span(STREAM_DEREF, address):
+    with tracing.client_rpc_span(STREAM_DEREF, address):
         call = calls.stream(STREAM_DEREF, payload, deadline)
         try:
             initial = dict(await call.initial_metadata() or ())
@@ -58,16 +58,15 @@ async def stream_deref(
                     f"client's max_value_bytes ({limit}); nothing was allocated",
                     address=address,
                 )
-            try:
-                buffer = bytearray(total)
-            except MemoryError:
-                raise ResourceExhaustedError(
-                    f"no memory for the {total}-byte value {address} announced",
-                    address=address,
-                ) from None
+            buffer: bytearray | None = None
             offset = 0
             async for message in call:
                 chunk = unframe(message)
+                if buffer is None:
+                    buffer = _allocate(chunk, total, address)
+                    if len(chunk) == total:  # one message held it all: already copied
+                        offset = total
+                        continue
                 end = offset + len(chunk)
                 if end > total:
                     raise EncodeError(f"{address} sent more than the announced {total} bytes")
@@ -75,10 +74,27 @@ async def stream_deref(
                 offset = end
             if offset != total:
                 raise EncodeError(f"{address} sent {offset} of {total} announced bytes")
-            return (str(tag) if tag is not None else None), buffer
+            return (str(tag) if tag is not None else None), buffer or bytearray()
         except grpc.RpcError as exc:
             raise channel.error(exc, STREAM_DEREF) from exc
         except ValueError as exc:
             raise EncodeError(f"bad deref metadata from {address}: {exc}") from None
         finally:
             call.cancel()
+
+
+def _allocate(first: memoryview, total: int, address: str) -> bytearray:
+    """The value's buffer, allocated once (not zero-filled when one chunk is all of it).
+
+    A copy of ``first`` when it holds the whole value, else ``total`` bytes the chunks
+    are copied into as they come.
+
+    Raises:
+        ResourceExhaustedError: no memory for ``total`` bytes.
+    """
+    try:
+        return bytearray(first) if len(first) == total else bytearray(total)
+    except MemoryError:
+        raise ResourceExhaustedError(
+            f"no memory for the {total}-byte value {address} announced", address=address
+        ) from None

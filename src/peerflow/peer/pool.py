@@ -60,7 +60,7 @@ from peerflow.errors import (
     ValidationError,
 )
 from peerflow.events import Event
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol as wire
 from peerflow.peer._caller import Caller
 from peerflow.peer.calls import check_call
 from peerflow.peer.client import PeerClient, PeerInfo, resolve_node_id
@@ -512,8 +512,8 @@ class PeerPool(Caller):
     start_remote_workflow_blocking = blocking_twin(start_remote_workflow)
 
     async def _invoke_raw(
-        self, request: pb.SubWorkflowRequest, deadline: float | None, run_id: str | None = None
-    ) -> pb.SubWorkflowResponse:
+        self, request: wire.SubWorkflowRequest, deadline: float | None, run_id: str | None = None
+    ) -> wire.SubWorkflowResponse:
         ids = check_call(request.workflow_name, request.step_ids)
         member, response = await self._unary(
             request.workflow_name,

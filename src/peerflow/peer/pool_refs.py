@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
-from peerflow.errors import RefNotFoundError
+from peerflow.errors import RefNotFoundError, RemoteRefNotFoundError
 from peerflow.peer._bounded import BoundedDict
 from peerflow.peer.client import PeerClient
 from peerflow.peer.pool_health import Member
@@ -64,7 +64,7 @@ class RefOwners(BoundedDict[RegistryKey, Member]):
                 continue
             self[parsed] = member
             return value
-        raise RefNotFoundError(
+        raise RemoteRefNotFoundError(
             f"no peer of the pool holds session ref {parsed}: {'; '.join(answers)}",
             address=", ".join(member.address for member in members),
             code="NOT_FOUND",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from peerflow.blocking import blocking_twin
 from peerflow.errors import ValidationError
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol
 from peerflow.peer._bounded import BoundedDict
 from peerflow.refs import RefDescriptor, RefLifetime, RegistryKey
 
@@ -98,7 +98,7 @@ class RefBook(BoundedDict[RegistryKey, RefDescriptor]):
         self,
         client: PeerClient,
         ref_uuid: uuid.UUID,
-        wire: pb.RemoteRefDescriptor | None,
+        wire: protocol.RemoteRefDescriptor | None,
         lifetime: RefLifetime | None = None,
     ) -> RemoteRef:
         """A :class:`RemoteRef` bound to ``client``; remembered when its type is known.

@@ -17,6 +17,7 @@ import grpc
 from peerflow import telemetry
 from peerflow.errors import PeerflowError, UnsupportedError
 from peerflow.peer import protocol as wire
+from peerflow.peer import tracing
 from peerflow.peer.session import Session, SessionCall
 from peerflow.peer.session_wire import CallMode, InputRequest, RunEvent
 
@@ -129,7 +130,7 @@ class SessionLink:
     def _trace() -> tuple[tuple[str, str], ...]:
         if not telemetry.enabled():
             return ()
-        return tuple((k, str(v)) for k, v in telemetry.inject_metadata() if k in _TRACE_KEYS)
+        return tuple((k, str(v)) for k, v in tracing.inject_metadata() if k in _TRACE_KEYS)
 
     async def invoke(
         self,
@@ -144,7 +145,7 @@ class SessionLink:
             PeerflowError: as the unary call would.
         """
         when = when_from(deadline)
-        with telemetry.client_rpc_span(CallMode.RESULT.rpc, self._address):
+        with tracing.client_rpc_span(CallMode.RESULT.rpc, self._address):
             call = await session.start(
                 request,
                 mode=CallMode.RESULT,
@@ -173,7 +174,7 @@ class SessionLink:
         Raises:
             PeerflowError: the session failed, or no credit came before ``when``.
         """
-        with telemetry.client_rpc_span(mode.rpc, self._address):
+        with tracing.client_rpc_span(mode.rpc, self._address):
             return await session.start(
                 request, mode=mode, run_id=run_id, named=named, trace=self._trace(), when=when
             )

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING
 import grpc
 import orjson
 
-from peerflow import telemetry
 from peerflow._text import clip
 from peerflow.errors import (
     PeerflowError,
@@ -39,6 +38,7 @@ from peerflow.errors import (
 )
 from peerflow.events import InputRequiredEvent, event_from_data
 from peerflow.peer import protocol as wire
+from peerflow.peer import tracing
 from peerflow.peer._refusals import note_refusal
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.named import check_run_id
@@ -247,7 +247,7 @@ class ServedSession:
 
     async def _serve_call(self, call: _ServedCall, start: StartCall) -> None:
         try:
-            with telemetry.served_rpc_span(
+            with tracing.served_rpc_span(
                 start.mode.rpc, start.trace, servicer_context=self.context
             ):
                 response = await self._run_call(call, start)
