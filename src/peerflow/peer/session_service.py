@@ -42,7 +42,7 @@ from peerflow.peer import tracing
 from peerflow.peer._refusals import note_refusal
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.named import check_run_id
-from peerflow.peer.session import DEFAULT_RECEIVE_BYTES, MAX_MESSAGE_HEADER
+from peerflow.peer.session import DEFAULT_RECEIVE_BYTES, MAX_BATCH_FRAMES, MAX_MESSAGE_HEADER
 from peerflow.peer.session_wire import (
     AnswerInput,
     CallError,
@@ -139,7 +139,11 @@ class ServedSession:
     def _take_batch(self) -> bytes:
         out, size = self._out, 0
         parts: list[bytes] = []
-        while out and (not parts or size + len(out[0]) <= self.max_batch):
+        while (
+            out
+            and len(parts) < MAX_BATCH_FRAMES
+            and (not parts or size + len(out[0]) <= self.max_batch)
+        ):
             item = out.popleft()
             parts.append(item)
             size += len(item)

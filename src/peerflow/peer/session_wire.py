@@ -2,7 +2,8 @@
 
 A session carries many calls on one gRPC stream. Each gRPC message (field 1 of
 ``PostcardRequest`` / ``PostcardResponse``, as for every other method) holds a *batch*:
-every frame that was ready when the sender wrote, so one message may carry hundreds.
+the frames that were ready when the sender wrote (peerflow sends at most 32 per message,
+so a burst is pipelined; a receiver accepts any number the message holds).
 
 Batch wire order: ``envelope_version: u32, frames: Vec<Frame>``; a frame is a postcard
 enum (variant index, then its fields in the order below). Requests and responses of the
