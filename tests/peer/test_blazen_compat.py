@@ -266,6 +266,20 @@ async def test_client_decodes_blazens_ok_response(fake_blazen: tuple[FakeBlazen,
     assert "(node a)" in metadata.get("user-agent", "")
 
 
+async def test_a_blazen_peer_gets_unary_calls_after_one_session_probe(
+    fake_blazen: tuple[FakeBlazen, str],
+) -> None:
+    fake, address = fake_blazen
+    async with await PeerClient.connect(address, "a") as client:
+        for _ in range(3):
+            assert (await client.run_remote_workflow("wf-name")).result == {"answer": 42}
+        assert client.session is None  # it answered UNIMPLEMENTED: remembered
+        with pytest.raises(UnsupportedError, match="start_remote_workflow needs a session"):
+            await client.start_remote_workflow("wf-name")
+    methods = [method for method, _, _ in fake.requests]
+    assert methods == [BLAZEN + "InvokeSubWorkflow"] * 3  # every call unary, byte-exact
+
+
 @pytest.mark.parametrize(
     ("kwargs", "vector"),
     [
