@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "peer"))
-from apps.pool_app_process import PeerProcess, start_peers
+from apps.pool_app_process import start_peers
 
 from peerflow.peer.client import PeerClient
 from peerflow.peer.pool import PeerPool
+from peerflow.testing import PeerProcess
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pool.md"
 CONCURRENCY = (1, 16, 64)

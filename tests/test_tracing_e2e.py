@@ -21,7 +21,7 @@ from peerflow.peer.pool import PeerPool
 from peerflow.result import WorkflowResult
 
 sys.path.insert(0, str(Path(__file__).parent / "peer"))
-from apps.pool_app_process import PeerProcess
+from apps.pool_app_process import spawn_peer
 
 INVOKE = "blazen.peer.v1.BlazenPeer/InvokeSubWorkflow"
 STREAM = "blazen.peer.v1.BlazenPeer/StreamSubWorkflowEvents"
@@ -59,7 +59,7 @@ async def test_one_trace_spans_client_and_server_processes(
     span_exporter: InMemorySpanExporter, tmp_path: Path
 ) -> None:
     trace_file = tmp_path / "server-spans.json"
-    peer = PeerProcess("traced", "chain", trace_out=trace_file).ready()
+    peer = spawn_peer("traced", "chain", trace_out=trace_file).ready()
     tracer = telemetry.get_tracer()
     try:
         with tracer.start_as_current_span("test-root"):

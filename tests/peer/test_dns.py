@@ -12,10 +12,12 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from apps.pool_app_process import PeerProcess, start_peers
+from apps.pool_app_process import spawn_peer, start_peers
 
+from peerflow.errors import TransportError
 from peerflow.peer.client import PeerClient
 from peerflow.peer.pool import PeerPool
+from peerflow.testing import PeerProcess
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +68,11 @@ def dual_stack() -> Iterator[tuple[int, list[PeerProcess]]]:
     if not _ipv6_loopback_available():
         pytest.skip("no IPv6 loopback here: `localhost` cannot name two peers")
     for _ in range(5):
-        v4 = PeerProcess("V4", "echo", host="127.0.0.1", port=0).ready()  # binds, reads back
-        v6 = PeerProcess("V6", "echo", host="::1", port=v4.port)
+        v4 = spawn_peer("V4", "echo", host="127.0.0.1", port=0).ready()  # binds, reads back
+        v6 = spawn_peer("V6", "echo", host="::1", port=v4.port)
         try:
             peers = [v4, v6.ready()]
-        except RuntimeError:  # that port is taken on ::1: try another
+        except TransportError:  # that port is taken on ::1: try another
             v4.kill()
             v6.kill()
             continue

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
-from apps.pool_app_process import PeerProcess, start_peers
+from apps.pool_app_process import spawn_peer, start_peers
 from clitools import refused_port
 
 from peerflow import StartEvent, Workflow
@@ -31,6 +31,7 @@ from peerflow.peer.client import PeerInfo
 from peerflow.peer.compose import remote_step
 from peerflow.peer.pool import PeerPool, lacks, never_ran
 from peerflow.result import WorkflowResult
+from peerflow.testing import PeerProcess
 
 ALL = "echo,upper,block,chain,refs"
 
@@ -217,7 +218,7 @@ async def test_killed_peer_fails_its_calls_and_the_pool_routes_around_it(
             assert set(await _nodes(pool, "chain", 6)) == {"X", "Z"}
 
             # Y returns on the same port: health marks it up, calls reach it again.
-            restarted = PeerProcess("Y", ALL, port=y.port).ready()
+            restarted = spawn_peer("Y", ALL, port=y.port).ready()
             peers[1] = restarted
             await pool.wait_for_state(y.address, up=True, timeout=20)
             nodes = [(await pool.run_remote_workflow("chain")).result["node"] for _ in range(6)]
@@ -236,7 +237,7 @@ async def test_killed_peer_fails_its_calls_and_the_pool_routes_around_it(
 async def test_fails_over_when_the_chosen_peer_refuses_the_connection(
     trio: list[PeerProcess],
 ) -> None:
-    victim = PeerProcess("V", ALL).ready()
+    victim = spawn_peer("V", ALL).ready()
     try:
         async with PeerPool(
             [victim.address, trio[2].address], client_node_id="t", health_interval=60
@@ -265,7 +266,7 @@ async def test_fails_over_when_the_chosen_peer_refuses_the_connection(
 
 
 async def test_a_draining_peer_is_marked_down_and_skipped(trio: list[PeerProcess]) -> None:
-    leaving = PeerProcess("W", ALL).ready()
+    leaving = spawn_peer("W", ALL).ready()
     try:
         async with PeerPool(
             [leaving.address, trio[2].address], client_node_id="t", health_interval=0.2

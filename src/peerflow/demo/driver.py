@@ -1,7 +1,7 @@
 """The demo's driver: two peers in subprocesses, one workflow across them, a tidy report.
 
 Run by ``peerflow demo``. Each peer is ``peerflow serve`` of a demo app on
-``127.0.0.1:0``; the driver reads the bound address from the child's first stdout line,
+``127.0.0.1:0``; the driver reads the bound address from the child's ``serving on`` line,
 shares a fresh token with both, runs the parent workflow here, and always stops (and, if
 need be, kills) the children, on success, failure or Ctrl-C.
 """
@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import click
 
+from peerflow._peer_process import LOOPBACK, PeerProcess
 from peerflow.context import Context
 from peerflow.demo.common import Progress
-from peerflow.errors import PeerflowError, TransportError
+from peerflow.errors import PeerflowError
 from peerflow.events import Event, StartEvent
 from peerflow.peer.client import PeerClient, RemoteRef
 from peerflow.peer.compose import remote_step
@@ -30,9 +28,10 @@ from peerflow.result import WorkflowResult
 from peerflow.step import step
 from peerflow.workflow import Workflow
 
-__all__ = ["PeerProcess", "Redacted", "build_workflow", "run_demo"]
+__all__ = ["Redacted", "build_workflow", "run_demo"]
 
 START_TIMEOUT = 20.0
+STOP_GRACE = 5.0  # then SIGKILL
 
 
 class Redacted(Event):
@@ -50,80 +49,17 @@ def _dim(text: str) -> str:
     return click.style(text, dim=True)
 
 
-class PeerProcess:
-    """``peerflow serve APP`` in a subprocess, its address read back from its stdout."""
-
-    def __init__(self, app: str, node_id: str, token: str) -> None:
-        self.app = app
-        self.node_id = node_id
-        self._token = token
-        self.proc: asyncio.subprocess.Process | None = None
-        self.address = ""
-        self._stderr = bytearray()
-        self._drain: asyncio.Task[None] | None = None
-
-    async def start(self) -> str:
-        """Start the child and wait for its ``serving on HOST:PORT`` line.
-
-        Raises:
-            TransportError: the child exited or printed nothing in time.
-        """
-        env = dict(os.environ, BLAZEN_PEER_TOKEN=self._token, PYTHONUNBUFFERED="1")
-        env["GRPC_VERBOSITY"] = "NONE"
-        cmd = [sys.executable, "-m", "peerflow", "serve", self.app, "--node-id", self.node_id]
-        cmd += ["--listen", "127.0.0.1:0", "--grace", "2"]
-        self.proc = await asyncio.create_subprocess_exec(
-            *cmd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches the driver, which stops us in order
-        )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._drain = asyncio.get_running_loop().create_task(self._read_stderr())
-        try:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), START_TIMEOUT)
-        except TimeoutError:
-            line = b""
-        text = line.decode(errors="replace").strip()
-        if not text.startswith("serving on "):
-            await self.stop()
-            raise TransportError(
-                f"demo peer {self.node_id} did not start (exit {self.proc.returncode}): "
-                f"{self.last_error() or text or 'no output'}"
-            )
-        self.address = text.removeprefix("serving on ").split()[0]
-        return self.address
-
-    async def _read_stderr(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        while chunk := await self.proc.stderr.read(65536):
-            self._stderr += chunk
-
-    def last_error(self) -> str:
-        """The child's last non-empty stderr line (for failure messages)."""
-        lines = [ln for ln in self._stderr.decode(errors="replace").splitlines() if ln.strip()]
-        return lines[-1].strip() if lines else ""
-
-    async def stop(self, grace: float = 5.0) -> int | None:
-        """SIGTERM (a graceful drain), then SIGKILL after ``grace``; return the exit code."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), grace)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        if self._drain is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._drain, 1.0)
-        return proc.returncode
+def _serve(app: str, node_id: str, token: str) -> PeerProcess:
+    """``peerflow serve APP`` in a subprocess (its address read back by ``ready``)."""
+    args = ["-m", "peerflow", "serve", app, "--node-id", node_id, "--listen", f"{LOOPBACK}:0"]
+    return PeerProcess.spawn(
+        [*args, "--grace", "2"],
+        node_id=node_id,
+        env={"BLAZEN_PEER_TOKEN": token, "GRPC_VERBOSITY": "NONE"},
+        capture_stderr=True,  # its log lines; the last one names why it failed to start
+        new_session=True,  # Ctrl-C reaches the driver, which stops the peers in order
+        what=f"peerflow serve {app}",
+    )
 
 
 def build_workflow(data: PeerClient, gpu: PeerClient) -> Workflow:
@@ -162,17 +98,18 @@ def build_workflow(data: PeerClient, gpu: PeerClient) -> Workflow:
 
 @contextlib.asynccontextmanager
 async def _peers(token: str) -> AsyncIterator[tuple[PeerProcess, PeerProcess]]:
-    data = PeerProcess("peerflow.demo.data_node", "data-node", token)
-    gpu = PeerProcess("peerflow.demo.gpu_node", "gpu-node", token)
+    peers: list[PeerProcess] = []
     try:
-        await asyncio.gather(data.start(), gpu.start())
-        yield data, gpu
+        peers.append(_serve("peerflow.demo.data_node", "data-node", token))
+        peers.append(_serve("peerflow.demo.gpu_node", "gpu-node", token))
+        await asyncio.gather(*(asyncio.to_thread(peer.ready, START_TIMEOUT) for peer in peers))
+        yield peers[0], peers[1]
     finally:
-        codes = await asyncio.gather(data.stop(), gpu.stop(), return_exceptions=True)
+        stops = (asyncio.to_thread(peer.terminate, STOP_GRACE) for peer in peers)
+        codes = await asyncio.gather(*stops, return_exceptions=True)
         _section("stopping the peers")
-        for peer, code in zip((data, gpu), codes, strict=True):
-            state = "not started" if code is None else f"exit {code}"
-            click.echo(f"  {peer.node_id:<10} {state}")
+        for peer, code in zip(peers, codes, strict=True):
+            click.echo(f"  {peer.node_id:<10} exit {code}")
 
 
 def _clip(text: str, width: int = 72) -> str:
@@ -196,8 +133,8 @@ async def _demo() -> int:
         )
         click.echo(f"  gpu-node   {gpu_proc.address:<16} holds the embedding model")
         click.echo(_dim("  auth: a fresh shared token (BLAZEN_PEER_TOKEN) on both peers"))
-        data = await PeerClient.connect(f"http://{data_proc.address}", "laptop", token=token)
-        gpu = await PeerClient.connect(f"http://{gpu_proc.address}", "laptop", token=token)
+        data = await PeerClient.connect(data_proc.url, "laptop", token=token)
+        gpu = await PeerClient.connect(gpu_proc.url, "laptop", token=token)
         async with data, gpu:
             await _run_and_report(data, gpu)
     click.echo()

@@ -21,28 +21,17 @@ never leaves it behind).
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import selectors
-import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import IO, Any, Self
+from typing import Any
 
-from peerflow.errors import PeerError, PeerErrorKind, ValidationError
+from peerflow._peer_process import DEFAULT_STARTUP_TIMEOUT, LOOPBACK, PeerProcess, host_port
+from peerflow.errors import ValidationError
 from peerflow.peer.server import PeerServer
 from peerflow.registry import Registry
 from peerflow.step import StepFn, StepSpec
 from peerflow.workflow import Workflow
 
 __all__ = ["PeerProcess", "serve_in_process", "start_peer_process"]
-
-LOOPBACK = "127.0.0.1"
-DEFAULT_STARTUP_TIMEOUT = 30.0
-DEFAULT_STOP_TIMEOUT = 10.0
 
 Servable = Registry | Workflow | Iterable[Workflow] | Mapping[str, StepSpec | StepFn]
 
@@ -110,142 +99,6 @@ async def serve_in_process(
         await server.stop(grace)
 
 
-class PeerProcess:
-    """A peer serving in a separate Python process (see :func:`start_peer_process`).
-
-    Use it as a context manager (or call :meth:`terminate`) so the process is always
-    stopped and reaped.
-
-    Attributes:
-        node_id: the peer's node id.
-        port: the port it listens on (on ``127.0.0.1``).
-    """
-
-    def __init__(self, proc: subprocess.Popen[bytes], *, node_id: str, port: int) -> None:
-        self._proc = proc
-        self.node_id = node_id
-        self.port = port
-
-    @property
-    def address(self) -> str:
-        """``127.0.0.1:<port>``, to pass to ``PeerClient.connect``."""
-        return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:<port>``."""
-        return f"http://{self.address}"
-
-    @property
-    def pid(self) -> int:
-        """The child's process id."""
-        return self._proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        """The exit code once the process has exited (negative: killed by that signal)."""
-        return self._proc.poll()
-
-    def running(self) -> bool:
-        """True while the process has not exited."""
-        return self._proc.poll() is None
-
-    def wait(self, timeout: float | None = None) -> int:
-        """Wait for the process to exit and return its exit code.
-
-        Raises:
-            subprocess.TimeoutExpired: still running after ``timeout`` seconds.
-        """
-        code = self._proc.wait(timeout)
-        self._close_pipes()
-        return code
-
-    def terminate(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> int:
-        """Stop gracefully (SIGTERM); SIGKILL if it has not exited within ``timeout``.
-
-        Idempotent; always reaps the process. Returns its exit code (0 after a graceful
-        stop).
-        """
-        if self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(signal.SIGTERM)
-            try:
-                return self.wait(timeout)
-            except subprocess.TimeoutExpired:
-                return self.kill()
-        return self.wait()
-
-    def kill(self) -> int:
-        """Kill the process at once (SIGKILL) and reap it; return its exit code."""
-        if self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-        return self.wait()
-
-    def _close_pipes(self) -> None:
-        for pipe in (self._proc.stdin, self._proc.stdout):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.terminate()
-
-    def __repr__(self) -> str:
-        state = "running" if self.running() else f"exited {self.returncode}"
-        return f"<PeerProcess {self.node_id} pid={self.pid} {self.address} {state}>"
-
-
-_PORT_LINE = b'{"port":'
-
-
-def _read_port_line(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes]:
-    """The child's port line (``{"port": ...}``), skipping whatever the app printed before.
-
-    Returns:
-        The port line and the bytes read after it (the app's output, to pass on).
-
-    Raises:
-        TimeoutError: no port line within ``timeout`` seconds.
-        EOFError: the child closed its stdout (exited) first.
-    """
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + timeout
-    data = bytearray()
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while True:
-            while b"\n" in data:
-                line, _, rest = bytes(data).partition(b"\n")
-                if line.startswith(_PORT_LINE):
-                    return line, rest
-                sys.stdout.buffer.write(line + b"\n")  # the app's own output
-                data = bytearray(rest)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sel.select(remaining):
-                raise TimeoutError
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise EOFError
-            data += chunk
-
-
-def _pass_on(stream: IO[bytes], first: bytes) -> None:
-    """Copy a child's stdout to ours until it closes, so the child never blocks on it."""
-    out = sys.stdout.buffer
-    with contextlib.suppress(OSError, ValueError):
-        if first:
-            out.write(first)
-        fd = stream.fileno()
-        for chunk in iter(lambda: os.read(fd, 65536), b""):
-            out.write(chunk)
-            out.flush()
-
-
 def start_peer_process(
     app: str,
     *,
@@ -274,57 +127,18 @@ def start_peer_process(
 
     Raises:
         ValidationError: bad arguments.
-        PeerError: the child exited or did not report a port in time (kind TRANSPORT);
-            it has been killed and reaped.
+        TransportError: the child exited or did not report a port in time (a
+            ``PeerError`` of kind TRANSPORT); it has been killed and reaped.
     """
     if not isinstance(app, str) or not app:
         raise ValidationError(f"app must be `module` or `module:attr`, got {app!r}")
-    if not isinstance(node_id, str) or not node_id.strip():
-        raise ValidationError(f"node_id must be a non-empty string, got {node_id!r}")
     if isinstance(extra_args, str):
         raise ValidationError("extra_args must be a list of strings, not one string")
-    child_env = dict(os.environ)
-    if env is not None:
-        child_env.update(env)
+    child_env: dict[str, str | None] = dict(env or {})
     if token is not None:
         child_env["BLAZEN_PEER_TOKEN"] = token
-    child_env["PYTHONUNBUFFERED"] = "1"
-    cmd = [
-        sys.executable,
-        "-m",
-        "peerflow.testing.peer_main",
-        app,
-        "--node-id",
-        node_id,
-        "--listen",
-        f"{LOOPBACK}:0",
-        "--exit-on-stdin-eof",
-        *extra_args,
-    ]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env)
-    try:
-        line, rest = _read_port_line(proc, startup_timeout)
-        port = int(json.loads(line)["port"])
-    except BaseException as exc:
-        proc.kill()
-        code = proc.wait()
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                pipe.close()
-        if not isinstance(exc, Exception):
-            raise
-        why = (
-            f"did not report its port within {startup_timeout:g}s"
-            if isinstance(exc, TimeoutError)
-            else f"exited with code {code} before serving (see its stderr)"
-        )
-        raise PeerError(
-            f"peer process {node_id!r} ({app}) {why}",
-            kind=PeerErrorKind.TRANSPORT,
-            address=f"{LOOPBACK}:0",
-        ) from None
-    assert proc.stdout is not None
-    threading.Thread(
-        target=_pass_on, args=(proc.stdout, rest), name=f"peer-{node_id}-stdout", daemon=True
-    ).start()
-    return PeerProcess(proc, node_id=node_id, port=port)
+    listen = host_port(LOOPBACK, 0)
+    args = ["-m", "peerflow.testing.peer_main", app, "--node-id", node_id, "--listen", listen]
+    args += ["--exit-on-stdin-eof", *extra_args]
+    peer = PeerProcess.spawn(args, node_id=node_id, env=child_env, what=app)
+    return peer.ready(startup_timeout)

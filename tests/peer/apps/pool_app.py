@@ -1,7 +1,7 @@
 """A peer process for the pool, dns and tracing tests (and the pool benchmark).
 
 Run as ``python pool_app.py NODE_ID --workflows echo,upper [--listen 127.0.0.1:0]
-[--trace-out FILE]``: it serves the chosen workflows, prints ``PORT <n>`` on stdout once
+[--trace-out FILE]``: it serves the chosen workflows, prints ``{"port": N}`` on stdout once
 listening, and stops on SIGTERM (or when stdin closes). With ``--trace-out`` it installs an
 OpenTelemetry SDK provider with an in-memory exporter and writes its finished spans as
 JSON to that file when it stops.
@@ -114,7 +114,7 @@ async def main() -> tuple[Any, str | None]:
     names = [name for name in args.workflows.split(",") if name]
     server = PeerServer(args.node_id, registry=build_registry(args.node_id, names))
     port = await server.start(args.listen)
-    print(f"PORT {port}", flush=True)
+    print(json.dumps({"port": port}), flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
