@@ -31,12 +31,14 @@ import orjson
 from peerflow import telemetry
 from peerflow._text import clip
 from peerflow._version import __version__
+from peerflow.engine import Engine, HostedRun
 from peerflow.errors import (
     EncodeError,
     PeerflowError,
     RefNotFoundError,
     ResourceExhaustedError,
     TransportError,
+    UnknownWorkflowError,
     ValidationError,
     WorkflowError,
 )
@@ -61,7 +63,6 @@ from peerflow.workflow import Workflow
 
 if TYPE_CHECKING:
     from peerflow.peer.observer import RunObserver
-    from peerflow.runtime import Run
     from peerflow.store import RunStore
 
 __all__ = [
@@ -146,7 +147,7 @@ class PeerService:
         self.lingering_runs = 0  # ended runs whose sync step's thread still runs (in active)
         self.runs_started = 0
         self._derefs: dict[RegistryKey, _SharedDump] = {}
-        self._runs: set[Run] = set()
+        self._runs: set[HostedRun] = set()
         self._assembled: dict[tuple[str, tuple[str, ...]], Workflow] = {}
         self._drained: asyncio.Event | None = None  # set when active_runs drops to 0
         self.closing: str | None = None  # set: new runs are refused (UNAVAILABLE) with it
@@ -287,14 +288,21 @@ class PeerService:
         if not self.active_runs and self._drained is not None:
             self._drained.set()
 
-    def _workflow(self, name: str, step_ids: Sequence[str]) -> Workflow:
+    def _workflow(self, name: str, step_ids: Sequence[str]) -> Engine:
         """The workflow a request names; ad-hoc assemblies are cached by (name, step ids).
 
         A cached assembly is reused only while the registry still maps each of its step
         ids to the very same step, so re-registering or unregistering a step invalidates it.
+
+        Raises:
+            UnknownWorkflowError: no workflow has that name (and no step ids were given).
+            UnknownStepError: a step id is not registered.
         """
         if not step_ids:
-            return Workflow.from_registry(name, (), registry=self.registry)  # a dict lookup
+            found = self.registry.workflow(name)  # a dict lookup
+            if found is None:
+                raise UnknownWorkflowError(f"unknown workflow `{clip(name)}`")
+            return found
         key = (name, tuple(step_ids))
         cached = self._assembled.get(key)
         if cached is not None:
@@ -307,7 +315,7 @@ class PeerService:
         self._assembled[key] = workflow
         return workflow
 
-    def _prepare(self, request: bytes, streaming: bool) -> Run:
+    def _prepare(self, request: bytes, streaming: bool) -> HostedRun:
         req = self._decode(pb.SubWorkflowRequest, request)
         _check_names(req.workflow_name, req.step_ids)
         workflow = self._workflow(req.workflow_name, req.step_ids)
@@ -320,7 +328,7 @@ class PeerService:
         timeout: float | None = req.timeout_secs or None  # 0 defers to the default, like None
         if timeout is None:
             timeout = self.limits.default_timeout_secs
-        return workflow._run(
+        return workflow.open_run(
             start,
             streaming=streaming,
             timeout=timeout,
@@ -331,19 +339,19 @@ class PeerService:
         )
 
     def _respond(
-        self, run: Run, result: Any, error: WorkflowError | None
+        self, run: HostedRun, result: Any, error: WorkflowError | None
     ) -> pb.SubWorkflowResponse:
         owner = current_principal()
         budget = self.limits.max_unary_bytes - 1024  # room for the envelope around it
         if error is None:
             try:
-                response = result_response(result, refs=self.refs, owner=owner, usage=run.ctx.usage)
+                response = result_response(result, refs=self.refs, owner=owner, usage=run.usage)
                 if _response_size(response) <= budget:
                     return response
                 # Too large for one message: values over 1 KiB stay on this peer as session
                 # refs, and the caller gets remote refs in their place.
                 response = result_response(
-                    result, refs=self.refs, owner=owner, usage=run.ctx.usage, spill_over=1024
+                    result, refs=self.refs, owner=owner, usage=run.usage, spill_over=1024
                 )
                 if _response_size(response) <= budget:
                     return response
@@ -366,9 +374,9 @@ class PeerService:
         response = error_response(
             error,
             run_id=run.run_id,
-            state=run.ctx.state,
+            state=run.values,
             survivors=run.survivors,
-            usage=run.ctx.usage,
+            usage=run.usage,
             refs=self.refs,
             owner=owner,
             max_error_chars=MAX_ERROR_CHARS,
@@ -379,14 +387,16 @@ class PeerService:
                 run_id=run.run_id,
                 state={"__peerflow_state_omitted__": "state too large for one message"},
                 survivors=run.survivors,
-                usage=run.ctx.usage,
+                usage=run.usage,
                 refs=self.refs,
                 owner=owner,
                 max_error_chars=MAX_ERROR_CHARS,
             )
         return response
 
-    async def _drive(self, run: Run, context: grpc.aio.ServicerContext) -> pb.SubWorkflowResponse:
+    async def _drive(
+        self, run: HostedRun, context: grpc.aio.ServicerContext
+    ) -> pb.SubWorkflowResponse:
         started = time.perf_counter()
         self.runs_started += 1
         self._runs.add(run)
@@ -467,10 +477,8 @@ class PeerService:
             driver = asyncio.ensure_future(self._drive(run, context))
             limit = self.limits.max_unary_bytes - 1024
             try:
-                assert run.stream is not None
-                async for event in run.stream.events():
-                    if event is run.outcome:
-                        continue  # the terminal event travels inside Done
+                # The terminal event travels inside Done, not as an event of its own.
+                async for event in run.events(terminal=False):
                     if self.observer is not None:
                         self.observer.run_event(run, event)
                     data = event_json(event)
@@ -513,7 +521,7 @@ class PeerService:
         step of a served run is still running.
         """
         for run in list(self._runs):
-            run.fail(run.cancelled_error())
+            run.cancel()
         if self.active_runs:
             self._drained = asyncio.Event()
             try:
@@ -618,7 +626,7 @@ class _Slot:
     __slots__ = ("run",)
 
     def __init__(self) -> None:
-        self.run: Run | None = None
+        self.run: HostedRun | None = None
 
 
 class _SharedDump:
