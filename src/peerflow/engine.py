@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from peerflow.events import Event, StartEvent
     from peerflow.refs import RefDescriptor, SessionRefRegistry
     from peerflow.result import WorkflowResult
-    from peerflow.runtime import Journal
+    from peerflow.runtime import Run
     from peerflow.step import StepSpec
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "EngineT",
     "Failed",
     "HostedRun",
+    "Journal",
     "RunOutcome",
     "RunState",
     "TimedOut",
@@ -239,6 +240,24 @@ class HostedRun(Protocol):
     def cancel(self) -> None:
         """Decide the run's outcome as :class:`Cancelled` (no-op once decided)."""
         ...
+
+
+class Journal(Protocol):
+    """What a durable run's journal (:mod:`peerflow.store`) hooks into; None: not durable."""
+
+    def begin(self, run: Run) -> None:
+        """Start the run: dispatch its StartEvent, or redeliver what a resume left pending."""
+
+    def observe(self, event: Event) -> None:
+        """An event is being routed (stamps events that came from outside a step's return)."""
+
+    def attempt(self, spec: StepSpec, event: Event, attempt: int) -> None:
+        """A step attempt begins (in the worker's task)."""
+
+    async def completed(
+        self, run: Run, spec: StepSpec, event: Event, outputs: list[Event], attempt: int
+    ) -> None:
+        """A step completed with ``outputs``: persist it before they are routed."""
 
 
 @runtime_checkable

@@ -18,12 +18,13 @@ from peerflow.engine import (
     Completed,
     Failed,
     HostedRun,
+    Journal,
     RunOutcome,
     RunState,
     TimedOut,
 )
 from peerflow.runtime._handler import WorkflowHandler
-from peerflow.runtime._run import Journal, Run
+from peerflow.runtime._run import Run
 from peerflow.runtime._steps import StepHook, add_step_hook, remove_step_hook
 from peerflow.runtime._stream import DEFAULT_STREAM_BUFFER_BYTES
 

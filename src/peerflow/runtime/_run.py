@@ -14,12 +14,12 @@ import logging
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 
 from peerflow.context import Context, RunRefs, Usage
-from peerflow.engine import RunOutcome, RunState, cancelled_error, outcome_of
+from peerflow.engine import Journal, RunOutcome, RunState, cancelled_error, outcome_of
 from peerflow.errors import (
     PeerflowError,
     ValidationError,
@@ -36,37 +36,19 @@ from peerflow.events import (
 )
 from peerflow.refs import RefDescriptor, SessionRefRegistry
 from peerflow.result import RefMap, WorkflowResult
-from peerflow.runtime._steps import AttemptGate, StepRunner
+from peerflow.runtime._steps import ENDED, AttemptGate, StepRunner
 from peerflow.runtime._stream import EventStream
 
 if TYPE_CHECKING:
     from peerflow.step import StepSpec
 
-__all__ = ["Journal", "Run"]
+__all__ = ["Run"]
 
 log = logging.getLogger("peerflow")
 
 Finalizer = Callable[[], Awaitable[None]]
 
 _MISSING = object()
-
-
-class Journal(Protocol):
-    """What a durable run's journal (:mod:`peerflow.store`) hooks into; None: not durable."""
-
-    def begin(self, run: Run) -> None:
-        """Start the run: dispatch its StartEvent, or redeliver what a resume left pending."""
-
-    def observe(self, event: Event) -> None:
-        """An event is being routed (stamps events that came from outside a step's return)."""
-
-    def attempt(self, spec: StepSpec, event: Event, attempt: int) -> None:
-        """A step attempt begins (in the worker's task)."""
-
-    async def completed(
-        self, run: Run, spec: StepSpec, event: Event, outputs: list[Event], attempt: int
-    ) -> None:
-        """A step completed with ``outputs``: persist it before they are routed."""
 
 
 class Run:
@@ -489,7 +471,7 @@ class Run:
             runner.idle.clear()
         self._runners = {}
         self._routes = {}
-        self.ctx._run = _ENDED
+        self.ctx._run = ENDED
         if self.stream is not None:
             self.stream._run = None
 
@@ -511,26 +493,3 @@ class Run:
             run_id=self.run_id,
             workflow=self.workflow_name,
         )
-
-
-class _EndedRun:
-    """What a context's hooks point to once its run has ended: events are ignored."""
-
-    __slots__ = ()
-
-    def send_event_threadsafe(self, event: Event, step: str | None = None) -> None:
-        """Ignore ``event``: the run has ended."""
-
-    def write_to_stream_threadsafe(self, event: Event) -> None:
-        """Ignore ``event``: the stream is closed."""
-
-    def add_finalizer(self, finalizer: Finalizer) -> None:
-        """Ignore ``finalizer``: the run's finalizers have run."""
-
-    @property
-    def ended_with(self) -> object:
-        """Unknown here: the run has ended and let go of it."""
-        return None
-
-
-_ENDED = _EndedRun()

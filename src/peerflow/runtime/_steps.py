@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from peerflow.step import StepSpec
 
 __all__ = [
+    "ENDED",
     "AttemptGate",
     "StepHook",
     "StepRunner",
@@ -338,3 +339,27 @@ def step_error(run: Run, spec: StepSpec, attempts: int, exc: BaseException) -> W
         run_id=run.run_id,
         workflow=run.workflow_name,
     )
+
+
+class _EndedRun:
+    """What a context's hooks point to once its run has ended: events are ignored."""
+
+    __slots__ = ()
+
+    def send_event_threadsafe(self, event: Event, step: str | None = None) -> None:
+        """Ignore ``event``: the run has ended."""
+
+    def write_to_stream_threadsafe(self, event: Event) -> None:
+        """Ignore ``event``: the stream is closed."""
+
+    def add_finalizer(self, finalizer: Finalizer) -> None:
+        """Ignore ``finalizer``: the run's finalizers have run."""
+
+    @property
+    def ended_with(self) -> object:
+        """Unknown here: the run has ended and let go of it."""
+        return None
+
+
+ENDED = _EndedRun()
+"""Where a context's hooks point once its run has ended (it lets go of the run)."""
