@@ -321,7 +321,8 @@ def test_a_timed_out_def_step_keeps_its_run_slot_until_its_thread_returns(tmp_pa
     with start_peer_process(APP, node_id="threads", env=ENV, extra_args=extra) as process:
 
         async def scenario() -> None:
-            async with await PeerClient.connect(process.url, "c") as c:
+            # Unary calls: refused while the slot is taken (a session call would wait).
+            async with await PeerClient.connect(process.url, "c", session=False) as c:
                 fields = {"gate": str(gate), "entered": str(entered)}
                 with pytest.raises(WorkflowError, match="timed out"):
                     await c.run_remote_workflow("stuck_sync", input=fields)

@@ -21,7 +21,6 @@ from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
 import grpc
-import orjson
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from peerflow import telemetry
@@ -37,17 +36,21 @@ from peerflow.errors import (
     UnsupportedError,
     ValidationError,
 )
-from peerflow.events import Event, event_from_data
+from peerflow.events import Event
 from peerflow.peer import protocol as pb
 from peerflow.peer._bounded import BoundedDict
 from peerflow.peer._caller import Caller
 from peerflow.peer.address import Target, parse_target
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.named import check_run_id, with_run_id
+from peerflow.peer.remote_handler import RemoteWorkflowHandler, item_event
 from peerflow.peer.results import encode_input, response_to_result
 from peerflow.peer.schemas import read_schemas
 from peerflow.peer.security import ClientTls, bearer_metadata, resolve_token
 from peerflow.peer.service import BLAZEN, EXTENSION
+from peerflow.peer.session import MAX_START_BYTES, Session
+from peerflow.peer.session_link import SessionLink, when_from
+from peerflow.peer.session_wire import CallMode, InputRequest
 from peerflow.peer.status import error_from_rpc, kind_for_status
 from peerflow.refs import RefDescriptor, RefLifetime, RegistryKey, loads_value
 from peerflow.result import WorkflowResult
@@ -274,6 +277,8 @@ class PeerClient(Caller):
         channel: grpc.aio.Channel,
         metadata: tuple[tuple[str, str], ...],
         max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
+        *,
+        session: bool = True,
     ) -> None:
         self._target = target
         self._secure = False  # set by connect() when the channel uses TLS
@@ -300,6 +305,15 @@ class PeerClient(Caller):
         self._describe = unary(EXTENSION + "DescribePeer")
         self._stream_deref_call = stream(EXTENSION + "StreamDerefSessionRef")
         self._health = health_pb2_grpc.HealthStub(channel)
+        self._link = SessionLink(
+            channel,
+            address=self.address,
+            metadata=lambda: self._metadata,
+            error=self._error,
+            # One stream lands on one backend: a target gRPC balances over (dns:///,
+            # ipv4: lists) keeps unary calls, which round-robin per call.
+            enabled=session and not target.balanced,
+        )
 
     # -- construction --------------------------------------------------------------------
 
@@ -316,6 +330,7 @@ class PeerClient(Caller):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         flow_control_window: int | None = DEFAULT_FLOW_CONTROL_WINDOW,
         max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
+        session: bool = True,
     ) -> PeerClient:
         """Open a channel to ``address`` and wait until it is ready.
 
@@ -341,12 +356,21 @@ class PeerClient(Caller):
             max_value_bytes: the largest session-ref value this client accepts from a
                 deref (default 4 GiB; None: no limit). A peer announcing more is refused
                 before anything is allocated.
+            session: carry workflow calls on one multiplexed stream with a peer that
+                serves it (a peerflow peer; opened on the first call) — many times the
+                calls/s of unary calls, and remote runs can ask questions
+                (:meth:`start_remote_workflow`). False: every call is one unary RPC (as
+                with a Blazen peer, which is detected and gets unary calls anyway, and
+                with a balanced target, ``dns:///`` or an ``ipv4:`` list, whose calls
+                gRPC spreads over every backend).
 
         Raises:
             ValidationError: bad arguments or address.
             TransportError: the peer could not be reached within ``connect_timeout``.
             TlsError: the TLS handshake failed.
         """
+        if not isinstance(session, bool):
+            raise ValidationError(f"session must be True or False, got {session!r}")
         target = parse_target(address)
         client_node_id = resolve_node_id(client_node_id, node_id)
         if tls is not None and not isinstance(tls, ClientTls):
@@ -400,7 +424,7 @@ class PeerClient(Caller):
         else:
             channel = grpc.aio.insecure_channel(target.grpc_target, options=options)
         metadata = (*bearer_metadata(resolve_token(token)), ("blazen-node-id", client_node_id))
-        client = cls(target, client_node_id, channel, metadata, max_value_bytes)
+        client = cls(target, client_node_id, channel, metadata, max_value_bytes, session=session)
         client._secure = secure
         if connect_timeout is not None:
             try:
@@ -583,6 +607,9 @@ class PeerClient(Caller):
         method = BLAZEN + "InvokeSubWorkflow"
         if deadline is None and request.timeout_secs is not None:
             deadline = _grpc_deadline(request.timeout_secs)
+        session = await self._session_for(request)
+        if session is not None:
+            return _accounted(await self._link.invoke(session, request, deadline, run_id))
         reply = await self._unary(self._invoke, method, request.encode(), deadline, run_id)
         try:
             return _accounted(pb.SubWorkflowResponse.decode(reply))
@@ -590,6 +617,13 @@ class PeerClient(Caller):
             raise EncodeError(
                 f"bad response from {self.address}: {exc}", address=self.address
             ) from None
+
+    async def _session_for(self, request: pb.SubWorkflowRequest) -> Session | None:
+        """The session to carry ``request``, or None for a unary call."""
+        if not self._link.enabled or len(request.input_json) > MAX_START_BYTES:
+            return None
+        self._check_open()
+        return await self._link.get()
 
     async def run_remote_workflow(
         self,
@@ -661,6 +695,28 @@ class PeerClient(Caller):
         request, deadline = self._request(workflow_name, step_ids, input, input_json, timeout_secs)
         check_run_id(run_id)
         self._check_open()
+        session = await self._session_for(request)
+        if session is not None:
+            when = when_from(deadline)
+            call = await self._link.start(
+                session,
+                request,
+                mode=CallMode.EVENTS,
+                when=when,
+                run_id=run_id,
+                named=run_id is not None,
+            )
+            async for got in self._link.items(session, call, when):
+                if isinstance(got, pb.SubWorkflowResponse):
+                    yield self._result(_accounted(got), workflow_name)
+                    return
+                yield item_event(
+                    got.event_type,
+                    got.data_json,
+                    self.address,
+                    input_request=isinstance(got, InputRequest),
+                )
+            return
         method = BLAZEN + "StreamSubWorkflowEvents"
         scope = telemetry.client_rpc_span(method, self.address)
         with scope:
@@ -700,6 +756,77 @@ class PeerClient(Caller):
         raise EncodeError(f"stream from {self.address} ended without its Done message")
 
     stream_remote_workflow_blocking = blocking_iter_twin(stream_remote_workflow)
+
+    def _result(self, response: pb.SubWorkflowResponse, workflow_name: str) -> WorkflowResult:
+        return response_to_result(
+            response, workflow=workflow_name, address=self.address, make_ref=self._make_ref
+        )
+
+    async def start_remote_workflow(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input: Mapping[str, Any] | None = None,
+        *,
+        input_json: str | bytes | None = None,
+        timeout_secs: float | None = None,
+        run_id: str | None = None,
+    ) -> RemoteWorkflowHandler:
+        """Start a workflow on the peer and return a handler to drive it, like ``start()``.
+
+        The handler mirrors the local ``WorkflowHandler``: ``stream_events()``,
+        ``send_event(event)``, ``cancel()``, ``run_id``, and ``await handler`` gives the
+        :class:`WorkflowResult`. An ``InputRequiredEvent`` raised on the peer arrives on
+        the stream with all its fields; ``handler.send_event(HumanResponseEvent(...))``
+        reaches the step waiting for it. Waiting for an answer counts against
+        ``timeout_secs``. Needs a session with the peer (a peerflow peer, ``session=True``).
+
+        Args:
+            workflow_name: the workflow's name on the peer.
+            step_ids: step ids to assemble; empty means the peer's registered workflow.
+            input: the start event's fields (JSON-serializable).
+            input_json: the same, already encoded as a JSON object.
+            timeout_secs: bounds the run on the peer, answers included; None defers to
+                the peer's default.
+            run_id: the remote run's id (default: a new UUID). Unlike ``run_id=`` of
+                :meth:`run_remote_workflow` it is not an idempotency key: a conversation
+                cannot be attached to twice.
+
+        Raises:
+            UnsupportedError: the peer has no sessions (a Blazen peer), or this client was
+                connected with ``session=False``.
+            ValidationError: bad arguments.
+            TransportError: the peer is unreachable.
+        """
+        request, deadline = self._request(workflow_name, step_ids, input, input_json, timeout_secs)
+        run_id = check_run_id(run_id) or str(uuid.uuid4())
+        self._check_open()
+        session = await self._session_for(request)
+        if session is None:
+            raise UnsupportedError(
+                f"start_remote_workflow needs a session with {self.address}: "
+                + (
+                    "this client was connected with session=False"
+                    if self._link.was_disabled
+                    else "the peer does not serve sessions (a Blazen peer); use "
+                    "run_remote_workflow or stream_remote_workflow"
+                )
+            )
+        when = when_from(deadline)
+        call = await self._link.start(
+            session, request, mode=CallMode.CONVERSATION, when=when, run_id=run_id, named=False
+        )
+        return RemoteWorkflowHandler(
+            session=session,
+            call=call,
+            run_id=run_id,
+            workflow=workflow_name,
+            address=self.address,
+            when=when,
+            to_result=lambda response: self._result(_accounted(response), workflow_name),
+        )
+
+    start_remote_workflow_blocking = blocking_twin(start_remote_workflow)
 
     # -- session refs --------------------------------------------------------------------
 
@@ -900,6 +1027,7 @@ class PeerClient(Caller):
         """Close the channel (idempotent). Calls in flight are cancelled."""
         if not self._closed:
             self._closed = True
+            await self._link.close()
             await self._channel.close()
 
     close_blocking = blocking_twin(close)
@@ -937,16 +1065,7 @@ def _accounted(response: pb.SubWorkflowResponse) -> pb.SubWorkflowResponse:
 
 
 def _stream_event(item: pb.EventPayload, address: str) -> Event:
-    try:
-        data = orjson.loads(item.data_json)
-    except orjson.JSONDecodeError as exc:
-        raise EncodeError(f"bad event data from {address}: {exc}") from None
-    if not isinstance(data, dict):
-        data = {"data": data}
-    try:
-        return event_from_data(item.event_type, data)
-    except ValidationError:
-        return Event(item.event_type, **data)
+    return item_event(item.event_type, item.data_json, address, input_request=False)
 
 
 def _tls_hint(details: str) -> str:

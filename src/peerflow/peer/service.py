@@ -9,6 +9,7 @@ inside is turned into a status by the one table in :mod:`peerflow.peer.status`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -55,6 +56,7 @@ from peerflow.peer.results import (
 )
 from peerflow.peer.schemas import workflow_schemas
 from peerflow.peer.security import current_principal
+from peerflow.peer.session_service import serve_session
 from peerflow.peer.status import NOT_STARTED, status_for
 from peerflow.refs import RegistryKey, SessionRefRegistry
 from peerflow.registry import Registry
@@ -62,6 +64,7 @@ from peerflow.runtime import DEFAULT_STREAM_BUFFER_BYTES
 from peerflow.workflow import Workflow
 
 if TYPE_CHECKING:
+    from peerflow.events import Event
     from peerflow.peer.observer import RunObserver
     from peerflow.store import RunStore
 
@@ -102,6 +105,7 @@ EXTENSIONS = (
     "describe",
     "stream_deref",
     "cancel",
+    "session",
     "ref_ownership",
     "ref_leases",
 )
@@ -150,6 +154,7 @@ class PeerService:
         self._runs: set[HostedRun] = set()
         self._assembled: dict[tuple[str, tuple[str, ...]], Workflow] = {}
         self._drained: asyncio.Event | None = None  # set when active_runs drops to 0
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.closing: str | None = None  # set: new runs are refused (UNAVAILABLE) with it
         self.observer: RunObserver | None = None  # hears of runs and calls (metrics, pages)
 
@@ -177,7 +182,16 @@ class PeerService:
                 for name, fn in streams.items()
             }
         )
+        session = EXTENSION + "Session"
+        table[session] = grpc.stream_stream_rpc_method_handler(
+            self._guard_stream(session, counted_stream(self, session, self._session))
+        )
         return table
+
+    def _session(
+        self, requests: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncGenerator[bytes, None]:
+        return serve_session(self, requests, context)
 
     # -- failure boundary (and served-RPC spans) ----------------------------------------
     #
@@ -285,6 +299,8 @@ class PeerService:
 
     def _free_slot(self) -> None:
         self.active_runs -= 1
+        if self._slot_waiters:
+            self._wake_slot_waiter()
         if not self.active_runs and self._drained is not None:
             self._drained.set()
 
@@ -316,7 +332,23 @@ class PeerService:
         return workflow
 
     def _prepare(self, request: bytes, streaming: bool) -> HostedRun:
-        req = self._decode(pb.SubWorkflowRequest, request)
+        return self._prepare_request(
+            self._decode(pb.SubWorkflowRequest, request), streaming=streaming, answerable=False
+        )
+
+    def _prepare_request(
+        self,
+        req: pb.SubWorkflowRequest,
+        *,
+        streaming: bool,
+        answerable: bool,
+        run_id: str | None = None,
+    ) -> HostedRun:
+        """The run a request asks for, not yet driven.
+
+        ``answerable``: its caller can send the HumanResponseEvent an InputRequiredEvent
+        asks for (a session call can; no call of the Blazen service can carry one back).
+        """
         _check_names(req.workflow_name, req.step_ids)
         workflow = self._workflow(req.workflow_name, req.step_ids)
         start = decode_input(
@@ -334,8 +366,9 @@ class PeerService:
             timeout=timeout,
             session_refs=self.refs,
             principal=current_principal(),
-            answerable=False,  # no call of the Blazen service can carry an answer back
+            answerable=answerable,
             stream_limit=self.limits.max_stream_buffer_bytes,
+            run_id=run_id,
         )
 
     def _respond(
@@ -475,20 +508,8 @@ class PeerService:
                 return
             run = slot.run = self._prepare(request, streaming=True)
             driver = asyncio.ensure_future(self._drive(run, context))
-            limit = self.limits.max_unary_bytes - 1024
             try:
-                # The terminal event travels inside Done, not as an event of its own.
-                async for event in run.events(terminal=False):
-                    if self.observer is not None:
-                        self.observer.run_event(run, event)
-                    data = event_json(event)
-                    if len(data) + len(event.event_type) > limit:
-                        # Too large for one message: a marker says what was there and the
-                        # run goes on (the value itself can travel as a session ref).
-                        marker = {"event_type": event.event_type, "size": len(data)}
-                        payload = pb.EventPayload(OVERSIZED_EVENT_TYPE, orjson.dumps(marker))
-                    else:
-                        payload = pb.EventPayload(event.event_type, data)
+                async for _event, payload in self._event_payloads(run):
                     yield frame(pb.SubWorkflowEvent(payload).encode())
                 response = await driver
             finally:
@@ -498,6 +519,59 @@ class PeerService:
         # The run's slot is free before the caller sees Done, so a caller that starts its
         # next run on receiving it never finds its own finished run still counted.
         yield frame(pb.SubWorkflowEvent(pb.StreamDone(response)).encode())
+
+    async def _event_payloads(self, run: HostedRun) -> AsyncIterator[tuple[Event, pb.EventPayload]]:
+        """Each event a streaming run publishes, with its wire payload.
+
+        Not its terminal event: that travels inside Done / the call's result.
+        """
+        limit = self.limits.max_unary_bytes - 1024
+        async for event in run.events(terminal=False):
+            if self.observer is not None:
+                self.observer.run_event(run, event)
+            data = event_json(event)
+            if len(data) + len(event.event_type) > limit:
+                # Too large for one message: a marker says what was there and the run goes
+                # on (the value itself can travel as a session ref).
+                marker = {"event_type": event.event_type, "size": len(data)}
+                payload = pb.EventPayload(OVERSIZED_EVENT_TYPE, orjson.dumps(marker))
+            else:
+                payload = pb.EventPayload(event.event_type, data)
+            yield event, payload
+
+    async def slot_free(self, timeout_secs: float | None) -> None:
+        """Wait until a run slot is free (a session call waits where a unary one is refused).
+
+        Returns at once while the peer is closing (admission then refuses, UNAVAILABLE).
+
+        Raises:
+            ResourceExhaustedError: no slot came free within ``timeout_secs`` (None: no limit).
+        """
+        if self.active_runs < self.limits.max_concurrent_runs or self.closing is not None:
+            return
+        try:
+            async with asyncio.timeout(timeout_secs or None):
+                while self.active_runs >= self.limits.max_concurrent_runs and self.closing is None:
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._slot_waiters.append(waiter)
+                    try:
+                        await waiter
+                    except asyncio.CancelledError:
+                        if waiter.done() and not waiter.cancelled():
+                            self._wake_slot_waiter()  # pass the free slot on
+                        raise
+        except TimeoutError:
+            raise ResourceExhaustedError(
+                f"peer {self.node_id} had no free run slot within {timeout_secs:g}s; {NOT_STARTED}"
+            ) from None
+
+    def _wake_slot_waiter(self) -> None:
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     async def wait_idle(self, timeout: float | None) -> bool:
         """Wait until no run is in flight (at most ``timeout`` s; None: no limit).

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from peerflow.peer._proto import blazen_peer_pb2 as peerflow_dot_peer_dot___proto_dot_blazen__peer__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'peerflow/peer/_proto/peerflow_ext.proto\x12\x10peerflow.peer.v1\x1a&peerflow/peer/_proto/blazen_peer.proto2\xc1\x01\n\x0ePeerExtensions\x12Q\n\x0c\x44\x65scribePeer\x12\x1f.blazen.peer.v1.PostcardRequest\x1a .blazen.peer.v1.PostcardResponse\x12\\\n\x15StreamDerefSessionRef\x12\x1f.blazen.peer.v1.PostcardRequest\x1a .blazen.peer.v1.PostcardResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'peerflow/peer/_proto/peerflow_ext.proto\x12\x10peerflow.peer.v1\x1a&peerflow/peer/_proto/blazen_peer.proto2\x93\x02\n\x0ePeerExtensions\x12Q\n\x0c\x44\x65scribePeer\x12\x1f.blazen.peer.v1.PostcardRequest\x1a .blazen.peer.v1.PostcardResponse\x12\\\n\x15StreamDerefSessionRef\x12\x1f.blazen.peer.v1.PostcardRequest\x1a .blazen.peer.v1.PostcardResponse0\x01\x12P\n\x07Session\x12\x1f.blazen.peer.v1.PostcardRequest\x1a .blazen.peer.v1.PostcardResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'peerflow.peer._proto.peerfl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PEEREXTENSIONS']._serialized_start=102
-  _globals['_PEEREXTENSIONS']._serialized_end=295
+  _globals['_PEEREXTENSIONS']._serialized_end=377
 # @@protoc_insertion_point(module_scope)

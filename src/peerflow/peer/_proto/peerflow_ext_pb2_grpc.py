@@ -44,6 +44,11 @@ class PeerExtensionsStub:
                 request_serializer=peerflow_dot_peer_dot___proto_dot_blazen__peer__pb2.PostcardRequest.SerializeToString,
                 response_deserializer=peerflow_dot_peer_dot___proto_dot_blazen__peer__pb2.PostcardResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/peerflow.peer.v1.PeerExtensions/Session',
+                request_serializer=peerflow_dot_peer_dot___proto_dot_blazen__peer__pb2.PostcardRequest.SerializeToString,
+                response_deserializer=peerflow_dot_peer_dot___proto_dot_blazen__peer__pb2.PostcardResponse.FromString,
+                _registered_method=True)
 
 
 class PeerExtensionsServicer:
@@ -64,6 +69,15 @@ class PeerExtensionsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """Many calls on one stream: each message holds a batch of session frames (postcard,
+        see peerflow/peer/session_wire.py): start, event, input request/answer, cancel,
+        result/error, credits, ping/pong.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerExtensionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +88,11 @@ def add_PeerExtensionsServicer_to_server(servicer, server):
             ),
             'StreamDerefSessionRef': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamDerefSessionRef,
+                    request_deserializer=peerflow_dot_peer_dot___proto_dot_blazen__peer__pb2.PostcardRequest.FromString,
+                    response_serializer=peerflow_dot_peer_dot___proto_dot_blazen__peer__pb2.PostcardResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
                     request_deserializer=peerflow_dot_peer_dot___proto_dot_blazen__peer__pb2.PostcardRequest.FromString,
                     response_serializer=peerflow_dot_peer_dot___proto_dot_blazen__peer__pb2.PostcardResponse.SerializeToString,
             ),
@@ -130,6 +149,33 @@ class PeerExtensions:
             request,
             target,
             '/peerflow.peer.v1.PeerExtensions/StreamDerefSessionRef',
+            peerflow_dot_peer_dot___proto_dot_blazen__peer__pb2.PostcardRequest.SerializeToString,
+            peerflow_dot_peer_dot___proto_dot_blazen__peer__pb2.PostcardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/peerflow.peer.v1.PeerExtensions/Session',
             peerflow_dot_peer_dot___proto_dot_blazen__peer__pb2.PostcardRequest.SerializeToString,
             peerflow_dot_peer_dot___proto_dot_blazen__peer__pb2.PostcardResponse.FromString,
             options,

@@ -1,0 +1,207 @@
+"""``RemoteWorkflowHandler``: a run on a peer, driven like a local ``WorkflowHandler``.
+
+``client.start_remote_workflow(...)`` (and the same on ``PeerPool``) returns one. It
+mirrors :class:`~peerflow.runtime.WorkflowHandler`: ``stream_events()``,
+``send_event(event)``, ``cancel()``, ``run_id`` and ``await handler``. The conversation
+travels on the client's session with the peer: an ``InputRequiredEvent`` raised on the
+peer arrives on the stream with all its fields, and ``handler.send_event(
+HumanResponseEvent(response=...))`` reaches the step waiting for it. Waiting for an
+answer counts against the call's ``timeout_secs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Generator
+from typing import Any
+
+import orjson
+
+from peerflow.blocking import blocking_iter_twin, blocking_twin, portal_loop
+from peerflow.errors import EncodeError, ValidationError
+from peerflow.events import Event, InputRequiredEvent, StopEvent, event_from_data
+from peerflow.peer import protocol as wire
+from peerflow.peer.session import Session, SessionCall
+from peerflow.peer.session_wire import InputRequest
+from peerflow.result import WorkflowResult
+
+__all__ = ["RemoteWorkflowHandler"]
+
+
+class _Sent:
+    """What ``send_event`` returns: nothing to wait for, but awaitable (llama parity)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator
+
+
+_SENT = _Sent()
+
+
+def item_event(event_type: str, data_json: bytes, address: str, *, input_request: bool) -> Event:
+    """Rebuild a streamed event; an input request is always an ``InputRequiredEvent``.
+
+    A request of a class this process does not know (``AskName(InputRequiredEvent)``
+    defined only on the peer) becomes an ``InputRequiredEvent`` carrying all its fields,
+    with ``event_type`` kept.
+
+    Raises:
+        EncodeError: the event's JSON is malformed.
+    """
+    try:
+        data = orjson.loads(data_json)
+    except orjson.JSONDecodeError as exc:
+        raise EncodeError(f"bad event data from {address}: {exc}") from None
+    if not isinstance(data, dict):
+        data = {"data": data}
+    try:
+        event = event_from_data(event_type, data)
+    except ValidationError:
+        event = Event(event_type, **data)
+    if input_request and not isinstance(event, InputRequiredEvent):
+        event = InputRequiredEvent(**data)
+    return event
+
+
+class RemoteWorkflowHandler:
+    """A run on a peer in progress: await it, stream its events, answer it, cancel it.
+
+    ``await handler`` (or ``await handler.result()``) returns the
+    :class:`~peerflow.result.WorkflowResult` or raises the remote run's error, exactly as
+    ``run_remote_workflow`` would.
+    """
+
+    def __init__(
+        self,
+        *,
+        session: Session,
+        call: SessionCall,
+        run_id: str,
+        workflow: str,
+        address: str,
+        when: float | None,
+        to_result: Callable[[wire.SubWorkflowResponse], WorkflowResult],
+    ) -> None:
+        self._session = session
+        self._call = call
+        self._run_id = run_id
+        self._workflow = workflow
+        self._address = address
+        self._when = when
+        self._to_result = to_result
+        self._stream_taken = False
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._task: asyncio.Task[WorkflowResult] = asyncio.ensure_future(self._outcome())
+
+    async def _outcome(self) -> WorkflowResult:
+        return self._to_result(await self._session.outcome(self._call, self._when))
+
+    @property
+    def run_id(self) -> str:
+        """The remote run's id."""
+        return self._run_id
+
+    @property
+    def workflow_name(self) -> str:
+        """The workflow running on the peer."""
+        return self._workflow
+
+    def done(self) -> bool:
+        """True once the remote run's outcome is known."""
+        return self._task.done()
+
+    def __await__(self) -> Generator[Any, None, WorkflowResult]:
+        return self._task.__await__()
+
+    async def result(self) -> WorkflowResult:
+        """Wait for the remote run's result.
+
+        Raises:
+            WorkflowError: the remote run failed (``remote=True``; timeout and cancel map
+                to their subclasses).
+            TransportError: the session with the peer failed.
+        """
+        return await self._task
+
+    result_blocking = blocking_twin(result)
+
+    async def stream_events(self) -> AsyncIterator[Event]:
+        """Yield the remote run's streamed events in order, ending with its ``StopEvent``.
+
+        Input requests arrive as ``InputRequiredEvent``s (answer them with
+        :meth:`send_event`). If the run fails, the iterator raises its error after the
+        events streamed before.
+
+        Raises:
+            ValidationError: the stream was already taken (it has one consumer).
+            WorkflowError: the remote run failed.
+            TransportError: the session with the peer failed.
+        """
+        if self._stream_taken:
+            raise ValidationError("this run's event stream has already been consumed")
+        self._stream_taken = True
+        async for item in self._call.items(self._when):
+            yield item_event(
+                item.event_type,
+                item.data_json,
+                self._address,
+                input_request=isinstance(item, InputRequest),
+            )
+        result = await self._task
+        yield StopEvent(result=result.result)
+
+    stream_events_blocking = blocking_iter_twin(stream_events)
+
+    def send_event(self, event: Event) -> _Sent:
+        """Send an event to the remote run (e.g. the ``HumanResponseEvent`` it asked for).
+
+        A plain call, safe from any thread; ``await handler.send_event(...)`` works too.
+
+        Raises:
+            ValidationError: ``event`` is not an Event, or the run has ended.
+        """
+        if not isinstance(event, Event):
+            raise ValidationError(f"send_event takes an Event, got {event!r}")
+        if self._task.done() or self._call.ended:
+            raise ValidationError(f"run {self._run_id} has ended; it accepts no more events")
+        data = orjson.dumps(event.to_dict())
+        if threading.get_ident() == self._thread:
+            self._call.answer(event.event_type, data)
+        else:
+            self._loop.call_soon_threadsafe(self._call.answer, event.event_type, data)
+        return _SENT
+
+    async def cancel(self) -> None:
+        """Cancel the remote run and wait until the peer confirmed it stopped (idempotent).
+
+        Awaiting the handler afterwards raises ``WorkflowCancelledError`` (remote).
+        """
+        self._call.cancel()
+        await asyncio.wait([self._task])
+        if not self._task.cancelled():
+            self._task.exception()  # retrieved: the caller asked for this outcome
+
+    cancel_blocking = blocking_twin(cancel)
+
+    async def cancel_run(self) -> None:
+        """Alias of :meth:`cancel` (llama-index's name)."""
+        await self.cancel()
+
+    cancel_run_blocking = blocking_twin(cancel_run)
+
+    def _check_portal(self) -> None:
+        """Refuse ``*_blocking`` calls on a handler bound to a loop other than the portal's."""
+        if self._loop is not portal_loop():
+            raise ValidationError(
+                "this handler was started inside an event loop; use its async methods there "
+                "(start it with start_remote_workflow_blocking() to use *_blocking methods)"
+            )
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "running"
+        return f"<RemoteWorkflowHandler {self._workflow} {self._run_id} on {self._address} {state}>"

@@ -1,0 +1,297 @@
+"""The peer's side of a ``Session``: many calls on one bidi stream (frames: session_wire).
+
+One :class:`ServedSession` per ``PeerExtensions/Session`` RPC. A reader task decodes the
+caller's batches; each started call runs in a task of its own (admitted like a unary call,
+but waiting for a free run slot instead of being refused); the RPC's response generator
+writes every frame that is ready as one batch. The session's principal (token or mTLS,
+checked when the stream opened) is the principal of every run on it, since the call tasks
+copy the handler's context.
+
+A caller that takes nothing for ``stream_idle_timeout`` seconds loses the session (the
+writer's guard, as for every streaming method); a caller that goes away cancels every run
+of its session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+import orjson
+
+from peerflow import telemetry
+from peerflow._text import clip
+from peerflow.errors import (
+    PeerflowError,
+    ResourceExhaustedError,
+    TransportError,
+    ValidationError,
+)
+from peerflow.events import InputRequiredEvent, event_from_data
+from peerflow.peer import protocol as wire
+from peerflow.peer._refusals import note_refusal
+from peerflow.peer.framing import frame, unframe
+from peerflow.peer.named import check_run_id
+from peerflow.peer.session_wire import (
+    AnswerInput,
+    CallError,
+    CallMode,
+    CallResult,
+    CancelCall,
+    Credits,
+    Frame,
+    InputRequest,
+    Ping,
+    Pong,
+    RunEvent,
+    StartCall,
+    decode_batch,
+    encode_frame,
+    join_batch,
+)
+from peerflow.peer.status import status_for
+
+if TYPE_CHECKING:
+    from peerflow.engine import HostedRun
+    from peerflow.peer.service import PeerService
+
+__all__ = ["SESSION_METHOD", "ServedSession"]
+
+log = logging.getLogger("peerflow.server")
+
+SESSION_METHOD = "/peerflow.peer.v1.PeerExtensions/Session"
+_OUT_BUDGET = 4 << 20  # queued bytes beyond which a run's event forwarder waits for the writer
+
+
+class _ServedCall:
+    __slots__ = ("call_id", "run", "task")
+
+    def __init__(self, call_id: int) -> None:
+        self.call_id = call_id
+        self.task: asyncio.Task[None] | None = None
+        self.run: HostedRun | None = None
+
+
+class ServedSession:
+    """One caller's session: its calls, their runs, and the outgoing frames."""
+
+    def __init__(self, service: PeerService, context: grpc.aio.ServicerContext) -> None:
+        self.service = service
+        self.context = context
+        self.window = service.limits.max_concurrent_runs
+        self.max_batch = max(1024, service.limits.max_unary_bytes - 64)
+        self.calls: dict[int, _ServedCall] = {}
+        self._out: collections.deque[bytes] = collections.deque()
+        self._queued = 0
+        self._ready = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._reading_done = False
+        self._failure: PeerflowError | None = None
+
+    # -- the RPC -------------------------------------------------------------------------
+
+    async def serve(self, requests: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+        """The response stream: batches of frames until the caller is done and calls end.
+
+        Raises:
+            PeerflowError: the caller sent something that is not a session batch (the
+                session ends with its status; its runs are cancelled).
+        """
+        reader = asyncio.ensure_future(self._read(requests))
+        self._send(Credits(self.window))
+        try:
+            while True:
+                if not self._out:
+                    if self._failure is not None:
+                        raise self._failure
+                    if self._reading_done and not self.calls:
+                        return
+                    self._ready.clear()
+                    await self._ready.wait()
+                    continue
+                yield frame(self._take_batch())
+        finally:
+            reader.cancel()
+            tasks = [c.task for c in self.calls.values() if c.task is not None]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    def _take_batch(self) -> bytes:
+        out, size = self._out, 0
+        parts: list[bytes] = []
+        while out and (not parts or size + len(out[0]) <= self.max_batch):
+            item = out.popleft()
+            parts.append(item)
+            size += len(item)
+        self._queued -= size
+        if self._queued <= _OUT_BUDGET:
+            self._drained.set()
+        return join_batch(parts)
+
+    def _send(self, f: Frame) -> None:
+        data = encode_frame(f)
+        self._out.append(data)
+        self._queued += len(data)
+        if self._queued > _OUT_BUDGET:
+            self._drained.clear()
+        self._ready.set()
+
+    async def _read(self, requests: AsyncIterator[bytes]) -> None:
+        try:
+            async for message in requests:
+                for f in decode_batch(unframe(message)):
+                    self._on_frame(f)
+        except PeerflowError as exc:
+            note_refusal(SESSION_METHOD, exc, self.context.peer())
+            self._failure = exc
+        finally:
+            self._reading_done = True
+            self._ready.set()
+
+    def _on_frame(self, f: Frame) -> None:
+        if isinstance(f, StartCall):
+            self._start(f)
+        elif isinstance(f, AnswerInput):
+            self._answer(f)
+        elif isinstance(f, CancelCall):
+            call = self.calls.get(f.call_id)
+            if call is not None and call.task is not None:
+                call.task.cancel()
+        elif isinstance(f, Ping):
+            self._send(Pong(f.nonce))
+        elif isinstance(f, Pong):
+            pass
+        else:
+            raise ValidationError(f"a caller may not send {type(f).__name__} frames on a session")
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def _start(self, start: StartCall) -> None:
+        call_id = start.call_id
+        if call_id in self.calls:
+            raise ValidationError(f"session call {call_id} started twice")
+        if len(self.calls) >= self.window:
+            error = ResourceExhaustedError(
+                f"session call {call_id} is beyond the {self.window} calls this session was granted"
+            )
+            self._fail_call(call_id, error)
+            return
+        call = self.calls[call_id] = _ServedCall(call_id)
+        call.task = asyncio.ensure_future(self._serve_call(call, start))
+
+    def _answer(self, answer: AnswerInput) -> None:
+        call = self.calls.get(answer.call_id)
+        run = call.run if call is not None else None
+        if run is None:
+            return  # the call ended (or never started): the answer comes too late
+        try:
+            data = orjson.loads(answer.data_json)
+            if not isinstance(data, dict):
+                raise ValidationError("an answer's data must be a JSON object")
+            event = event_from_data(answer.event_type, data)
+        except (orjson.JSONDecodeError, ValidationError) as exc:
+            log.warning("session answer for run %s ignored: %s", run.run_id, clip(str(exc), 200))
+            return
+        with contextlib.suppress(ValidationError):  # the run has ended: the answer is too late
+            run.send_event(event)
+
+    def _fail_call(self, call_id: int, exc: PeerflowError) -> None:
+        code, details = status_for(exc)
+        self._send(CallError(call_id, code.value[0], details))
+
+    async def _serve_call(self, call: _ServedCall, start: StartCall) -> None:
+        try:
+            with telemetry.served_rpc_span(
+                SESSION_METHOD, start.trace, servicer_context=self.context
+            ):
+                response = await self._run_call(call, start)
+            self._send(CallResult(call.call_id, response))
+        except PeerflowError as exc:
+            note_refusal(SESSION_METHOD, exc, self.context.peer())
+            self._fail_call(call.call_id, exc)
+        except asyncio.CancelledError:
+            if not self._reading_done:  # the caller cancelled this call, not the session
+                run = call.run
+                what = f"run {run.run_id}" if run is not None else f"call {call.call_id}"
+                self._send(
+                    CallError(
+                        call.call_id,
+                        grpc.StatusCode.CANCELLED.value[0],
+                        f"{what} was cancelled by its caller",
+                    )
+                )
+            raise
+        finally:
+            self.calls.pop(call.call_id, None)
+            self._ready.set()
+
+    async def _run_call(self, call: _ServedCall, start: StartCall) -> wire.SubWorkflowResponse:
+        service = self.service
+        wire.check_envelope_version(start.request.envelope_version)
+        await service.slot_free(start.request.timeout_secs)
+        with service._admit() as slot:
+            run_id = None if start.run_id is None else check_run_id(start.run_id)
+            if run_id is not None and start.named:
+                return await service.named.respond(service, frame(start.request.encode()), run_id)
+            streaming = start.mode is not CallMode.RESULT
+            run = slot.run = call.run = service._prepare_request(
+                start.request,
+                streaming=streaming,
+                answerable=start.mode is CallMode.CONVERSATION,
+                run_id=run_id,
+            )
+            if not streaming:
+                return await service._drive(run, self.context)
+            driver = asyncio.ensure_future(service._drive(run, self.context))
+            try:
+                async for event, payload in service._event_payloads(run):
+                    if isinstance(event, InputRequiredEvent):
+                        self._send(
+                            InputRequest(call.call_id, payload.event_type, payload.data_json)
+                        )
+                    else:
+                        self._send(RunEvent(call.call_id, payload.event_type, payload.data_json))
+                    if not self._drained.is_set():
+                        await self._drained.wait()
+                return await driver
+            finally:
+                if not driver.done():
+                    driver.cancel()
+                    await asyncio.wait([driver])
+
+
+def session_error(code: int, details: str) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status a :class:`CallError` frame carries (UNKNOWN for a code we lack)."""
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return status, details
+    return grpc.StatusCode.UNKNOWN, details
+
+
+async def serve_session(
+    service: PeerService, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+) -> AsyncGenerator[bytes, None]:
+    """``PeerExtensions/Session``: the handler (raw batches in and out).
+
+    Raises:
+        TransportError: the peer is shutting down (no new session opens).
+    """
+    if service.closing is not None:
+        raise TransportError(service.closing)
+    session = ServedSession(service, context)
+    batches = session.serve(requests)
+    try:
+        async for batch in batches:
+            yield batch
+    finally:
+        await batches.aclose()
