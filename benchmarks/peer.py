@@ -7,16 +7,22 @@ server in a separate process (a child Python process on 127.0.0.1 serving both t
 PeerServer and the raw grpc.aio echo / stream servers):
 
 1. remote 1-step round trip p50/p99 vs a raw unary echo (identity serializers, same
-   payload size);                                                target ratio <= 1.3x
-2. calls/s with 1/16/64 calls in flight on one client vs the raw echo;
-                                                        target at 64: >= 0.8x the echo
-3. deref bandwidth (1 MiB / 64 MiB / 512 MiB) via StreamDerefSessionRef vs a raw
-   server-streaming transfer of the same bytes in 1 MiB chunks, with the peak RSS of both
-   processes (a fresh server child per size; peaks from VmHWM after resetting it through
-   /proc/<pid>/clear_refs, so each figure covers one transfer);
+   payload size), over the client's session (the default with a peerflow peer) and over
+   unary calls (``session=False``, what a Blazen peer gets);
+                                          targets: session <= 0.8x, unary <= 1.3x
+2. calls/s with 1/16/64 calls in flight on one client vs the raw echo, for the session,
+   the unary path and the ceiling of a bare grpc.aio bidi stream with coalesced writes
+   (each message handled by its own task, no workflow);
+                                          targets at 64: session >= 3x, unary >= 0.6x
+3. deref bandwidth (1 MiB / 64 MiB / 256 MiB) via StreamDerefSessionRef vs a raw
+   server-streaming transfer that yields pre-built 1 MiB bytes to a client that keeps
+   them, with the peak RSS of both processes (a fresh server child per size; peaks from
+   VmHWM after resetting it through /proc/<pid>/clear_refs, so each figure covers one
+   transfer);
         targets: >= 0.9x the raw stream, client peak growth <= 1.2x the value,
                  server growth <= 64 MiB
-4. 1,000 concurrent remote runs of a step that awaits 100 ms; target: all within 2 s.
+4. 1,000 concurrent remote runs of a step that awaits 100 ms, on a session and unary;
+   target: the session's within 1.2 s.
 5. the HTTP face's cost: calls/s with 64 in flight against a child serving ``--http``
    (uvicorn, the run board and metrics on the peer's loop, /metrics scraped once a
    second) vs a plain child, alternating rounds;           target: drop <= 5%
@@ -38,6 +44,7 @@ import json
 import os
 import platform
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -53,6 +60,7 @@ CHUNK = MiB
 ECHO = "/bench.Raw/Echo"
 SLEEP = "/bench.Raw/Sleep"
 STREAM = "/bench.Raw/Stream"
+BIDI = "/bench.Raw/Session"
 RESULTS = Path(__file__).resolve().parent / "results" / "peer.md"
 HTTP_CHILD = False  # set by --http: every part's server child serves the HTTP face too
 
@@ -134,14 +142,45 @@ async def _serve(ref_size: int, http: bool = False) -> None:
         await asyncio.sleep(0.1)
         return request
 
+    # Pre-built 1 MiB bytes: the baseline spends nothing but gRPC's own work per chunk.
+    chunks = [value[offset : offset + CHUNK] for offset in range(0, len(value), CHUNK)]
+
     async def raw_stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        for offset in range(0, len(value), CHUNK):
-            yield value[offset : offset + CHUNK]  # one copy per chunk, as bytes
+        for chunk in chunks:
+            yield chunk
+
+    async def raw_bidi(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        # The ceiling of a multiplexed stream: every ready message in one write, each
+        # request handled by its own task (../shared/experiments/bidi_ceiling.py).
+        out: asyncio.Queue[bytes] = asyncio.Queue()
+        handling: set[asyncio.Future[None]] = set()
+
+        async def handle(message: bytes) -> None:
+            await asyncio.sleep(0)
+            out.put_nowait(message)
+
+        async def pump() -> None:
+            async for blob in requests:
+                for message in _unpack(blob):
+                    task = asyncio.ensure_future(handle(message))
+                    handling.add(task)
+                    task.add_done_callback(handling.discard)
+
+        pumping = asyncio.ensure_future(pump())
+        try:
+            while True:
+                batch = [await out.get()]
+                while not out.empty():
+                    batch.append(out.get_nowait())
+                yield _pack(batch)
+        finally:
+            pumping.cancel()
 
     handlers = {
         ECHO: grpc.unary_unary_rpc_method_handler(raw_echo),
         SLEEP: grpc.unary_unary_rpc_method_handler(raw_sleep),
         STREAM: grpc.unary_stream_rpc_method_handler(raw_stream),
+        BIDI: grpc.stream_stream_rpc_method_handler(raw_bidi),
     }
 
     class Table(grpc.GenericRpcHandler):  # type: ignore[misc]
@@ -236,6 +275,56 @@ def _raw_channel(address: str) -> grpc.aio.Channel:
     )
 
 
+def _pack(messages: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(m)) + m for m in messages)
+
+
+def _unpack(blob: bytes) -> list[bytes]:
+    offset, out = 0, []
+    while offset < len(blob):
+        (n,) = struct.unpack_from("<I", blob, offset)
+        out.append(blob[offset + 4 : offset + 4 + n])
+        offset += 4 + n
+    return out
+
+
+class BareBidi:
+    """The client side of the bidi ceiling: calls multiplexed on one raw stream."""
+
+    def __init__(self, channel: grpc.aio.Channel, payload: bytes) -> None:
+        self.payload = payload
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.waiters: dict[int, asyncio.Future[bytes]] = {}
+        self.next_id = 0
+        self.stream = channel.stream_stream(BIDI)(self._requests())
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _requests(self) -> AsyncIterator[bytes]:
+        while True:
+            batch = [await self.queue.get()]
+            while not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            yield _pack(batch)
+
+    async def _read(self) -> None:
+        async for blob in self.stream:
+            for message in _unpack(blob):
+                self.waiters.pop(struct.unpack_from("<I", message)[0]).set_result(message)
+
+    async def call(self) -> bytes:
+        self.next_id += 1
+        future = asyncio.get_running_loop().create_future()
+        self.waiters[self.next_id] = future
+        self.queue.put_nowait(struct.pack("<I", self.next_id) + self.payload)
+        return await future
+
+    async def close(self) -> None:
+        self.reader.cancel()
+        self.stream.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.reader
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
@@ -279,98 +368,103 @@ async def throughput(
 
 
 async def bench_unary(args: argparse.Namespace, rows: list[list[str]]) -> None:
+    from peerflow.peer.calls import build_request
     from peerflow.peer.client import PeerClient
     from peerflow.peer.framing import frame
 
     with Child(use_uvloop=args.uvloop) as child:
-        client = await PeerClient.connect(f"http://{child.peer}", "bench-client")
+        session = await PeerClient.connect(f"http://{child.peer}", "bench-session")
+        unary = await PeerClient.connect(f"http://{child.peer}", "bench-unary", session=False)
         raw_ch = _raw_channel(child.raw)
         await raw_ch.channel_ready()
         echo = raw_ch.unary_unary(ECHO)
-        req, _ = client._request("echo1", (), {"n": 1}, None, None)
-        sizes = (len(frame(req.encode())),)
-        resp = await client.invoke_sub_workflow(req)
-        size = max(*sizes, len(frame(resp.encode())))
+        req, _ = build_request("echo1", (), {"n": 1}, None, None)
+        resp = await unary.invoke_sub_workflow(req)
+        size = max(len(frame(req.encode())), len(frame(resp.encode())))
         payload = b"\x0a" + bytes([size - 2]) + b"x" * (size - 2)
+        bidi = BareBidi(raw_ch, payload)
 
-        def peer_call() -> Awaitable[Any]:
-            return client.run_remote_workflow("echo1", input={"n": 1})
-
-        def raw_call() -> Awaitable[Any]:
-            return echo(payload)
-
-        # warm-up
+        paths: dict[str, Callable[[], Awaitable[Any]]] = {
+            "raw": lambda: echo(payload),
+            "session": lambda: session.run_remote_workflow("echo1", input={"n": 1}),
+            "unary": lambda: unary.run_remote_workflow("echo1", input={"n": 1}),
+            "bidi": bidi.call,
+        }
         n_warm = 200 if args.quick else 1000
-        await sequential(raw_call, n_warm)
-        await sequential(peer_call, n_warm)
+        for call in paths.values():
+            await sequential(call, n_warm)
+        assert session.session is not None  # the session path really is one
 
         rounds, per = (3, 300) if args.quick else (8, 1000)
-        lat_raw: list[float] = []
-        lat_peer: list[float] = []
+        lat: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(rounds):
-            lat_raw += await sequential(raw_call, per)
-            lat_peer += await sequential(peer_call, per)
-        r50, r99 = pct(lat_raw, 0.5) * 1e6, pct(lat_raw, 0.99) * 1e6
-        p50, p99 = pct(lat_peer, 0.5) * 1e6, pct(lat_peer, 0.99) * 1e6
+            for name, call in paths.items():
+                lat[name] += await sequential(call, per)
+        r50, r99 = pct(lat["raw"], 0.5) * 1e6, pct(lat["raw"], 0.99) * 1e6
+        for name, target in (("session", 0.8), ("unary", 1.3)):
+            p50, p99 = pct(lat[name], 0.5) * 1e6, pct(lat[name], 0.99) * 1e6
+            rows.append(
+                [
+                    f"1. round trip p50, {name} ({size} B payload)",
+                    f"{p50:.0f} µs (p99 {p99:.0f} µs)",
+                    f"{r50:.0f} µs (p99 {r99:.0f} µs)",
+                    f"{p50 / r50:.2f}x",
+                    f"<= {target}x",
+                    _ok(p50 / r50 <= target),
+                ]
+            )
+        b50 = pct(lat["bidi"], 0.5) * 1e6
         rows.append(
-            [
-                f"1. round trip p50 ({size} B payload)",
-                f"{p50:.0f} µs",
-                f"{r50:.0f} µs",
-                f"{p50 / r50:.2f}x",
-                "<= 1.3x",
-                _ok(p50 / r50 <= 1.3),
-            ]
-        )
-        rows.append(
-            [
-                "1. round trip p99",
-                f"{p99:.0f} µs",
-                f"{r99:.0f} µs",
-                f"{p99 / r99:.2f}x",
-                "",
-                "",
-            ]
-        )
-        _progress(rows[-2:])
+            ["1. round trip p50, bare bidi ceiling", f"{b50:.0f} µs", f"{r50:.0f} µs",
+             f"{b50 / r50:.2f}x", "", ""]
+        )  # fmt: skip
+        _progress(rows[-3:])
 
         seconds = 0.6 if args.quick else 2.0
         rounds = 1 if args.quick else 3
+        targets = {"session": 3.0, "unary": 0.6}
         for inflight in (1, 16, 64):
-            await throughput(raw_call, inflight, 0.2, child)
-            await throughput(peer_call, inflight, 0.2, child)
-            raws: list[tuple[float, float, float]] = []
-            peers: list[tuple[float, float, float]] = []
+            for call in paths.values():
+                await throughput(call, inflight, 0.2, child)
+            got: dict[str, list[tuple[float, float, float]]] = {name: [] for name in paths}
             for _ in range(rounds):
-                raws.append(await throughput(raw_call, inflight, seconds, child))
-                peers.append(await throughput(peer_call, inflight, seconds, child))
-            raw_best = statistics.median(r[0] for r in raws)
-            peer_best = statistics.median(p[0] for p in peers)
-            raw_cpu = statistics.median(r[1] for r in raws), statistics.median(r[2] for r in raws)
-            peer_cpu = (
-                statistics.median(p[1] for p in peers),
-                statistics.median(p[2] for p in peers),
+                for name, call in paths.items():
+                    got[name].append(await throughput(call, inflight, seconds, child))
+            raw_rate = statistics.median(r[0] for r in got["raw"])
+            raw_cpu = (
+                statistics.median(r[1] for r in got["raw"]),
+                statistics.median(r[2] for r in got["raw"]),
             )
-            ratio = peer_best / raw_best
-            rows.append(
-                [
-                    f"2. calls/s, {inflight} in flight",
-                    f"{peer_best:,.0f}/s (cpu/call c {peer_cpu[0]:.0f} µs, s {peer_cpu[1]:.0f} µs)",
-                    f"{raw_best:,.0f}/s (cpu/call c {raw_cpu[0]:.0f} µs, s {raw_cpu[1]:.0f} µs)",
-                    f"{ratio:.2f}x",
-                    ">= 0.8x" if inflight == 64 else "",
-                    _ok(ratio >= 0.8) if inflight == 64 else "",
-                ]
-            )
-            _progress(rows[-1:])
+            for name in ("session", "unary", "bidi"):
+                rate = statistics.median(r[0] for r in got[name])
+                cpu = (
+                    statistics.median(r[1] for r in got[name]),
+                    statistics.median(r[2] for r in got[name]),
+                )
+                target = targets.get(name) if inflight == 64 else None
+                label = "bare bidi ceiling" if name == "bidi" else name
+                rows.append(
+                    [
+                        f"2. calls/s, {inflight} in flight, {label}",
+                        f"{rate:,.0f}/s (cpu/call c {cpu[0]:.0f} µs, s {cpu[1]:.0f} µs)",
+                        f"{raw_rate:,.0f}/s (cpu/call c {raw_cpu[0]:.0f} µs, "
+                        f"s {raw_cpu[1]:.0f} µs)",
+                        f"{rate / raw_rate:.2f}x",
+                        f">= {target}x" if target else "",
+                        _ok(rate / raw_rate >= target) if target else "",
+                    ]
+                )
+            _progress(rows[-3:])
+        await bidi.close()
         await raw_ch.close()
-        await client.close()
+        await session.close()
+        await unary.close()
 
 
 async def bench_deref(args: argparse.Namespace, rows: list[list[str]]) -> None:
     from peerflow.peer.client import PeerClient
 
-    sizes = (MiB, 64 * MiB) if args.quick else (MiB, 64 * MiB, 512 * MiB)
+    sizes = (MiB, 64 * MiB) if args.quick else (MiB, 64 * MiB, 256 * MiB)
     for size in sizes:
         with Child(ref_size=size, use_uvloop=args.uvloop) as child:
             client = await PeerClient.connect(f"http://{child.peer}", "bench-client")
@@ -380,15 +474,10 @@ async def bench_deref(args: argparse.Namespace, rows: list[list[str]]) -> None:
             assert child.key is not None
             key = child.key
 
-            async def raw_fetch(size: int = size, stream: Any = stream) -> bytearray:
-                buffer = bytearray(size)
-                offset = 0
-                async for chunk in stream(b""):
-                    end = offset + len(chunk)
-                    buffer[offset:end] = chunk
-                    offset = end
-                assert offset == size
-                return buffer
+            async def raw_fetch(size: int = size, stream: Any = stream) -> list[bytes]:
+                chunks = [chunk async for chunk in stream(b"")]  # kept as they came
+                assert sum(map(len, chunks)) == size
+                return chunks
 
             async def peer_fetch(client: Any = client, key: str = key) -> Any:
                 return await client.deref_session_ref(key)
@@ -413,7 +502,11 @@ async def bench_deref(args: argparse.Namespace, rows: list[list[str]]) -> None:
                     data = await fetch()
                     dt = time.perf_counter() - t0
                     c_peak, s_peak = hwm(), hwm(child.pid)
-                    assert len(data) == size
+                    assert (
+                        sum(map(len, data)) == size
+                        if isinstance(data, list)
+                        else (len(data) == size)
+                    )
                     del data
                     stats[name].append((size / dt, c_peak - c_base, s_peak - s_base, c_peak))
             await raw_ch.close()
@@ -465,44 +558,49 @@ async def bench_concurrent(args: argparse.Namespace, rows: list[list[str]]) -> N
 
     n = 1000
     with Child(use_uvloop=args.uvloop) as child:
-        client = await PeerClient.connect(f"http://{child.peer}", "bench-client")
+        session = await PeerClient.connect(f"http://{child.peer}", "bench-session")
+        unary = await PeerClient.connect(f"http://{child.peer}", "bench-unary", session=False)
         raw_ch = _raw_channel(child.raw)
         await raw_ch.channel_ready()
         sleep = raw_ch.unary_unary(SLEEP)
         payload = b"\x0a\x02hi"
 
-        async def peer_batch() -> float:
-            t0 = time.perf_counter()
-            await asyncio.gather(
-                *(client.run_remote_workflow("sleep100", input={"i": i}) for i in range(n))
-            )
-            return time.perf_counter() - t0
+        def batch(call: Callable[[int], Awaitable[Any]]) -> Callable[[], Awaitable[float]]:
+            async def timed() -> float:
+                t0 = time.perf_counter()
+                await asyncio.gather(*(call(i) for i in range(n)))
+                return time.perf_counter() - t0
 
-        async def raw_batch() -> float:
-            t0 = time.perf_counter()
-            await asyncio.gather(*(sleep(payload) for _ in range(n)))
-            return time.perf_counter() - t0
+            return timed
 
-        await raw_batch()
-        await peer_batch()
-        raws, peers = [], []
+        paths = {
+            "raw": batch(lambda i: sleep(payload)),
+            "session": batch(lambda i: session.run_remote_workflow("sleep100", input={"i": i})),
+            "unary": batch(lambda i: unary.run_remote_workflow("sleep100", input={"i": i})),
+        }
+        for timed in paths.values():
+            await timed()
+        took: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(1 if args.quick else 3):
-            raws.append(await raw_batch())
-            peers.append(await peer_batch())
-        worst = max(peers)
-        rows.append(
-            [
-                "4. 1,000 concurrent 100 ms runs (worst / median)",
-                f"{worst:.2f} s / {statistics.median(peers):.2f} s",
-                f"{max(raws):.2f} s / {statistics.median(raws):.2f} s",
-                f"{statistics.median(peers) / statistics.median(raws):.2f}x",
-                "all within 2 s",
-                _ok(worst <= 2.0),
-            ]
-        )
-        _progress(rows[-1:])
+            for name, timed in paths.items():
+                took[name].append(await timed())
+        raw_med = statistics.median(took["raw"])
+        for name, target in (("session", 1.2), ("unary", None)):
+            worst, med = max(took[name]), statistics.median(took[name])
+            rows.append(
+                [
+                    f"4. 1,000 concurrent 100 ms runs, {name} (worst / median)",
+                    f"{worst:.2f} s / {med:.2f} s",
+                    f"{max(took['raw']):.2f} s / {raw_med:.2f} s",
+                    f"{med / raw_med:.2f}x",
+                    f"all within {target} s" if target else "",
+                    _ok(worst <= target) if target else "",
+                ]
+            )
+        _progress(rows[-2:])
         await raw_ch.close()
-        await client.close()
+        await session.close()
+        await unary.close()
 
 
 async def bench_http(args: argparse.Namespace, rows: list[list[str]]) -> None:

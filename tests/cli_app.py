@@ -4,7 +4,8 @@ Workflows: ``echo`` (returns its input), ``ticks`` (streams ``n`` Tick events),
 ``slow`` (streams Started, waits ``secs``, returns), ``fail`` (a step raises),
 ``refs`` (returns bytes, which stay on the peer as a session ref), ``typed`` (a typed
 start event ``Document`` and a declared output ``Summary``), ``matrix`` (returns a numpy
-array, which stays on the peer as a session ref).
+array, which stays on the peer as a session ref), ``ask`` (asks for a name with an
+``InputRequiredEvent``, greets the answer).
 """
 
 from __future__ import annotations
@@ -13,7 +14,27 @@ import asyncio
 
 import numpy as np
 
-from peerflow import Context, Event, StartEvent, StopEvent, Workflow, register_workflow, step
+from peerflow import (
+    Context,
+    Event,
+    HumanResponseEvent,
+    InputRequiredEvent,
+    StartEvent,
+    StopEvent,
+    Workflow,
+    register_workflow,
+    step,
+)
+
+
+@step(name="cli::ask")
+async def ask(ctx: Context, ev: StartEvent) -> InputRequiredEvent:
+    return InputRequiredEvent(prefix="Your name?", hint="first name")
+
+
+@step(name="cli::greet")
+async def greet(ctx: Context, ev: HumanResponseEvent) -> StopEvent:
+    return StopEvent(result={"hello": ev.response})
 
 
 @step(name="cli::echo")
@@ -74,5 +95,6 @@ for wf in (
     Workflow("refs", [refs]),
     Workflow("typed", [typed]),
     Workflow("matrix", [matrix]),
+    Workflow("ask", [ask, greet]),
 ):
     register_workflow(wf)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from peerflow import telemetry
 from peerflow.registry import Registry
 
 
@@ -47,3 +51,23 @@ def _assert_blocking_twins() -> Callable[[type], None]:
 def registry() -> Registry:
     """A fresh, empty step/workflow registry (never the process-wide one)."""
     return Registry()
+
+
+@pytest.fixture
+def tracer_provider() -> Iterator[TracerProvider]:
+    """An SDK provider for peerflow's spans alone (the global one can be set only once)."""
+    provider = TracerProvider()
+    telemetry.use_tracer_provider(provider)
+    try:
+        yield provider
+    finally:
+        telemetry.use_tracer_provider(None)
+        provider.shutdown()
+
+
+@pytest.fixture
+def span_exporter(tracer_provider: TracerProvider) -> InMemorySpanExporter:
+    """Collects every span peerflow ends while the test runs."""
+    exporter = InMemorySpanExporter()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter

@@ -240,6 +240,28 @@ def test_stream_prints_each_event_then_the_result(served: Served, env: dict[str,
     assert result["total_cost_usd"] == 0.5
 
 
+def test_stream_answers_an_input_request_from_a_line_of_stdin(
+    served: Served, env: dict[str, str]
+) -> None:
+    proc = run_cli("run", served.address, "ask", "--stream", env=env, stdin="Ada\n")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    asked = json.loads(lines[0])
+    assert asked == {
+        "event_type": "InputRequiredEvent",
+        "data": {"prefix": "Your name?", "hint": "first name"},
+    }
+    assert 'Your name? {"hint":"first name"}' in proc.stderr  # the question, shown
+    assert json.loads("\n".join(lines[1:]))["result"] == {"hello": "Ada"}
+
+
+def test_stream_without_an_answer_on_stdin_says_so(served: Served, env: dict[str, str]) -> None:
+    proc = run_cli("run", served.address, "ask", "--stream", env=env, stdin="")
+    assert proc.returncode == 2, proc.stderr
+    assert "asks for input" in proc.stderr and "stdin ended" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_result_lists_remote_refs(served: Served, env: dict[str, str]) -> None:
     proc = run_cli("run", served.address, "refs", env=env)
     assert proc.returncode == 0, proc.stderr
@@ -309,7 +331,7 @@ def test_unknown_workflow_lists_what_the_peer_serves(served: Served, env: dict[s
     assert proc.returncode == 6
     line = one_error_line(proc)
     assert "unknown workflow `no-such-wf`" in line
-    assert "the peer serves: echo, fail, matrix, refs, slow, ticks, typed" in line
+    assert "the peer serves: ask, echo, fail, matrix, refs, slow, ticks, typed" in line
 
 
 def test_https_to_a_plaintext_peer_says_it_does_not_speak_tls(

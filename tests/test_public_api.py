@@ -27,10 +27,13 @@ PINNED = [
     "Registry",
     "RegistryKey",
     "RemoteRef",
+    "RemoteRefNotFoundError",
+    "RemoteRefPermissionError",
     "RemoteWorkflowCancelledError",
     "RemoteWorkflowError",
     "RemoteWorkflowTimeoutError",
     "ResourceExhaustedError",
+    "RpcStatus",
     "RunNotFoundError",
     "SessionRefRegistry",
     "StartEvent",
@@ -46,6 +49,7 @@ PINNED = [
     "WorkflowCancelledError",
     "WorkflowChangedError",
     "WorkflowError",
+    "WorkflowErrorKind",
     "WorkflowHandler",
     "WorkflowResult",
     "WorkflowTimeoutError",
@@ -148,9 +152,42 @@ def test_error_tree() -> None:
     assert issubclass(E.WorkflowTimeoutError, TimeoutError)
     assert issubclass(E.WorkflowCancelledError, E.WorkflowError)
     assert not issubclass(E.WorkflowCancelledError, asyncio.CancelledError)
-    for name in ("UnknownStepError", "UnknownWorkflowError", "RefNotFoundError", "AuthError"):
+    for name in ("UnknownStepError", "UnknownWorkflowError", "AuthError"):
         assert issubclass(getattr(E, name), E.PeerError)
     assert issubclass(E.UnsupportedError, E.PeerflowError)
+    # A local registry's ref errors are not peer errors; a peer's answer is both.
+    for local, remote in (
+        (E.RefNotFoundError, E.RemoteRefNotFoundError),
+        (E.RefPermissionError, E.RemoteRefPermissionError),
+    ):
+        assert issubclass(local, E.PeerflowError) and not issubclass(local, E.PeerError)
+        assert issubclass(remote, local) and issubclass(remote, E.PeerError)
+
+
+def test_peer_error_kind_builds_the_remote_ref_errors() -> None:
+    E = peerflow
+    missing = E.PeerError("gone", kind=E.PeerErrorKind.REF_NOT_FOUND, code="NOT_FOUND")
+    denied = E.PeerError("not yours", kind=E.PeerErrorKind.PERMISSION)
+    assert type(missing) is E.RemoteRefNotFoundError and type(denied) is E.RemoteRefPermissionError
+    assert missing.code is E.RpcStatus.NOT_FOUND and missing.code == "NOT_FOUND"
+
+
+def test_kind_and_code_are_str_enums_equal_to_the_old_strings() -> None:
+    E = peerflow
+    timeout = E.WorkflowTimeoutError("late")
+    assert timeout.kind is E.WorkflowErrorKind.TIMEOUT and timeout.kind == "timeout"
+    assert E.WorkflowError("x", kind="stalled").reason is E.WorkflowErrorKind.STALLED
+    # A reason this version does not name (a newer peer's) is kept as it was said.
+    future = E.WorkflowError("x", kind="from-the-future").kind
+    assert isinstance(future, E.WorkflowErrorKind) and future == "from-the-future"
+    peer = E.TransportError("refused", address="h:1", code="UNAVAILABLE")
+    assert peer.kind == "Transport" and peer.code is E.RpcStatus.UNAVAILABLE
+    assert E.TransportError("x", code="NO_SUCH_CODE").code is E.RpcStatus.UNKNOWN
+    # Every error declares .address and .code (None unless a peer answered).
+    local = E.ValidationError("bad")
+    assert local.address is None and local.code is None
+    answered = E.UnsupportedError("no", address="h:1", code="UNIMPLEMENTED")
+    assert (answered.address, answered.code) == ("h:1", E.RpcStatus.UNIMPLEMENTED)
 
 
 def test_registry_key_parsing() -> None:
@@ -173,4 +210,41 @@ def test_import_peerflow_does_not_import_grpc() -> None:
 
     code = "import sys, peerflow, peerflow.cli._base; assert 'grpc' not in sys.modules"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+_TRACED_LOCAL_RUN = """
+import asyncio, sys
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import peerflow
+from peerflow import StartEvent, StopEvent, Workflow, step, telemetry
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+telemetry.use_tracer_provider(provider)
+
+@step(name="light::s")
+async def s(ctx, ev: StartEvent) -> StopEvent:
+    return StopEvent(result=telemetry.trace_headers())
+
+result = asyncio.run(Workflow("light", [s]).run())
+assert "traceparent" in result.result, result.result
+assert sorted(span.name for span in exporter.get_finished_spans()) == [
+    "peerflow.run light", "peerflow.step light::s"
+]
+assert "grpc" not in sys.modules, "grpc imported"
+"""
+
+
+def test_traced_local_run_does_not_import_grpc() -> None:
+    # Engine tracing (spans, W3C context as a dict) works without the peer layer.
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _TRACED_LOCAL_RUN], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr

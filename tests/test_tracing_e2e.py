@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -29,19 +25,6 @@ from apps.pool_app_process import PeerProcess
 
 INVOKE = "blazen.peer.v1.BlazenPeer/InvokeSubWorkflow"
 STREAM = "blazen.peer.v1.BlazenPeer/StreamSubWorkflowEvents"
-
-
-@pytest.fixture
-def exporter() -> Iterator[InMemorySpanExporter]:
-    provider = TracerProvider()
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    telemetry.use_tracer_provider(provider)
-    try:
-        yield exporter
-    finally:
-        telemetry.use_tracer_provider(None)
-        provider.shutdown()
 
 
 def _hex(value: int, width: int) -> str:
@@ -73,7 +56,7 @@ def _check_chain(client_span: Any, server: list[dict[str, Any]], rpc: str) -> No
 
 
 async def test_one_trace_spans_client_and_server_processes(
-    exporter: InMemorySpanExporter, tmp_path: Path
+    span_exporter: InMemorySpanExporter, tmp_path: Path
 ) -> None:
     trace_file = tmp_path / "server-spans.json"
     peer = PeerProcess("traced", "chain", trace_out=trace_file).ready()
@@ -90,7 +73,7 @@ async def test_one_trace_spans_client_and_server_processes(
         assert peer.terminate() == 0
     server_spans = json.loads(trace_file.read_text())
 
-    client_spans = exporter.get_finished_spans()
+    client_spans = span_exporter.get_finished_spans()
     root = next(s for s in client_spans if s.name == "test-root")
     for rpc in (INVOKE, STREAM):
         (client_span,) = [s for s in client_spans if s.name == rpc]

@@ -343,6 +343,16 @@ class Context(Generic[S]):
         self.usage.add(input_tokens, output_tokens, float(cost_usd))
 
     @property
+    def can_answer(self) -> bool:
+        """True when someone can answer an ``InputRequiredEvent`` of this run.
+
+        A run started with ``start()`` (its handler's ``send_event``) or on a peer by a
+        caller holding a conversation (``start_remote_workflow``) can be answered; one
+        started with ``run()``, a unary call or a stream call cannot.
+        """
+        return bool(getattr(self._run, "answerable", False))
+
+    @property
     def cancelled(self) -> bool:
         """True once the run was cancelled or timed out; sync steps should poll it."""
         return self._cancelled.is_set()

@@ -5,15 +5,19 @@ Every error peerflow raises on purpose is a :class:`PeerflowError`::
     PeerflowError
     ├── ValidationError            bad arguments, bad address, serve twice, closed client
     │                              (also a builtin ValueError)
-    ├── WorkflowError              a step failed (step_id, attempts, cause, remote, run_id,
-    │   │                          reason)
+    ├── WorkflowError              a run failed: .kind (WorkflowErrorKind), step_id, attempts,
+    │   │                          cause, remote, run_id, reason
     │   ├── WorkflowTimeoutError   the run exceeded its deadline (also a builtin TimeoutError)
     │   ├── WorkflowCancelledError the run was cancelled
     │   └── RemoteWorkflowError    a run on a peer failed: also a PeerError of kind Workflow
     │       │                      (remote_type, remote_traceback)
     │       ├── RemoteWorkflowTimeoutError    also a WorkflowTimeoutError
     │       └── RemoteWorkflowCancelledError  also a WorkflowCancelledError
-    ├── PeerError                  .kind (PeerErrorKind), .address, .code (gRPC status name)
+    ├── RefNotFoundError           no session ref with that key (a local registry miss)
+    │   └── RemoteRefNotFoundError the peer has none (NOT_FOUND): also a PeerError
+    ├── RefPermissionError         the ref belongs to another principal (local registry)
+    │   └── RemoteRefPermissionError  the peer said so (PERMISSION_DENIED): also a PeerError
+    ├── PeerError                  .kind (PeerErrorKind), .address, .code
     │   ├── TransportError         connection refused/reset, deadline, unreachable peer
     │   ├── UnknownStepError       the peer has no step with a requested id
     │   ├── UnknownWorkflowError   the peer has no workflow of that name
@@ -21,13 +25,19 @@ Every error peerflow raises on purpose is a :class:`PeerflowError`::
     │   ├── EncodeError            bytes that are not valid postcard / JSON
     │   ├── TlsError               bad PEM, missing file, handshake failure
     │   ├── AuthError              missing or wrong token
-    │   ├── RefNotFoundError       no session ref with that key
-    │   ├── RefPermissionError     the ref belongs to another principal
+    │   ├── RemoteRefNotFoundError, RemoteRefPermissionError (above)
     │   └── ResourceExhaustedError a limit was hit (concurrent runs, sizes, ref budget)
     ├── UnsupportedError           the peer lacks an extension this call needs
     └── StoreError                 a run store failed: unreachable, locked, corrupt, lease lost
         ├── RunNotFoundError       the store has no run with that id
         └── WorkflowChangedError   a run's workflow changed between its start and a resume
+
+``.kind`` is always a str-valued enum member, so it still compares equal to its plain
+string (``err.kind == "timeout"``): a :class:`WorkflowErrorKind` on a workflow error, a
+:class:`PeerErrorKind` on a peer error (``PeerErrorKind.WORKFLOW`` on a
+:class:`RemoteWorkflowError`, whose own reason is ``.reason``). Every error has ``.address``
+and ``.code`` (an :class:`RpcStatus`, equal to the gRPC status name): set when a peer's
+answer is the error's source, else None.
 
 Lower-layer exceptions (``grpc.RpcError``, ``OSError``, pydantic's errors) are translated
 at one boundary each and chained as ``__cause__``; they never reach a user unwrapped.
@@ -48,10 +58,13 @@ __all__ = [
     "PeerflowError",
     "RefNotFoundError",
     "RefPermissionError",
+    "RemoteRefNotFoundError",
+    "RemoteRefPermissionError",
     "RemoteWorkflowCancelledError",
     "RemoteWorkflowError",
     "RemoteWorkflowTimeoutError",
     "ResourceExhaustedError",
+    "RpcStatus",
     "RunNotFoundError",
     "StoreError",
     "TlsError",
@@ -63,12 +76,76 @@ __all__ = [
     "WorkflowCancelledError",
     "WorkflowChangedError",
     "WorkflowError",
+    "WorkflowErrorKind",
     "WorkflowTimeoutError",
 ]
 
 
+class RpcStatus(enum.StrEnum):
+    """A gRPC status code by name (``PeerflowError.code``); equal to the name as a string.
+
+    Defined here, without grpc, so the engine's errors need no grpc import;
+    :mod:`peerflow.peer.status` converts to and from ``grpc.StatusCode``.
+    """
+
+    OK = "OK"
+    CANCELLED = "CANCELLED"
+    UNKNOWN = "UNKNOWN"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ABORTED = "ABORTED"
+    OUT_OF_RANGE = "OUT_OF_RANGE"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    INTERNAL = "INTERNAL"
+    UNAVAILABLE = "UNAVAILABLE"
+    DATA_LOSS = "DATA_LOSS"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+
+
+def _rpc_status(code: str | None) -> RpcStatus | None:
+    """``code`` as an :class:`RpcStatus`; a name gRPC does not define reads as UNKNOWN."""
+    if code is None:
+        return None
+    return RpcStatus.__members__.get(code, RpcStatus.UNKNOWN)
+
+
 class PeerflowError(Exception):
-    """Base class of every error peerflow raises."""
+    """Base class of every error peerflow raises.
+
+    Args:
+        *args: the message (as for any exception).
+        address: the peer whose answer this error is, when one is.
+        code: that answer's gRPC status name (``"NOT_FOUND"``), when one is.
+
+    Attributes:
+        address: the peer's address, when a peer's answer is the error's source.
+        code: the gRPC status (:class:`RpcStatus`), when a status was involved.
+    """
+
+    _address: str | None = None
+    _code: RpcStatus | None = None
+
+    def __init__(self, *args: object, address: str | None = None, code: str | None = None) -> None:
+        super().__init__(*args)
+        if address is not None:
+            self._address = address
+        if code is not None:
+            self._code = _rpc_status(code)
+
+    @property
+    def address(self) -> str | None:
+        """The peer's address, when a peer's answer is the error's source."""
+        return self._address
+
+    @property
+    def code(self) -> RpcStatus | None:
+        """The gRPC status, when a status was involved (equal to its name as a str)."""
+        return self._code
 
 
 class ValidationError(PeerflowError, ValueError):
@@ -77,6 +154,30 @@ class ValidationError(PeerflowError, ValueError):
 
 class UnsupportedError(PeerflowError):
     """The peer (or this installation) lacks a feature the call needs."""
+
+
+class WorkflowErrorKind(enum.StrEnum):
+    """Why a run failed (``WorkflowError.kind``); equal to its value as a string.
+
+    A reason this version does not name (a newer peer's, read off the wire or a store) is
+    kept as it was said: ``WorkflowErrorKind("new-reason")`` gives a member outside the five
+    below, equal to ``"new-reason"``.
+    """
+
+    STEP_FAILED = "step_failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    STALLED = "stalled"
+    STREAM_OVERFLOW = "stream_overflow"
+
+    @classmethod
+    def _missing_(cls, value: object) -> WorkflowErrorKind | None:
+        if not isinstance(value, str):
+            return None
+        member = str.__new__(cls, value)
+        member._name_ = value
+        member._value_ = value
+        return member
 
 
 class WorkflowError(PeerflowError):
@@ -89,14 +190,14 @@ class WorkflowError(PeerflowError):
         remote: True when the failure happened on a peer and crossed the wire.
         run_id: the run that failed, when known.
         workflow: the workflow's name, when known.
-        kind: a short machine-readable reason: ``step_failed``, ``timeout``,
-            ``cancelled``, ``stalled`` (on a :class:`RemoteWorkflowError`, which is also a
-            :class:`PeerError`, ``kind`` is ``PeerErrorKind.WORKFLOW`` as the seeds have
-            it; ``reason`` holds the reason there).
-        reason: the same short reason, on every workflow error.
+        kind: why, a :class:`WorkflowErrorKind` (equal to ``"step_failed"``,
+            ``"timeout"``, ``"cancelled"``, ``"stalled"``, ``"stream_overflow"``); on a
+            :class:`RemoteWorkflowError`, which is also a :class:`PeerError`, ``kind`` is
+            ``PeerErrorKind.WORKFLOW`` as the seeds have it, and ``reason`` holds why.
+        reason: why, a :class:`WorkflowErrorKind`, on every workflow error.
     """
 
-    default_kind: ClassVar[str] = "step_failed"
+    default_kind: ClassVar[WorkflowErrorKind] = WorkflowErrorKind.STEP_FAILED
 
     def __init__(
         self,
@@ -117,7 +218,7 @@ class WorkflowError(PeerflowError):
         self._remote = remote
         self._run_id = run_id
         self._workflow = workflow
-        self._reason = kind or self.default_kind
+        self._reason = WorkflowErrorKind(kind) if kind else self.default_kind
         if cause is not None:
             self.__cause__ = cause
 
@@ -152,26 +253,26 @@ class WorkflowError(PeerflowError):
         return self._workflow
 
     @property
-    def kind(self) -> str:
-        """``step_failed``, ``timeout``, ``cancelled`` or ``stalled``."""
+    def kind(self) -> WorkflowErrorKind | PeerErrorKind:
+        """Why the run failed (``PeerErrorKind.WORKFLOW`` on a remote failure)."""
         return self._reason
 
     @property
-    def reason(self) -> str:
-        """``step_failed``, ``timeout``, ``cancelled`` or ``stalled`` (local or remote)."""
+    def reason(self) -> WorkflowErrorKind:
+        """Why the run failed, local or remote."""
         return self._reason
 
 
 class WorkflowTimeoutError(WorkflowError, TimeoutError):
     """A run exceeded its deadline; its steps were cancelled."""
 
-    default_kind: ClassVar[str] = "timeout"
+    default_kind: ClassVar[WorkflowErrorKind] = WorkflowErrorKind.TIMEOUT
 
 
 class WorkflowCancelledError(WorkflowError):
     """A run was cancelled; its steps were cancelled."""
 
-    default_kind: ClassVar[str] = "cancelled"
+    default_kind: ClassVar[WorkflowErrorKind] = WorkflowErrorKind.CANCELLED
 
 
 class PeerErrorKind(enum.StrEnum):
@@ -198,7 +299,7 @@ class PeerError(PeerflowError):
     Attributes:
         kind: the :class:`PeerErrorKind`.
         address: the peer's address, when known.
-        code: the gRPC status code name (``"NOT_FOUND"``), when one was involved.
+        code: the gRPC status (:class:`RpcStatus`, equal to its name), when one was involved.
     """
 
     default_peer_kind: ClassVar[PeerErrorKind] = PeerErrorKind.TRANSPORT
@@ -227,32 +328,24 @@ class PeerError(PeerflowError):
         address: str | None = None,
         code: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, address=address, code=code)
         self._kind = PeerErrorKind(kind) if kind is not None else self.default_peer_kind
-        self._address = address
-        self._code = code
 
     @property
     def kind(self) -> PeerErrorKind:
         """What kind of peer failure this is."""
         return self._kind
 
-    @property
-    def address(self) -> str | None:
-        """The peer's address, when known."""
-        return self._address
-
-    @property
-    def code(self) -> str | None:
-        """The gRPC status code name, when a status was involved."""
-        return self._code
-
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild_peer_error, (type(self), str(self), self._kind, self._address, self._code))
 
 
 def _rebuild_peer_error(
-    cls: type[PeerError], message: str, kind: PeerErrorKind, address: str | None, code: str | None
+    cls: type[PeerError],
+    message: str,
+    kind: PeerErrorKind,
+    address: str | None,
+    code: RpcStatus | None,
 ) -> PeerError:
     return cls(message, kind=kind, address=address, code=code)
 
@@ -299,14 +392,30 @@ class AuthError(PeerError):
     default_peer_kind = PeerErrorKind.AUTH
 
 
-class RefNotFoundError(PeerError):
-    """No session ref exists under that key (never existed, released or expired)."""
+class RefNotFoundError(PeerflowError):
+    """No session ref exists under that key (never existed, released or expired).
+
+    Raised by a local :class:`~peerflow.refs.SessionRefRegistry`; a peer's NOT_FOUND for a
+    ref is a :class:`RemoteRefNotFoundError`, which this also catches.
+    """
+
+
+class RefPermissionError(PeerflowError):
+    """The session ref belongs to another principal.
+
+    Raised by a local :class:`~peerflow.refs.SessionRefRegistry`; a peer's
+    PERMISSION_DENIED is a :class:`RemoteRefPermissionError`, which this also catches.
+    """
+
+
+class RemoteRefNotFoundError(RefNotFoundError, PeerError):
+    """A peer holds no session ref under that key: a RefNotFoundError and a PeerError."""
 
     default_peer_kind = PeerErrorKind.REF_NOT_FOUND
 
 
-class RefPermissionError(PeerError):
-    """The session ref belongs to another principal."""
+class RemoteRefPermissionError(RefPermissionError, PeerError):
+    """A peer refused a ref of another principal: a RefPermissionError and a PeerError."""
 
     default_peer_kind = PeerErrorKind.PERMISSION
 
@@ -363,7 +472,7 @@ class RemoteWorkflowError(WorkflowError, PeerError):
         )
         self._kind = PeerErrorKind.WORKFLOW
         self._address = address
-        self._code = code
+        self._code = _rpc_status(code)
         self._remote_type = remote_type
         self._remote_traceback = remote_traceback
 
@@ -406,13 +515,13 @@ def _rebuild_remote_error(
 class RemoteWorkflowTimeoutError(RemoteWorkflowError, WorkflowTimeoutError):
     """A run on a peer exceeded its deadline (also a :class:`WorkflowTimeoutError`)."""
 
-    default_kind: ClassVar[str] = "timeout"
+    default_kind = WorkflowErrorKind.TIMEOUT
 
 
 class RemoteWorkflowCancelledError(RemoteWorkflowError, WorkflowCancelledError):
     """A run on a peer was cancelled (also a :class:`WorkflowCancelledError`)."""
 
-    default_kind: ClassVar[str] = "cancelled"
+    default_kind = WorkflowErrorKind.CANCELLED
 
 
 _SUBCLASS_BY_KIND: dict[PeerErrorKind, type[PeerError]] = {
@@ -425,8 +534,8 @@ _SUBCLASS_BY_KIND: dict[PeerErrorKind, type[PeerError]] = {
         EncodeError,
         TlsError,
         AuthError,
-        RefNotFoundError,
-        RefPermissionError,
+        RemoteRefNotFoundError,
+        RemoteRefPermissionError,
         ResourceExhaustedError,
     )
 }

@@ -1,48 +1,41 @@
-"""OpenTelemetry tracing for peerflow: run, step, client-RPC and served-RPC spans.
+"""OpenTelemetry tracing of the engine: run and step spans, W3C trace context as a dict.
 
-Only the OpenTelemetry *API* is a dependency. Tracing is **off** until an SDK
-``TracerProvider`` is installed, either globally (``opentelemetry.trace.set_tracer_provider``,
-or the ``OTEL_PYTHON_TRACER_PROVIDER`` environment variable) or for peerflow alone with
-:func:`use_tracer_provider` (tests use this, because the global provider can be set only
-once per process). While tracing is off every helper here returns a shared no-op context
-manager, so the engine's hot path pays one :func:`enabled` check (a few tens of ns) and
-nothing else. A provider installed later is picked up at the next check.
+Only the OpenTelemetry *API* is a dependency, and nothing here imports grpc: the RPC spans
+and the trace context carried in gRPC metadata live in :mod:`peerflow.peer.tracing`.
+Tracing is **off** until an SDK ``TracerProvider`` is installed, either globally
+(``opentelemetry.trace.set_tracer_provider``, or the ``OTEL_PYTHON_TRACER_PROVIDER``
+environment variable) or for peerflow alone with :func:`use_tracer_provider` (tests use
+this, because the global provider can be set only once per process). While tracing is off
+every helper here returns a shared no-op context manager, so the engine's hot path pays one
+:func:`enabled` check (a few tens of ns) and nothing else. A provider installed later is
+picked up at the next check.
 
 Spans (all contextvars-based, so concurrent tasks never share a current span):
 
 * ``peerflow.run {workflow}`` -- :func:`run_span`; ``peerflow.workflow``, ``peerflow.run_id``.
 * ``peerflow.step {step_id}`` -- :func:`step_span`; ``peerflow.step_id``, ``peerflow.attempt``.
-* ``{service}/{method}`` CLIENT -- :func:`client_rpc_span`; ``rpc.system=grpc``,
-  ``rpc.service``, ``rpc.method``, ``server.address`` (and ``server.port`` when parseable).
-* ``{service}/{method}`` SERVER -- :func:`served_rpc_span` or :class:`TracingServerInterceptor`;
-  the parent comes from the caller's W3C ``traceparent`` / ``tracestate`` metadata, and
-  ``rpc.grpc.status_code`` is recorded when the servicer context is known.
+* ``{service}/{method}`` CLIENT and SERVER -- :mod:`peerflow.peer.tracing`.
 
 Outcomes: every span gets ``peerflow.outcome`` = ``ok`` | ``error`` | ``cancelled``. An
 exception is recorded as an event and sets status ERROR. Cancellation
 (``asyncio.CancelledError``, ``GeneratorExit`` of a closed stream,
 :class:`~peerflow.errors.WorkflowCancelledError`) is not an error: the status stays UNSET
-(OpenTelemetry has no CANCELLED status) and the exception is always re-raised. Served spans
-follow the gRPC semantic conventions: only UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED,
-INTERNAL, UNAVAILABLE and DATA_LOSS make a server span an ERROR.
+(OpenTelemetry has no CANCELLED status) and the exception is always re-raised.
 
 Propagation uses the W3C ``TraceContextTextMapPropagator`` directly rather than the global
 propagator: the wire (WIRE.md) carries exactly ``traceparent`` / ``tracestate``, which Blazen
-peers understand, whatever ``OTEL_PROPAGATORS`` says. Baggage is not propagated. A peer
-with tracing off neither extracts nor injects, so it ends the trace chain there.
+peers understand, whatever ``OTEL_PROPAGATORS`` says. Baggage is not propagated.
+:func:`trace_headers` gives the current span's headers as a dict; :func:`context_from_headers`
+reads them back.
 
-Usage (engine, client, server)::
+Usage::
 
     if telemetry.enabled():              # hot path: skip all span work when off
         with telemetry.run_span(workflow.name, run_id): ...
 
-    with telemetry.client_rpc_span("/blazen.peer.v1.BlazenPeer/InvokeSubWorkflow", address):
-        metadata = telemetry.inject_metadata([("blazen-node-id", node_id)])
-        response = await stub.InvokeSubWorkflow(request, metadata=metadata)
-
-    server = grpc.aio.server(interceptors=[telemetry.TracingServerInterceptor(), ...])
-    # or, inside a handler: with telemetry.served_rpc_span(method,
-    #     context.invocation_metadata(), servicer_context=context): ...
+``client_rpc_span``, ``served_rpc_span``, ``inject_metadata``, ``extract_context`` and
+``MetadataItem`` moved to :mod:`peerflow.peer.tracing`; they are still importable from here
+(importing them loads grpc).
 """
 
 from __future__ import annotations
@@ -51,7 +44,7 @@ import asyncio
 import contextvars
 import functools
 import importlib.metadata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager, suppress
 from types import SimpleNamespace, TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -65,39 +58,35 @@ from opentelemetry.util.types import AttributeValue
 
 from peerflow.errors import WorkflowCancelledError
 
-if TYPE_CHECKING:
-    import grpc
-
-    from peerflow._grpc_tracing import TracingServerInterceptor
+if TYPE_CHECKING:  # the moved names, for type checkers (at run time: __getattr__ below)
+    from peerflow.peer.tracing import MetadataItem as MetadataItem
+    from peerflow.peer.tracing import client_rpc_span as client_rpc_span
+    from peerflow.peer.tracing import extract_context as extract_context
+    from peerflow.peer.tracing import inject_metadata as inject_metadata
+    from peerflow.peer.tracing import served_rpc_span as served_rpc_span
 
 __all__ = [
-    "MetadataItem",
-    "TracingServerInterceptor",
-    "client_rpc_span",
+    "context_from_headers",
     "enabled",
-    "extract_context",
     "get_tracer",
-    "inject_metadata",
     "run_span",
-    "served_rpc_span",
     "step_span",
+    "trace_headers",
     "use_tracer_provider",
 ]
 
-MetadataItem = tuple[str, str | bytes]
-"""One gRPC metadata entry; ``-bin`` keys carry bytes."""
+# Moved to peerflow.peer.tracing (which imports grpc); served from there on first use.
+_MOVED: Final = frozenset(
+    {"MetadataItem", "client_rpc_span", "extract_context", "inject_metadata", "served_rpc_span"}
+)
 
 TRACER_NAME: Final = "peerflow"
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
-_TRACE_KEYS: Final = frozenset(_PROPAGATOR.fields)  # {"traceparent", "tracestate"}
+TRACE_KEYS: Final = frozenset(_PROPAGATOR.fields)
+"""The W3C trace context headers: ``traceparent`` and ``tracestate``."""
 _DISABLED_PROVIDERS: Final = (trace_api.ProxyTracerProvider, trace_api.NoOpTracerProvider)
 _NOOP_TRACER: Final = trace_api.NoOpTracer()
-# gRPC codes that make a *server* span an error (OpenTelemetry RPC semantic conventions).
-# By name: grpc is imported only once a span needs it (``import peerflow`` stays free of it).
-_SERVER_ERROR_CODES: Final = frozenset(
-    {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
-)
-_CANCELLATIONS: Final = (asyncio.CancelledError, GeneratorExit, WorkflowCancelledError)
+CANCELLATIONS: Final = (asyncio.CancelledError, GeneratorExit, WorkflowCancelledError)
 
 # --- is tracing on? -------------------------------------------------------------------------
 # The API keeps the global provider in a private module attribute; reading it costs ~10 ns
@@ -144,7 +133,8 @@ def _refresh() -> Tracer | None:
     return tracer
 
 
-def _current_tracer() -> Tracer | None:
+def active_tracer() -> Tracer | None:
+    """Return peerflow's tracer, or None while tracing is off (for the span helpers)."""
     key, tracer = _state
     if key is (_override if _override is not None else _api._TRACER_PROVIDER):
         return tracer
@@ -200,14 +190,14 @@ def get_tracer() -> Tracer:
         Nothing.
 
     """
-    tracer = _current_tracer()
+    tracer = active_tracer()
     return _NOOP_TRACER if tracer is None else tracer
 
 
 # --- span scopes ----------------------------------------------------------------------------
 
 
-class _NoopScope:
+class NoopScope:
     """The shared, reusable scope handed out while tracing is off."""
 
     __slots__ = ()
@@ -215,19 +205,15 @@ class _NoopScope:
     def __enter__(self) -> Span:
         return trace_api.INVALID_SPAN
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         return None
 
     def release_current(self) -> None:
         """Nothing to release while tracing is off."""
 
 
-_NOOP_SCOPE: Final = _NoopScope()
+NOOP_SCOPE: Final = NoopScope()
+"""The one scope every span helper returns while tracing is off."""
 
 
 def _detach(token: contextvars.Token[Context] | None) -> None:
@@ -239,7 +225,7 @@ def _detach(token: contextvars.Token[Context] | None) -> None:
             token.var.reset(token)
 
 
-class _SpanScope:
+class SpanScope:
     """Starts a span, makes it current for the ``with`` body, ends it with an outcome."""
 
     __slots__ = ("_attributes", "_kind", "_name", "_parent", "_span", "_token", "_tracer")
@@ -293,7 +279,7 @@ class _SpanScope:
     def _record_outcome(self, span: Span, exc: BaseException | None) -> None:
         if exc is None:
             span.set_attribute("peerflow.outcome", "ok")
-        elif isinstance(exc, _CANCELLATIONS):
+        elif isinstance(exc, CANCELLATIONS):
             span.set_attribute("peerflow.outcome", "cancelled")
         else:
             span.set_attribute("peerflow.outcome", "error")
@@ -301,97 +287,16 @@ class _SpanScope:
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
 
 
-class _ClientRpcScope(_SpanScope):
-    __slots__ = ()
-
-    def _record_outcome(self, span: Span, exc: BaseException | None) -> None:
-        super()._record_outcome(span, exc)
-        code = _status_code_of(exc)
-        if code is not None:
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
-
-
-class _ServedRpcScope(_SpanScope):
-    __slots__ = ("_servicer_context",)
-
-    def __init__(
-        self,
-        tracer: Tracer,
-        name: str,
-        attributes: dict[str, AttributeValue],
-        parent: Context,
-        servicer_context: Any,
-    ) -> None:
-        super().__init__(tracer, name, SpanKind.SERVER, attributes, parent)
-        self._servicer_context = servicer_context
-
-    def _record_outcome(self, span: Span, exc: BaseException | None) -> None:
-        import grpc
-
-        code = _servicer_code(self._servicer_context)
-        aborted = isinstance(exc, grpc.aio.AbortError)
-        if aborted:
-            # context.abort(): the status is the answer, not a crash worth a stack trace.
-            span.set_attribute("peerflow.outcome", "error")
-        else:
-            super()._record_outcome(span, exc)
-            if isinstance(exc, asyncio.CancelledError):
-                code = grpc.StatusCode.CANCELLED
-            elif exc is not None and not isinstance(exc, _CANCELLATIONS):
-                code = grpc.StatusCode.UNKNOWN  # what grpc reports for an escaped exception
-            elif exc is None and code is None:
-                code = grpc.StatusCode.OK
-        if code is None:
-            if aborted:
-                span.set_status(Status(StatusCode.ERROR, "aborted"))
-            return
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if code.name in _SERVER_ERROR_CODES and (exc is None or aborted):
-            details = _servicer_details(self._servicer_context)
-            span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details}"))
-
-
-def _servicer_code(servicer_context: Any) -> grpc.StatusCode | None:
-    import grpc
-
-    try:
-        code = servicer_context.code()  # None until the handler sets or aborts
-    except Exception:  # no servicer context, or a double without code()
-        return None
-    return code if isinstance(code, grpc.StatusCode) else None
-
-
-def _servicer_details(servicer_context: Any) -> str:
-    try:
-        details = servicer_context.details()
-    except Exception:
-        return ""
-    if isinstance(details, bytes):
-        return details.decode("utf-8", "replace")
-    return "" if details is None else str(details)
-
-
-def _status_code_of(exc: BaseException | None) -> grpc.StatusCode | None:
-    import grpc
-
-    if exc is None:
-        return grpc.StatusCode.OK
-    if isinstance(exc, asyncio.CancelledError):
-        return grpc.StatusCode.CANCELLED
-    code = getattr(exc, "code", None)
-    if callable(code):  # grpc.RpcError / grpc.aio.AioRpcError
-        try:
-            code = code()
-        except Exception:
-            return None
-    if isinstance(code, grpc.StatusCode):
-        return code
-    if isinstance(code, str):  # peerflow.errors.PeerError.code is the status name
-        return grpc.StatusCode.__members__.get(code)
-    return None
-
-
 # --- public span helpers --------------------------------------------------------------------
+
+
+def _internal_span(
+    name: str, attributes: dict[str, AttributeValue]
+) -> AbstractContextManager[Span]:
+    tracer = active_tracer()
+    if tracer is None:
+        return NOOP_SCOPE
+    return SpanScope(tracer, name, SpanKind.INTERNAL, attributes)
 
 
 def run_span(workflow: str, run_id: str) -> AbstractContextManager[Span]:
@@ -408,14 +313,8 @@ def run_span(workflow: str, run_id: str) -> AbstractContextManager[Span]:
         Nothing itself; exceptions from the body are recorded and re-raised unchanged.
 
     """
-    tracer = _current_tracer()
-    if tracer is None:
-        return _NOOP_SCOPE
-    return _SpanScope(
-        tracer,
-        f"peerflow.run {workflow}",
-        SpanKind.INTERNAL,
-        {"peerflow.workflow": workflow, "peerflow.run_id": run_id},
+    return _internal_span(
+        f"peerflow.run {workflow}", {"peerflow.workflow": workflow, "peerflow.run_id": run_id}
     )
 
 
@@ -433,148 +332,57 @@ def step_span(step_id: str, attempt: int = 1) -> AbstractContextManager[Span]:
         Nothing itself; exceptions from the body are recorded and re-raised unchanged.
 
     """
-    tracer = _current_tracer()
-    if tracer is None:
-        return _NOOP_SCOPE
-    return _SpanScope(
-        tracer,
-        f"peerflow.step {step_id}",
-        SpanKind.INTERNAL,
-        {"peerflow.step_id": step_id, "peerflow.attempt": attempt},
+    return _internal_span(
+        f"peerflow.step {step_id}", {"peerflow.step_id": step_id, "peerflow.attempt": attempt}
     )
 
 
-def client_rpc_span(method: str, address: str) -> _SpanScope | _NoopScope:
-    """CLIENT span around one outgoing gRPC call; call :func:`inject_metadata` inside it.
-
-    Args:
-        method: the full gRPC method path, ``/package.Service/Method``.
-        address: the peer's target as given to the channel (``host:port``, ``dns:///...``).
+def trace_headers() -> dict[str, str]:
+    """Return the current span's W3C trace context headers.
 
     Returns:
-        A context manager yielding the span (a no-op when tracing is off). A failure's
-        gRPC code (``grpc.RpcError.code()`` or ``PeerError.code``) becomes
-        ``rpc.grpc.status_code``. Its ``release_current()`` stops the span being current
-        (after :func:`inject_metadata`) while keeping it open, for bodies that yield.
-
-    Raises:
-        Nothing itself; exceptions from the body are recorded and re-raised unchanged.
-
-    """
-    tracer = _current_tracer()
-    if tracer is None:
-        return _NOOP_SCOPE
-    name, attributes = _rpc_name_and_attributes(method)
-    attributes.update(_address_attributes(address))
-    return _ClientRpcScope(tracer, name, SpanKind.CLIENT, attributes)
-
-
-def served_rpc_span(
-    method: str,
-    metadata: Iterable[MetadataItem] | None,
-    *,
-    servicer_context: Any = None,
-) -> AbstractContextManager[Span]:
-    """SERVER span around one handled gRPC call, child of the caller's span.
-
-    The parent is read from the W3C ``traceparent`` / ``tracestate`` entries of
-    ``metadata``; without them the span starts a new trace. Enter it in the handler's own
-    task, before starting the run: the run's spans then join the caller's trace.
-
-    Args:
-        method: the full gRPC method path, ``/package.Service/Method``.
-        metadata: the invocation metadata (``context.invocation_metadata()``).
-        servicer_context: the ``grpc.aio.ServicerContext``; when given, the final status
-            code (including one set by ``context.abort``) is recorded.
-
-    Returns:
-        A context manager yielding the span (a no-op when tracing is off).
-
-    Raises:
-        Nothing itself; exceptions from the body are recorded and re-raised unchanged.
-
-    """
-    tracer = _current_tracer()
-    if tracer is None:
-        return _NOOP_SCOPE
-    name, attributes = _rpc_name_and_attributes(method)
-    return _ServedRpcScope(tracer, name, attributes, extract_context(metadata), servicer_context)
-
-
-def inject_metadata(metadata: Iterable[MetadataItem] = ()) -> list[MetadataItem]:
-    """Return ``metadata`` plus the current span's ``traceparent`` / ``tracestate``.
-
-    Existing trace entries are replaced. While tracing is off, or without a valid current
-    span, the result is a plain copy.
-
-    Args:
-        metadata: the outgoing call's metadata.
-
-    Returns:
-        A new list to pass as the call's ``metadata``.
+        ``{"traceparent": ..., "tracestate": ...}`` (``tracestate`` only when set), or an
+        empty dict while tracing is off or without a valid current span.
 
     Raises:
         Nothing.
 
     """
-    if _current_tracer() is None:
-        return list(metadata)
     carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier)
-    if not carrier:
-        return list(metadata)
-    result = [item for item in metadata if item[0] not in _TRACE_KEYS]
-    result.extend(carrier.items())
-    return result
+    if active_tracer() is not None:
+        _PROPAGATOR.inject(carrier)
+    return carrier
 
 
-def extract_context(metadata: Iterable[MetadataItem] | None) -> Context:
-    """Read the W3C trace context out of gRPC metadata.
+def context_from_headers(headers: Mapping[str, str | Iterable[str]]) -> Context:
+    """Read a W3C trace context out of headers (the remote caller's span).
 
     Args:
-        metadata: incoming metadata; ``None`` or missing entries give an empty context.
+        headers: ``traceparent`` / ``tracestate`` and their values (a string, or every
+            value of a repeated header); other keys are ignored.
 
     Returns:
-        A context whose current span is the remote caller's (when present).
+        A context whose current span is the remote caller's, or an empty context.
 
     Raises:
         Nothing: malformed headers are ignored, as the W3C specification asks.
 
     """
     carrier: dict[str, list[str]] = {}
-    if metadata is not None:
-        for key, value in metadata:
-            if key in _TRACE_KEYS and isinstance(value, str):
-                carrier.setdefault(key, []).append(value)
+    for key in TRACE_KEYS:
+        value = headers.get(key)
+        if value is not None:
+            carrier[key] = [value] if isinstance(value, str) else list(value)
     return _PROPAGATOR.extract(carrier, context=Context())
 
 
-def _rpc_name_and_attributes(method: str) -> tuple[str, dict[str, AttributeValue]]:
-    name = method.lstrip("/")
-    service, _, rpc_method = name.rpartition("/")
-    attributes: dict[str, AttributeValue] = {"rpc.system": "grpc", "rpc.method": rpc_method}
-    if service:
-        attributes["rpc.service"] = service
-    return name, attributes
-
-
-def _address_attributes(address: str) -> dict[str, AttributeValue]:
-    target = address
-    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
-        if target.startswith(scheme):
-            target = target[len(scheme) :]
-            break
-    host, sep, port = target.rpartition(":")
-    if sep and host and port.isdigit() and (host.startswith("[") or ":" not in host):
-        return {"server.address": host.strip("[]"), "server.port": int(port)}
-    return {"server.address": target}
-
-
 def __getattr__(name: str) -> Any:
-    # The interceptor subclasses a grpc class: built on first use, so that importing
-    # peerflow (whose runtime imports this module) does not import grpc.
-    if name == "TracingServerInterceptor":
-        from peerflow._grpc_tracing import TracingServerInterceptor
+    # The RPC helpers moved to peerflow.peer.tracing, which imports grpc: loaded on first
+    # use so that ``import peerflow`` (whose runtime imports this module) stays without it.
+    if name in _MOVED:
+        from peerflow.peer import tracing
 
-        return TracingServerInterceptor
+        value = getattr(tracing, name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'peerflow.telemetry' has no attribute {name!r}")

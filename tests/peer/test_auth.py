@@ -16,7 +16,7 @@ from apps.security_app import SecurityRegistry, build_registry
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from peerflow.errors import AuthError
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol as wire
 from peerflow.peer.client import PeerClient
 from peerflow.peer.framing import frame
 from peerflow.peer.security import TOKEN_ENV_VAR, token_principal
@@ -50,14 +50,14 @@ def seed_ref(server: PeerServer, owner: str) -> RegistryKey:
 
 def raw_requests(key: RegistryKey) -> dict[str, tuple[str, bytes]]:
     """Every peer RPC with a valid request that would do something if it were admitted."""
-    invoke = pb.SubWorkflowRequest("record", (), b'{"who":"intruder"}', None).encode()
-    deref = pb.DerefRequest(key.uuid).encode()
+    invoke = wire.SubWorkflowRequest("record", (), b'{"who":"intruder"}', None).encode()
+    deref = wire.DerefRequest(key.uuid).encode()
     return {
         "InvokeSubWorkflow": ("unary", frame(invoke)),
         "StreamSubWorkflowEvents": ("stream", frame(invoke)),
         "DerefSessionRef": ("unary", frame(deref)),
-        "ReleaseSessionRef": ("unary", frame(pb.ReleaseRequest(key.uuid).encode())),
-        "DescribePeer": ("unary", frame(pb.DescribeRequest().encode())),
+        "ReleaseSessionRef": ("unary", frame(wire.ReleaseRequest(key.uuid).encode())),
+        "DescribePeer": ("unary", frame(wire.DescribeRequest().encode())),
         "StreamDerefSessionRef": ("stream", frame(deref)),
     }
 

@@ -32,7 +32,7 @@ from peerflow import (
     WorkflowResult,
     step,
 )
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol as wire
 from peerflow.peer.framing import frame, unframe
 from peerflow.registry import Registry
 from peerflow.testing import serve_in_process
@@ -105,7 +105,7 @@ async def test_lenient_release_requests_get_blazens_answer(server: PeerServer, c
 
 async def test_release_and_deref_of_a_live_ref(server: PeerServer) -> None:
     key = server.session_refs.insert(bytes(range(8)))
-    request = frame(pb.ReleaseRequest(key.uuid).encode())
+    request = frame(wire.ReleaseRequest(key.uuid).encode())
     deref = await raw_unary(server.address or "", BLAZEN + "DerefSessionRef", request)
     payload = bytes(unframe(deref))
     assert payload == b"\x01\x08" + bytes(range(8))  # version, len, bytes: Blazen's layout
@@ -132,7 +132,7 @@ async def test_blazen_invoke_requests_get_blazen_shaped_responses(
     reply = await raw_unary(server.address or "", BLAZEN + "InvokeSubWorkflow", _hex(name))
     assert reply[0] == 0x0A  # PostcardResponse field 1
     payload = bytes(unframe(reply))
-    response = pb.SubWorkflowResponse.decode(payload)
+    response = wire.SubWorkflowResponse.decode(payload)
     assert response.error is None
     assert response.result_json is not None
     assert json.loads(response.result_json) == INVOKES[name]
@@ -143,7 +143,7 @@ async def test_blazen_invoke_requests_get_blazen_shaped_responses(
     assert payload.startswith(blazen_part)
     assert (
         payload
-        == pb.SubWorkflowResponse(
+        == wire.SubWorkflowResponse(
             result_json=result_json,
             usage=response.usage,
             event_type=response.event_type,
@@ -341,4 +341,4 @@ async def test_extensions_fall_back_or_say_unsupported(
         assert await client.release_session_ref(ref_uuid) is True
     methods = [m for m, _, _ in fake.requests]
     assert methods.count(BLAZEN + "DerefSessionRef") == 2
-    assert fake.requests[-1][1] == frame(pb.ReleaseRequest(ref_uuid).encode())
+    assert fake.requests[-1][1] == frame(wire.ReleaseRequest(ref_uuid).encode())

@@ -43,7 +43,7 @@ from peerflow import (
     register_serializer,
     step,
 )
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol as wire
 from peerflow.peer.client import PeerInfo
 from peerflow.peer.framing import frame, unframe
 from peerflow.refs import RefLifetime
@@ -174,13 +174,13 @@ async def test_stream_remote_workflow_failure_raises_after_events(client: PeerCl
 
 
 async def test_invoke_sub_workflow_raw_envelope(client: PeerClient) -> None:
-    request = pb.SubWorkflowRequest("echo", (), b'{"a":1}', 30)
+    request = wire.SubWorkflowRequest("echo", (), b'{"a":1}', 30)
     response = await client.invoke_sub_workflow(request)
-    assert isinstance(response, pb.SubWorkflowResponse)
+    assert isinstance(response, wire.SubWorkflowResponse)
     assert response.error is None
     assert response.result_json == b'{"echo":{"a":1}}'
     assert response.state_json == {"seen": b'{"a":1}'}
-    assert response.usage == pb.Usage(3, 5, 0.25)
+    assert response.usage == wire.Usage(3, 5, 0.25)
     assert response.event_type == "blazen::StopEvent"
     assert response.run_id
     assert response.error_kind is None
@@ -244,7 +244,7 @@ def test_every_rpc_blocking(portal_server: PeerServer) -> None:
         items = list(client.stream_remote_workflow_blocking("stream", input={"n": 2}))
         assert [e.i for e in items[:-1]] == [0, 1]
         assert items[-1].result == {"count": 2}
-        response = client.invoke_sub_workflow_blocking(pb.SubWorkflowRequest("echo"))
+        response = client.invoke_sub_workflow_blocking(wire.SubWorkflowRequest("echo"))
         assert response.result_json == b'{"echo":{}}'
         info = client.describe_blocking()
         assert info.node_id == "peer-sync"
@@ -309,7 +309,7 @@ async def test_unknown_workflow(client: PeerClient) -> None:
 
 
 async def test_envelope_version_2(client: PeerClient, peer: Peer) -> None:
-    request = pb.SubWorkflowRequest("echo", envelope_version=2)
+    request = wire.SubWorkflowRequest("echo", envelope_version=2)
     with pytest.raises(EnvelopeVersionError) as info:
         await client.invoke_sub_workflow(request)
     assert info.value.code == "FAILED_PRECONDITION"
@@ -372,10 +372,10 @@ async def test_step_failure_is_a_remote_workflow_error(client: PeerClient) -> No
 
 
 async def test_failure_response_carries_usage_and_error_kind(client: PeerClient) -> None:
-    response = await client.invoke_sub_workflow(pb.SubWorkflowRequest("fail"))
+    response = await client.invoke_sub_workflow(wire.SubWorkflowRequest("fail"))
     assert response.error is not None and "boom: no reason" in response.error
     assert response.error_kind == "step_failed"
-    assert response.usage == pb.Usage(1, 1, 0.1)
+    assert response.usage == wire.Usage(1, 1, 0.1)
     assert response.result_json is None
     assert response.run_id
 
@@ -444,7 +444,7 @@ async def test_non_json_results_come_back_as_remote_refs(client: PeerClient, pee
 
 
 async def test_marker_on_the_wire_is_blazens(client: PeerClient) -> None:
-    response = await client.invoke_sub_workflow(pb.SubWorkflowRequest("blob", (), b'{"n":4}'))
+    response = await client.invoke_sub_workflow(wire.SubWorkflowRequest("blob", (), b'{"n":4}'))
     assert response.result_json is not None
     (key,) = response.remote_refs
     assert f'{{"__blazen_session_ref__":"{key}"}}'.encode() in response.result_json
@@ -553,7 +553,7 @@ async def test_stream_deref_with_other_flow_control_windows(window: int | None, 
 async def test_unary_deref_over_4_mib_is_resource_exhausted(client: PeerClient, peer: Peer) -> None:
     value = b"\x07" * ((4 << 20) + 1)
     key = peer.server.session_refs.insert(value)
-    request = frame(pb.DerefRequest(key.uuid).encode())
+    request = frame(wire.DerefRequest(key.uuid).encode())
     code, details = await raw_status(peer.server.address or "", DEREF, request)
     assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "StreamDerefSessionRef" in details
@@ -562,7 +562,7 @@ async def test_unary_deref_over_4_mib_is_resource_exhausted(client: PeerClient, 
     reply = await raw_unary(
         peer.server.address or "", DEREF, request.replace(key.uuid.bytes, small.uuid.bytes)
     )
-    assert pb.DerefResponse.decode(unframe(reply)).payload == b"tiny"
+    assert wire.DerefResponse.decode(unframe(reply)).payload == b"tiny"
 
 
 # -- timeouts and cancellation stop the remote work ----------------------------------------
@@ -605,7 +605,7 @@ async def test_client_deadline_lies_beyond_the_server_timeout(client: PeerClient
     assert not isinstance(info.value, grpc.RpcError)
     assert getattr(info.value, "code", None) != "DEADLINE_EXCEEDED"
     response = await client.invoke_sub_workflow(
-        pb.SubWorkflowRequest("forever", (), b'{"tag":"dl2"}', 1)
+        wire.SubWorkflowRequest("forever", (), b'{"tag":"dl2"}', 1)
     )
     assert response.error_kind == "timeout"
     assert response.error is not None and "timed out" in response.error

@@ -28,7 +28,7 @@ async def test_connections_are_recycled_and_calls_in_flight_finish() -> None:
         await PeerClient.connect(f"127.0.0.1:{server.port}", "c") as client,
     ):
         assert (await client.run_remote_workflow("hold")).result == "ok"
-        channel = client._channel
+        channel = client._calls.channel.grpc  # white-box: the connection itself
         assert channel.get_state() is grpc.ChannelConnectivity.READY
         held = asyncio.create_task(client.run_remote_workflow("hold", input={"hold": True}))
         # The server's GOAWAY after 0.3 s takes the channel off its connection...

@@ -41,7 +41,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peerflow import Context, StartEvent, StopEvent, Workflow, step
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol as wire
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.server import PeerServer
 from peerflow.refs import RefLifetime
@@ -92,9 +92,9 @@ def seeds(ref_ids: list[uuid.UUID]) -> dict[str, list[bytes]]:
     """Valid postcard payloads per RPC: Blazen's captured requests and our own."""
     invoke = [_vector(n) for n in VECTORS if n.startswith("client_req_invoke") and "postcard" in n]
     invoke += [
-        pb.SubWorkflowRequest("echo", (), b'{"k":"v"}', None).encode(),
-        pb.SubWorkflowRequest("echo", ("fuzz::echo",), b'{"a":[1,2.5,null]}', 30).encode(),
-        pb.SubWorkflowRequest("echo", (), b"null", 1).encode(),
+        wire.SubWorkflowRequest("echo", (), b'{"k":"v"}', None).encode(),
+        wire.SubWorkflowRequest("echo", ("fuzz::echo",), b'{"a":[1,2.5,null]}', 30).encode(),
+        wire.SubWorkflowRequest("echo", (), b"null", 1).encode(),
     ]
     ref_reqs = [_vector("client_req_deref.postcard"), _vector("client_req_release.postcard")]
     ref_reqs += [
@@ -102,8 +102,8 @@ def seeds(ref_ids: list[uuid.UUID]) -> dict[str, list[bytes]]:
         for v in VECTORS.values()
         if "request_postcard_hex" in v
     ]
-    ref_reqs += [pb.DerefRequest(u).encode() for u in ref_ids]
-    describe = [pb.DescribeRequest().encode(), b"\x00", b"\x81\x00"]
+    ref_reqs += [wire.DerefRequest(u).encode() for u in ref_ids]
+    describe = [wire.DescribeRequest().encode(), b"\x00", b"\x81\x00"]
     return {
         "InvokeSubWorkflow": invoke,
         "StreamSubWorkflowEvents": invoke,
@@ -235,16 +235,16 @@ async def server() -> AsyncIterator[PeerServer]:
 def check_ok(method: str, replies: list[bytes]) -> None:
     """An OK answer must be a well-formed response of the RPC's type."""
     if method == "InvokeSubWorkflow":
-        pb.SubWorkflowResponse.decode(unframe(replies[0]))
+        wire.SubWorkflowResponse.decode(unframe(replies[0]))
     elif method == "StreamSubWorkflowEvents":
-        events = [pb.SubWorkflowEvent.decode(unframe(r)).kind for r in replies]
-        assert isinstance(events[-1], pb.StreamDone)
+        events = [wire.SubWorkflowEvent.decode(unframe(r)).kind for r in replies]
+        assert isinstance(events[-1], wire.StreamDone)
     elif method == "DerefSessionRef":
-        pb.DerefResponse.decode(unframe(replies[0]))
+        wire.DerefResponse.decode(unframe(replies[0]))
     elif method == "ReleaseSessionRef":
-        pb.ReleaseResponse.decode(unframe(replies[0]))
+        wire.ReleaseResponse.decode(unframe(replies[0]))
     elif method == "DescribePeer":
-        assert pb.DescribeResponse.decode(unframe(replies[0])).node_id == "fuzz-node"
+        assert wire.DescribeResponse.decode(unframe(replies[0])).node_id == "fuzz-node"
 
 
 async def call(channel: grpc.aio.Channel, method: str, body: bytes) -> grpc.StatusCode:
@@ -263,9 +263,9 @@ async def call(channel: grpc.aio.Channel, method: str, body: bytes) -> grpc.Stat
 
 
 async def assert_still_serving(channel: grpc.aio.Channel, server: PeerServer) -> None:
-    request = frame(pb.SubWorkflowRequest("echo", (), b'{"after":1}', None).encode())
+    request = frame(wire.SubWorkflowRequest("echo", (), b'{"after":1}', None).encode())
     reply = await channel.unary_unary(full_name("InvokeSubWorkflow"))(request, timeout=DEADLINE)
-    response = pb.SubWorkflowResponse.decode(unframe(reply))
+    response = wire.SubWorkflowResponse.decode(unframe(reply))
     assert response.error is None
     assert json.loads(response.result_json) == {"keys": ["after"]}
     assert server.active_runs == 0
@@ -361,7 +361,7 @@ async def test_well_formed_requests_with_arbitrary_fields(
     input_json: bytes,
     timeout_secs: int | None,
 ) -> None:
-    request = pb.SubWorkflowRequest(workflow, tuple(step_ids), input_json, timeout_secs)
+    request = wire.SubWorkflowRequest(workflow, tuple(step_ids), input_json, timeout_secs)
     payload = bytearray(request.encode())
     payload[:1] = _varint(version)  # the encoder always writes version 1
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:

@@ -30,7 +30,7 @@ from peerflow.errors import (
     WorkflowTimeoutError,
 )
 from peerflow.events import Event
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol as wire
 from peerflow.peer.client import PeerClient
 from peerflow.peer.framing import frame
 from peerflow.peer.service import MAX_NAME_CHARS, OVERSIZED_EVENT_TYPE
@@ -72,7 +72,7 @@ def request(workflow: str, timeout_secs: int | None = None, **fields: Any) -> by
     import orjson
 
     return frame(
-        pb.SubWorkflowRequest(
+        wire.SubWorkflowRequest(
             workflow, input_json=orjson.dumps(fields), timeout_secs=timeout_secs
         ).encode()
     )
@@ -293,7 +293,7 @@ async def test_concurrent_derefs_share_one_buffer_and_release_ends_stalled_ones(
     size = 32 * MIB
     key = (await client.run_remote_workflow("json_ref", input={"size": size})).result["key"]
     before = rss(peer)
-    deref = pb.DerefRequest(uuid.UUID(key))
+    deref = wire.DerefRequest(uuid.UUID(key))
     async with grpc.aio.insecure_channel(
         peer.address, options=[("grpc.http2.bdp_probe", 0)]
     ) as channel:
@@ -444,10 +444,10 @@ async def test_64_bit_integers_and_long_digit_strings_still_pass(client: PeerCli
 
 
 def test_describe_load_is_optional_on_the_wire() -> None:
-    full = pb.DescribeResponse("n", "peerflow", active_runs=3, lingering_runs=1)
-    assert pb.DescribeResponse.decode(full.encode()) == full
-    old = pb.DescribeResponse("n", "peerflow")  # what an older peer sends
-    decoded = pb.DescribeResponse.decode(old.encode())
+    full = wire.DescribeResponse("n", "peerflow", active_runs=3, lingering_runs=1)
+    assert wire.DescribeResponse.decode(full.encode()) == full
+    old = wire.DescribeResponse("n", "peerflow")  # what an older peer sends
+    decoded = wire.DescribeResponse.decode(old.encode())
     assert (decoded.active_runs, decoded.lingering_runs) == (None, None)
 
 

@@ -2,7 +2,8 @@
 
 | limit | excess gets |
 |---|---|
-| ``max_concurrent_runs`` | RESOURCE_EXHAUSTED at once (``ResourceExhaustedError``) |
+| ``max_concurrent_runs`` | RESOURCE_EXHAUSTED at once (``ResourceExhaustedError``), unary |
+| (on a session) | one client's calls beyond it wait for its credits |
 | ``max_message_bytes`` | RESOURCE_EXHAUSTED from grpc (either direction) |
 | ``max_input_bytes`` | INVALID_ARGUMENT (``EncodeError`` on the client) naming the limit |
 | ``ref_budget_bytes`` | the run fails (``WorkflowError``) naming the budget |
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from apps.common import wait_until
 from apps.security_app import SecurityRegistry, build_registry
 
 from peerflow.errors import EncodeError, ResourceExhaustedError, ValidationError, WorkflowError
@@ -32,12 +34,16 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 
 
 @contextlib.asynccontextmanager
-async def serving(**kwargs: Any) -> AsyncIterator[tuple[PeerServer, SecurityRegistry, PeerClient]]:
+async def serving(
+    session: bool = False, **kwargs: Any
+) -> AsyncIterator[tuple[PeerServer, SecurityRegistry, PeerClient]]:
+    """A server and a client; unary calls unless ``session`` (refusals are per call)."""
     registry = build_registry("limits-node")
     server = PeerServer("limits-node", registry=registry, **kwargs)
     await server.start("127.0.0.1:0")
     try:
-        async with await PeerClient.connect(f"http://127.0.0.1:{server.port}", "c") as client:
+        address = f"http://127.0.0.1:{server.port}"
+        async with await PeerClient.connect(address, "c", session=session) as client:
             yield server, registry, client
     finally:
         await server.stop(grace=0)
@@ -81,6 +87,22 @@ async def test_excess_runs_are_refused_at_once_and_the_server_stays_responsive()
         assert server.active_runs == 0
         assert (await client.run_remote_workflow("record", input={"n": 5})).result == {"n": 5}
         assert registry.calls == [{"n": 5}]
+
+
+async def test_a_sessions_calls_beyond_the_cap_wait_for_credit_instead_of_being_refused() -> None:
+    async with serving(session=True, max_concurrent_runs=2) as (server, registry, client):
+        running = [await started_gated_run(client), await started_gated_run(client)]
+        assert server.active_runs == 2
+        third = asyncio.ensure_future(client.run_remote_workflow("record", input={"n": 3}))
+        session = client.session
+        assert session is not None and session.window == 2
+        await wait_until(lambda: session.waiting == 1, "the third call to wait for a credit")
+        assert not third.done()  # waiting, not refused
+        assert registry.calls == []  # the peer has not seen it
+        registry.gate_event().set()
+        assert await asyncio.gather(*(finish(s) for s in running)) == [{"gated": "done"}] * 2
+        assert (await third).result == {"n": 3}
+        assert registry.calls == [{"n": 3}]
 
 
 async def test_refused_runs_do_not_leak_slots() -> None:
@@ -176,7 +198,7 @@ def test_documented_defaults_match_the_code() -> None:
     assert server_module.DEFAULT_MAX_CONCURRENT_RUNS == 1024
     assert server_module.DEFAULT_MAX_MESSAGE_BYTES == 4 << 20
     server = PeerServer("defaults")
-    assert server._limits.max_input_bytes == 4 << 20
+    assert server.config.input_limit == 4 << 20
     assert server.session_refs.max_bytes == 1 << 30
     assert server.session_refs.ref_ttl == 3600.0
     text = DOCS.read_text()
@@ -194,7 +216,7 @@ def test_documented_defaults_match_the_code() -> None:
     ("kwargs", "match"),
     [
         ({"max_concurrent_runs": 0}, "max_concurrent_runs"),
-        ({"max_message_bytes": 100}, "at least 1024"),
+        ({"max_message_bytes": 100}, "max_message_bytes must be an int >= 1024"),
         ({"max_input_bytes": 0}, "max_input_bytes"),
         ({"ref_budget_bytes": 0}, "ref_budget_bytes"),
         ({"ref_ttl": 0}, "ref_ttl"),
@@ -207,7 +229,7 @@ def test_nonsense_limits_are_validation_errors(kwargs: dict[str, Any], match: st
 
 
 async def test_a_streamed_run_frees_its_slot_before_done_is_sent() -> None:
-    from peerflow.peer import protocol as pb
+    from peerflow.peer import protocol as wire
     from peerflow.peer.framing import frame, unframe
 
     class Context:
@@ -219,12 +241,12 @@ async def test_a_streamed_run_frees_its_slot_before_done_is_sent() -> None:
 
     server = PeerServer("slots", registry=build_registry("slots"), max_concurrent_runs=1)
     handler = server._service.handlers()["/blazen.peer.v1.BlazenPeer/StreamSubWorkflowEvents"]
-    request = frame(pb.SubWorkflowRequest("record", (), b"{}", None).encode())
+    request = frame(wire.SubWorkflowRequest("record", (), b"{}", None).encode())
     stream = handler.unary_stream(request, Context())
     try:
         async for message in stream:
-            kind = pb.SubWorkflowEvent.decode(unframe(message)).kind
-            if isinstance(kind, pb.StreamDone):
+            kind = wire.SubWorkflowEvent.decode(unframe(message)).kind
+            if isinstance(kind, wire.StreamDone):
                 # The handler is suspended right where it hands Done to gRPC.
                 assert server.active_runs == 0
                 break

@@ -245,9 +245,9 @@ async def test_fails_over_when_the_chosen_peer_refuses_the_connection(
             await pool.wait_for_state(victim.address, up=False)
             # ... and V's channel has seen its connection go (else a call may still be
             # written to the dead socket: "broken pipe", which may have run, no failover).
-            member = pool._by_address[victim.address]
+            member = pool._members.by_address[victim.address]
             assert member.client is not None
-            channel = member.client._channel
+            channel = member.client._calls.channel.grpc
             while channel.get_state() is grpc.ChannelConnectivity.READY:
                 await asyncio.wait_for(
                     channel.wait_for_state_change(grpc.ChannelConnectivity.READY), 10
@@ -256,7 +256,7 @@ async def test_fails_over_when_the_chosen_peer_refuses_the_connection(
             # still believes V is up (white-box; the watcher now pauses 60 s). V's channel
             # already saw the socket close, so a call finds no connection: gRPC fails the
             # pick ("failed to connect to all addresses"), provably unsent -> next peer.
-            pool._by_address[victim.address].up = True
+            member.up = True
             nodes = [(await pool.run_remote_workflow("echo")).result["node"] for _ in range(4)]
             assert nodes == ["C"] * 4
             assert pool.state(victim.address).calls >= 1  # it was tried first, and refused

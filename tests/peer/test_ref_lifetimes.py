@@ -18,7 +18,7 @@ from peerflow import (
     remote_step,
     step,
 )
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol as wire
 from peerflow.registry import Registry
 from peerflow.testing import serve_in_process
 
@@ -45,13 +45,13 @@ def _registry() -> Registry:
 
 def test_explicit_refs_round_trip_after_the_other_extensions() -> None:
     ids = (uuid.uuid4(), uuid.uuid4())
-    response = pb.SubWorkflowResponse(run_id="r", explicit_refs=ids)
-    decoded = pb.SubWorkflowResponse.decode(response.encode())
+    response = wire.SubWorkflowResponse(run_id="r", explicit_refs=ids)
+    decoded = wire.SubWorkflowResponse.decode(response.encode())
     assert decoded.explicit_refs == ids and decoded.run_id == "r"
-    without = pb.SubWorkflowResponse.decode(pb.SubWorkflowResponse(run_id="r").encode())
+    without = wire.SubWorkflowResponse.decode(wire.SubWorkflowResponse(run_id="r").encode())
     assert without.explicit_refs is None
     # The Blazen layout and the earlier extensions are unchanged by the new field.
-    assert response.encode().startswith(pb.SubWorkflowResponse(run_id="r").encode())
+    assert response.encode().startswith(wire.SubWorkflowResponse(run_id="r").encode())
 
 
 async def test_remote_refs_carry_their_lifetime() -> None:
@@ -85,7 +85,7 @@ async def test_a_failed_run_lists_the_refs_its_state_needed() -> None:
         serve_in_process(_registry()) as server,
         await PeerClient.connect(server.address or "", "a") as client,
     ):
-        response = await client.invoke_sub_workflow(pb.SubWorkflowRequest("fail"))
+        response = await client.invoke_sub_workflow(wire.SubWorkflowRequest("fail"))
         assert response.error is not None and "boom" in response.error
         (ref_uuid,) = response.remote_refs
         assert b"__blazen_session_ref__" in response.state_json["handle"]

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from peerflow import Context, PeerClient, StartEvent, StopEvent, Workflow, WorkflowError, step
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol as wire
 from peerflow.registry import Registry
 from peerflow.testing import serve_in_process
 
@@ -18,13 +18,17 @@ async def boom(ctx: Context, ev: StartEvent) -> StopEvent:
 
 
 def test_failed_step_round_trips_after_the_other_extensions() -> None:
-    response = pb.SubWorkflowResponse(error="x", run_id="r", failed_step=pb.FailedStep("a::b", 3))
-    decoded = pb.SubWorkflowResponse.decode(response.encode())
-    assert decoded.failed_step == pb.FailedStep("a::b", 3)
+    response = wire.SubWorkflowResponse(
+        error="x", run_id="r", failed_step=wire.FailedStep("a::b", 3)
+    )
+    decoded = wire.SubWorkflowResponse.decode(response.encode())
+    assert decoded.failed_step == wire.FailedStep("a::b", 3)
     assert decoded.explicit_refs is None and decoded.run_id == "r"
     refs = (uuid.uuid4(),)
-    both = pb.SubWorkflowResponse(run_id="r", explicit_refs=refs, failed_step=pb.FailedStep("s", 1))
-    assert pb.SubWorkflowResponse.decode(both.encode()).explicit_refs == refs
+    both = wire.SubWorkflowResponse(
+        run_id="r", explicit_refs=refs, failed_step=wire.FailedStep("s", 1)
+    )
+    assert wire.SubWorkflowResponse.decode(both.encode()).explicit_refs == refs
 
 
 async def test_a_remote_step_failure_names_the_step_and_its_attempts() -> None:

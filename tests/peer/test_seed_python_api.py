@@ -13,7 +13,7 @@ import pytest
 
 from peerflow import Context, Event, StartEvent, StopEvent, ValidationError, Workflow, step
 from peerflow.peer import PeerClient, PeerPool, PeerServer, SubWorkflowRequest, resolve_token
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol as wire
 from peerflow.registry import Registry
 from peerflow.result import WorkflowResult
 from peerflow.testing import serve_in_process
@@ -94,7 +94,7 @@ async def test_invoke_sub_workflow_keeps_the_raw_request_form() -> None:
             "analyze-pipeline", ("my_app::analyze", "my_app::summarize"), b'{"document":"x"}', 60
         )
         response = await client.invoke_sub_workflow(request)
-        assert isinstance(response, pb.SubWorkflowResponse)
+        assert isinstance(response, wire.SubWorkflowResponse)
         assert response.error is None and response.result_json == b'{"summary":"1 words"}'
         for mixed in (
             lambda: client.invoke_sub_workflow(request, timeout_secs=5),
@@ -109,6 +109,7 @@ async def test_invoke_sub_workflow_keeps_the_raw_request_form() -> None:
 PEER_NAMES = [
     "ENVELOPE_VERSION",
     "TOKEN_ENV_VAR",
+    "ClientConfig",
     "ClientTls",
     "PeerClient",
     "PeerInfo",
@@ -116,6 +117,7 @@ PEER_NAMES = [
     "PeerServer",
     "RemoteRef",
     "RemoteRefDescriptor",
+    "ServerConfig",
     "ServerTls",
     "SubWorkflowRequest",
     "SubWorkflowResponse",

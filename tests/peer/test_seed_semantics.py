@@ -22,7 +22,8 @@ from peerflow import (
     WorkflowTimeoutError,
     step,
 )
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol as wire
+from peerflow.peer.calls import build_request
 from peerflow.registry import Registry
 from peerflow.testing import serve_in_process
 
@@ -62,7 +63,7 @@ async def test_timeout_zero_means_the_peers_default() -> None:
         for negative in (-1, -0.5):
             with pytest.raises(ValidationError, match="timeout_secs must be a number >= 0"):
                 await client.run_remote_workflow("forever", timeout_secs=negative)
-    request, _ = client._request("forever", (), None, None, 0)
+    request, _ = build_request("forever", (), None, None, 0)
     assert request.timeout_secs is None  # 0 goes on the wire as "no timeout": the default
 
 
@@ -102,10 +103,10 @@ async def test_a_remote_timeout_is_also_a_timeout_error_and_a_peer_error() -> No
 
 
 def test_error_detail_round_trips_after_the_other_extensions() -> None:
-    detail = pb.ErrorDetail("KeyError", "Traceback ...\nKeyError: 'k'\n")
-    response = pb.SubWorkflowResponse(error="x", error_detail=detail)
-    decoded = pb.SubWorkflowResponse.decode(response.encode())
+    detail = wire.ErrorDetail("KeyError", "Traceback ...\nKeyError: 'k'\n")
+    response = wire.SubWorkflowResponse(error="x", error_detail=detail)
+    decoded = wire.SubWorkflowResponse.decode(response.encode())
     assert decoded.error_detail == detail
     assert decoded.failed_step is None and decoded.run_id is None
-    old = pb.SubWorkflowResponse(error="x", run_id="r", failed_step=pb.FailedStep("s", 1))
-    assert pb.SubWorkflowResponse.decode(old.encode()).error_detail is None
+    old = wire.SubWorkflowResponse(error="x", run_id="r", failed_step=wire.FailedStep("s", 1))
+    assert wire.SubWorkflowResponse.decode(old.encode()).error_detail is None

@@ -28,7 +28,7 @@ from peerflow import (
     WorkflowCancelledError,
     step,
 )
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol as wire
 from peerflow.peer.framing import frame
 from peerflow.registry import Registry
 from peerflow.testing import serve_in_process
@@ -203,7 +203,7 @@ async def test_max_concurrent_runs_refuses_the_excess() -> None:
     hooks = EventHooks()
     async with (
         serve_in_process(build_registry(hooks), max_concurrent_runs=1) as server,
-        await PeerClient.connect(server.address or "", "a") as client,
+        await PeerClient.connect(server.address or "", "a", session=False) as client,
     ):
         first = asyncio.ensure_future(client.run_remote_workflow("forever", input={"tag": "1"}))
         await hooks.started_event("1").wait()
@@ -227,7 +227,7 @@ async def test_input_limit() -> None:
         code, details = await raw_status(
             server.address or "",
             "/blazen.peer.v1.BlazenPeer/InvokeSubWorkflow",
-            frame(pb.SubWorkflowRequest("echo", (), b'{"a":"' + b"x" * 100 + b'"}').encode()),
+            frame(wire.SubWorkflowRequest("echo", (), b'{"a":"' + b"x" * 100 + b'"}').encode()),
         )
         assert code is grpc.StatusCode.INVALID_ARGUMENT
         assert "64-byte limit" in details

@@ -83,7 +83,8 @@ async def test_token_refusals_are_logged_once_with_the_address_never_the_token(
     missing = _server_lines(caplog, "missing peer token")
     assert len(wrong) == 1 and len(missing) == 1  # the second wrong one was counted
     line = wrong[0].getMessage()
-    assert "refused InvokeSubWorkflow from ipv4:127.0.0.1:" in line and "UNAUTHENTICATED" in line
+    # The client's first call opens its session: that is the call the token refusal names.
+    assert "refused Session from ipv4:127.0.0.1:" in line and "UNAUTHENTICATED" in line
     assert wrong[0].levelno == logging.WARNING
     assert "DescribePeer" in missing[0].getMessage()
     for record in caplog.records:
@@ -97,7 +98,8 @@ async def test_unknown_workflow_step_and_limit_refusals_are_logged(
     entered.clear()
     async with (
         serve_in_process(_registry(), max_concurrent_runs=1) as server,
-        await PeerClient.connect(server.address or "", node_id="a") as client,
+        # Unary calls: the one beyond the cap is refused (a session call would wait).
+        await PeerClient.connect(server.address or "", node_id="a", session=False) as client,
     ):
         with pytest.raises(UnknownWorkflowError):
             await client.run_remote_workflow("no-such-workflow")

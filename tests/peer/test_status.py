@@ -14,6 +14,8 @@ from peerflow.errors import (
     PeerflowError,
     RefNotFoundError,
     RefPermissionError,
+    RemoteRefNotFoundError,
+    RemoteRefPermissionError,
     RemoteWorkflowCancelledError,
     RemoteWorkflowError,
     RemoteWorkflowTimeoutError,
@@ -95,8 +97,8 @@ def test_table_roundtrips(kind: PeerErrorKind) -> None:
     [
         ("unknown step id `nope`", UnknownStepError),  # Blazen's exact wording
         ("unknown workflow `wf`", UnknownWorkflowError),
-        ("session ref not found", RefNotFoundError),
-        ("", RefNotFoundError),
+        ("session ref not found", RemoteRefNotFoundError),
+        ("", RemoteRefNotFoundError),
     ],
 )
 def test_not_found_is_disambiguated_by_details(details: str, cls: type[PeerError]) -> None:
@@ -115,7 +117,7 @@ def test_not_found_is_disambiguated_by_details(details: str, cls: type[PeerError
         ),
         (C.INVALID_ARGUMENT, "postcard decode failed: x", EncodeError),
         (C.UNAUTHENTICATED, "bad token", AuthError),
-        (C.PERMISSION_DENIED, "not yours", RefPermissionError),
+        (C.PERMISSION_DENIED, "not yours", RemoteRefPermissionError),
         (C.RESOURCE_EXHAUSTED, "Received message larger than max", ResourceExhaustedError),
         (C.UNAVAILABLE, "failed to connect to all addresses", TransportError),
         (C.UNAVAILABLE, "Ssl handshake failed: CERTIFICATE_VERIFY_FAILED", TlsError),
@@ -169,6 +171,8 @@ def test_rpc_error_without_status_is_transport() -> None:
         (PeerflowError("something else"), C.INTERNAL),
         (UnknownStepError("unknown step id `x`"), C.NOT_FOUND),
         (EncodeError("postcard decode failed: y"), C.INVALID_ARGUMENT),
+        (RefNotFoundError("no session ref abc"), C.NOT_FOUND),  # the server's own registry
+        (RefPermissionError("session ref abc belongs to another principal"), C.PERMISSION_DENIED),
     ],
 )
 def test_server_mapping(exc: PeerflowError, code: grpc.StatusCode) -> None:

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from peerflow import Context, Event, PeerClient, StartEvent, StopEvent, Workflow, step, telemetry
+from peerflow import Context, Event, PeerClient, StartEvent, StopEvent, Workflow, step
 from peerflow.testing import serve_in_process
-
-
-@pytest.fixture
-def provider() -> Iterator[TracerProvider]:
-    provider = TracerProvider()
-    telemetry.use_tracer_provider(provider)
-    try:
-        yield provider
-    finally:
-        telemetry.use_tracer_provider(None)
-        provider.shutdown()
 
 
 @step(name="span::ticks")
@@ -30,7 +16,9 @@ async def ticks(ctx: Context, ev: StartEvent) -> StopEvent:
     return StopEvent(result="done")
 
 
-async def test_breaking_out_of_a_stream_leaves_no_span_current(provider: TracerProvider) -> None:
+async def test_breaking_out_of_a_stream_leaves_no_span_current(
+    tracer_provider: TracerProvider,
+) -> None:
     async with (
         serve_in_process(Workflow("ticks", [ticks])) as server,
         await PeerClient.connect(server.address or "", "c") as client,

@@ -15,7 +15,7 @@ from peerflow import (
     Workflow,
     step,
 )
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol as wire
 from peerflow.registry import Registry
 from peerflow.testing import serve_in_process
 
@@ -90,11 +90,11 @@ async def test_describe_has_input_and_output_schemas() -> None:
 
 
 def test_describe_schemas_are_a_trailing_extension() -> None:
-    schema = pb.WorkflowSchema("wf", '{"type":"object"}', None)
-    with_schemas = pb.DescribeResponse("n", "peerflow", schemas=(schema,))
-    assert pb.DescribeResponse.decode(with_schemas.encode()).schemas == (schema,)
-    old = pb.DescribeResponse("n", "peerflow")
-    assert pb.DescribeResponse.decode(old.encode()).schemas is None
+    schema = wire.WorkflowSchema("wf", '{"type":"object"}', None)
+    with_schemas = wire.DescribeResponse("n", "peerflow", schemas=(schema,))
+    assert wire.DescribeResponse.decode(with_schemas.encode()).schemas == (schema,)
+    old = wire.DescribeResponse("n", "peerflow")
+    assert wire.DescribeResponse.decode(old.encode()).schemas is None
     assert with_schemas.encode().startswith(old.encode())
     for junk in (b"\x02", b"\x01\x05ab"):  # not the extension: ignored, as Blazen would
-        assert pb.DescribeResponse.decode(old.encode() + junk) == old
+        assert wire.DescribeResponse.decode(old.encode() + junk) == old

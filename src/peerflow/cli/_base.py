@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 # gRPC's C core logs to stderr on its own; every failure it reports reaches the user as
 # a peerflow error anyway. gRPC reads this when it is first imported, which `import
-# peerflow` does not do (see peerflow/_grpc_tracing.py). Children we start inherit it.
+# peerflow` does not do (grpc loads with peerflow.peer). Children we start inherit it.
 _GRPC_VERBOSITY_SET = "GRPC_VERBOSITY" in os.environ
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 

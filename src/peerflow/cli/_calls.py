@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 
+from peerflow._text import clip
 from peerflow.cli._base import (
     _EPILOG,
     CliError,
@@ -27,6 +28,7 @@ from peerflow.cli._base import (
 if TYPE_CHECKING:
     from peerflow.events import Event
     from peerflow.peer.client import PeerClient
+    from peerflow.peer.remote_handler import RemoteWorkflowHandler
     from peerflow.result import WorkflowResult
 
 
@@ -150,7 +152,11 @@ class _Progress:
     metavar="S",
     help="Bound the run on the peer (it is cancelled there). Default (or 0): the peer's.",
 )
-@click.option("--stream", is_flag=True, help="Print each streamed event as a JSON line.")
+@click.option(
+    "--stream",
+    is_flag=True,
+    help="Print each streamed event as a JSON line; answer the run's input requests.",
+)
 @_client_options
 def run(
     address: str,
@@ -165,8 +171,11 @@ def run(
 
     ADDRESS is host:port, http://host:port, https://host:port or dns:///name:port.
     With --stream, each event the remote steps publish is printed as one JSON line as it
-    arrives, before the result. On a terminal, a spinner on stderr shows the elapsed time.
-    Ctrl-C cancels the remote run.
+    arrives, before the result. When the run asks for input (an InputRequiredEvent), its
+    prefix and fields are shown on stderr and the answer is read from the terminal, or as
+    one line of stdin when stdin is not a terminal; it is sent as the HumanResponseEvent's
+    response and the run goes on. On a terminal, a spinner on stderr shows the elapsed
+    time. Ctrl-C cancels the remote run.
     """
     raw = _read_input(input_text)
     result = _run_async(_run(address, workflow, step_ids, raw, timeout, stream, peer))
@@ -213,12 +222,21 @@ async def _call(
     stream: bool,
     progress: _Progress,
 ) -> WorkflowResult:
+    from peerflow.errors import UnsupportedError
     from peerflow.result import WorkflowResult
 
     if not stream:
         return await client.run_remote_workflow(
             workflow, step_ids, input_json=raw, timeout_secs=timeout_secs
         )
+    try:
+        handler = await client.start_remote_workflow(
+            workflow, step_ids, input_json=raw, timeout_secs=timeout_secs
+        )
+    except UnsupportedError:
+        pass  # a peer without sessions (Blazen): events only, no answers
+    else:
+        return await _converse(handler, progress)
     result: WorkflowResult | None = None
     async for item in client.stream_remote_workflow(
         workflow, step_ids, input_json=raw, timeout_secs=timeout_secs
@@ -231,6 +249,46 @@ async def _call(
     if result is None:  # pragma: no cover - the client raises instead
         raise CliError(f"{client.address} ended the stream without a result", ExitCode.PROTOCOL)
     return result
+
+
+async def _converse(handler: RemoteWorkflowHandler, progress: _Progress) -> WorkflowResult:
+    """Print a conversation's events and answer its input requests from the user."""
+    from peerflow.events import HumanResponseEvent, InputRequiredEvent, StopEvent
+
+    try:
+        async for event in handler.stream_events():
+            if isinstance(event, StopEvent):
+                continue  # the result is printed by the caller
+            progress.clear()
+            click.echo(event_line(event))
+            if isinstance(event, InputRequiredEvent):
+                answer = await _ask(event)
+                handler.send_event(HumanResponseEvent(response=answer))
+    except BaseException:
+        if not handler.done():
+            await handler.cancel()
+        raise
+    return await handler
+
+
+async def _ask(event: Event) -> str:
+    """The user's answer to an input request: a terminal prompt, or one line of stdin."""
+    fields = event.to_dict()
+    prefix = str(fields.pop("prefix", "") or "")
+    shown = prefix + (f" {_dumps(fields)}" if fields else "")
+    if sys.stdin.isatty():
+        answer: str = await asyncio.to_thread(
+            click.prompt, shown or "answer", prompt_suffix=" ", err=True
+        )
+        return answer
+    click.echo(shown or "the run asks for input", err=True)
+    line: str = await asyncio.to_thread(sys.stdin.readline)
+    if not line:
+        raise CliError(
+            f"the run asks for input ({clip(shown or event.event_type, 80)}) but stdin ended",
+            ExitCode.USAGE,
+        )
+    return line.rstrip("\r\n")
 
 
 def result_dict(result: WorkflowResult) -> dict[str, Any]:

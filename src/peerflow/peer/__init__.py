@@ -14,6 +14,7 @@ from peerflow._lazy import lazy_names
 if TYPE_CHECKING:
     from peerflow.peer.client import PeerClient, PeerInfo, RemoteRef, default_node_id
     from peerflow.peer.compose import remote_step
+    from peerflow.peer.config import ClientConfig, ServerConfig
     from peerflow.peer.pool import PeerPool
     from peerflow.peer.protocol import (
         ENVELOPE_VERSION,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ENVELOPE_VERSION",
     "TOKEN_ENV_VAR",
+    "ClientConfig",
     "ClientTls",
     "PeerClient",
     "PeerInfo",
@@ -41,6 +43,7 @@ __all__ = [
     "PeerServer",
     "RemoteRef",
     "RemoteRefDescriptor",
+    "ServerConfig",
     "ServerTls",
     "SubWorkflowRequest",
     "SubWorkflowResponse",
@@ -54,6 +57,7 @@ __all__ = [
 _LAZY = {
     "ENVELOPE_VERSION": "peerflow.peer.protocol",
     "TOKEN_ENV_VAR": "peerflow.peer.security",
+    "ClientConfig": "peerflow.peer.config",
     "ClientTls": "peerflow.peer.security",
     "PeerClient": "peerflow.peer.client",
     "PeerInfo": "peerflow.peer.client",
@@ -61,6 +65,7 @@ _LAZY = {
     "PeerServer": "peerflow.peer.server",
     "RemoteRef": "peerflow.peer.client",
     "RemoteRefDescriptor": "peerflow.peer.protocol",
+    "ServerConfig": "peerflow.peer.config",
     "ServerTls": "peerflow.peer.security",
     "SubWorkflowRequest": "peerflow.peer.protocol",
     "SubWorkflowResponse": "peerflow.peer.protocol",

@@ -1,5 +1,7 @@
 """What ``PeerClient`` and ``PeerPool`` share: both ``invoke_sub_workflow`` forms, ``with``.
 
+``async with`` closes the caller on exit (a pool also starts on entry).
+
 ``with`` works on an instance built by ``connect_blocking`` (it lives on the portal).
 
 The I/O stays in each class (``_invoke_raw``, ``run_remote_workflow``); this mixin only
@@ -8,13 +10,13 @@ decides which of them a call means.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, overload
 
 from peerflow.blocking import blocking_twin, call_blocking
 from peerflow.errors import ValidationError
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol as wire
 from peerflow.result import WorkflowResult
 
 __all__ = ["Caller", "keyword_invoke"]
@@ -38,7 +40,7 @@ def keyword_invoke(
         if deadline is not None:
             raise ValidationError("deadline= goes with a SubWorkflowRequest; use timeout_secs=")
         return True
-    if not isinstance(request, pb.SubWorkflowRequest):
+    if not isinstance(request, wire.SubWorkflowRequest):
         raise ValidationError(
             f"invoke_sub_workflow takes a SubWorkflowRequest or workflow_name=..., got {request!r}"
         )
@@ -49,49 +51,28 @@ def keyword_invoke(
 
 
 class Caller:
-    """Mixin: ``invoke_sub_workflow`` in both forms, and ``with`` closing a portal caller."""
+    """Mixin: ``invoke_sub_workflow`` in both forms; ``with`` / ``async with`` closing it."""
 
-    async def run_remote_workflow(
-        self,
-        workflow_name: str,
-        step_ids: Sequence[str] = (),
-        input: Mapping[str, Any] | None = None,
-        *,
-        input_json: str | bytes | None = None,
-        timeout_secs: float | None = None,
-        run_id: str | None = None,
-    ) -> WorkflowResult:
-        """Run a workflow remotely and return its result (defined by each caller).
-
-        Raises:
-            NotImplementedError: always, here.
-        """
-        raise NotImplementedError
+    # Each caller defines these; declared here for the methods below.
+    run_remote_workflow: Callable[..., Awaitable[WorkflowResult]]
+    close: Callable[[], Awaitable[None]]
 
     async def _invoke_raw(
-        self, request: pb.SubWorkflowRequest, deadline: float | None, run_id: str | None = None
-    ) -> pb.SubWorkflowResponse:
+        self, request: wire.SubWorkflowRequest, deadline: float | None, run_id: str | None = None
+    ) -> wire.SubWorkflowResponse:
         raise NotImplementedError
 
     def _check_portal(self) -> None:
         raise NotImplementedError
 
-    async def close(self) -> None:
-        """Close (defined by each caller).
-
-        Raises:
-            NotImplementedError: always, here.
-        """
-        raise NotImplementedError
-
     @overload
     async def invoke_sub_workflow(
         self,
-        request: pb.SubWorkflowRequest,
+        request: wire.SubWorkflowRequest,
         *,
         deadline: float | None = None,
         run_id: str | None = None,
-    ) -> pb.SubWorkflowResponse: ...
+    ) -> wire.SubWorkflowResponse: ...
 
     @overload
     async def invoke_sub_workflow(
@@ -109,7 +90,7 @@ class Caller:
 
     async def invoke_sub_workflow(
         self,
-        request: pb.SubWorkflowRequest | None = None,
+        request: wire.SubWorkflowRequest | None = None,
         *,
         deadline: float | None = None,
         workflow_name: str | None = None,
@@ -118,7 +99,7 @@ class Caller:
         input_json: str | bytes | None = None,
         timeout_secs: float | None = None,
         run_id: str | None = None,
-    ) -> pb.SubWorkflowResponse | WorkflowResult:
+    ) -> wire.SubWorkflowResponse | WorkflowResult:
         """Run a sub-workflow remotely, in either of the seeds' two forms.
 
         ``invoke_sub_workflow(request)`` (Rust) sends a raw ``SubWorkflowRequest`` and
@@ -148,10 +129,21 @@ class Caller:
                 timeout_secs=timeout_secs,
                 run_id=run_id,
             )
-        assert isinstance(request, pb.SubWorkflowRequest)
+        assert isinstance(request, wire.SubWorkflowRequest)
         return await self._invoke_raw(request, deadline, run_id)
 
     invoke_sub_workflow_blocking = blocking_twin(invoke_sub_workflow)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
 
     def __enter__(self) -> Self:
         self._check_portal()

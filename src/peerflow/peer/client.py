@@ -7,52 +7,59 @@ event loop::
     client = await PeerClient.connect("http://gpu-node:50051", "laptop")
     result = await client.run_remote_workflow("analyze", input={"document": "..."})
     tensor = await result.remote_refs[key].fetch()
+
+The client is the public surface; the parts live by concept: options in
+:mod:`~peerflow.peer.config`, the channel and its errors in :mod:`~peerflow.peer.channel`,
+the one path every call takes in :mod:`~peerflow.peer.calls`, streamed derefs in
+:mod:`~peerflow.peer.deref`, ref handles in :mod:`~peerflow.peer.remote_ref`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
-import socket
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from types import TracebackType
-from typing import Any, ParamSpec, Self, TypeVar
+from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from peerflow import telemetry
-from peerflow._version import __version__
 from peerflow.blocking import blocking_iter_twin, blocking_twin, call_blocking, portal_loop
 from peerflow.context import current_context
-from peerflow.errors import (
-    EncodeError,
-    PeerError,
-    PeerErrorKind,
-    PeerflowError,
-    ResourceExhaustedError,
-    UnsupportedError,
-    ValidationError,
-)
+from peerflow.errors import EncodeError, UnsupportedError, ValidationError
 from peerflow.events import Event
-from peerflow.peer import protocol as pb
-from peerflow.peer._bounded import BoundedDict
+from peerflow.peer import protocol as wire
+from peerflow.peer import tracing
 from peerflow.peer._caller import Caller
-from peerflow.peer.address import Target, parse_target
-from peerflow.peer.framing import frame, unframe
-from peerflow.peer.named import check_run_id, with_run_id
+from peerflow.peer.address import parse_target
+from peerflow.peer.calls import Calls, build_request, call_deadline, grpc_deadline
+from peerflow.peer.calls import check_call as check_call  # re-exported (the pool's)
+from peerflow.peer.channel import (
+    Channel,
+    default_node_id,
+    open_channel,
+    resolve_node_id,
+)
+from peerflow.peer.channel import node_user_agent as node_user_agent
+from peerflow.peer.config import DEFAULT_CONNECT_TIMEOUT, ClientConfig, client_config
+from peerflow.peer.config import DEFAULT_FLOW_CONTROL_WINDOW as DEFAULT_FLOW_CONTROL_WINDOW
+from peerflow.peer.config import DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_MAX_MESSAGE_BYTES
+from peerflow.peer.config import DEFAULT_MAX_VALUE_BYTES as DEFAULT_MAX_VALUE_BYTES
+from peerflow.peer.deref import stream_deref
+from peerflow.peer.framing import unframe
+from peerflow.peer.named import check_run_id
 from peerflow.peer.remote_handler import RemoteWorkflowHandler, item_event
-from peerflow.peer.results import encode_input, response_to_result
+from peerflow.peer.remote_ref import REMEMBERED_REFS as REMEMBERED_REFS
+from peerflow.peer.remote_ref import RefBook, RemoteRef
+from peerflow.peer.results import response_to_result
 from peerflow.peer.schemas import read_schemas
-from peerflow.peer.security import ClientTls, bearer_metadata, resolve_token
+from peerflow.peer.security import ClientTls
 from peerflow.peer.service import BLAZEN, EXTENSION
-from peerflow.peer.session import MAX_START_BYTES, Session
-from peerflow.peer.session_link import SessionLink, when_from
+from peerflow.peer.session import Session
+from peerflow.peer.session_link import when_from
 from peerflow.peer.session_wire import CallMode, InputRequest
-from peerflow.peer.status import error_from_rpc, kind_for_status
-from peerflow.refs import RefDescriptor, RefLifetime, RegistryKey, loads_value
+from peerflow.refs import RefLifetime, RegistryKey, loads_value
 from peerflow.result import WorkflowResult
 
 __all__ = [
@@ -63,16 +70,12 @@ __all__ = [
     "resolve_node_id",
 ]
 
-P = ParamSpec("P")
-T = TypeVar("T")
-
-DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
-DEFAULT_FLOW_CONTROL_WINDOW = 1 << 20
-DEADLINE_SLACK_SECS = 5.0
-MAX_CLIENT_DEADLINE_SECS = 366 * 24 * 3600
-MAX_U64 = 2**64 - 1
-DEFAULT_MAX_VALUE_BYTES = 4 << 30
-REMEMBERED_REFS = 65_536  # type tags of refs seen, kept for fetch_ref by key
+INVOKE = BLAZEN + "InvokeSubWorkflow"
+STREAM_EVENTS = BLAZEN + "StreamSubWorkflowEvents"
+DEREF = BLAZEN + "DerefSessionRef"
+RELEASE = BLAZEN + "ReleaseSessionRef"
+DESCRIBE = EXTENSION + "DescribePeer"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -105,162 +108,6 @@ class PeerInfo:
     lingering_runs: int | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RemoteRef(RefDescriptor):
-    """A session ref that stays on a peer: fetch its value lazily, release it when done.
-
-    Attributes:
-        client: the client that reaches its peer.
-        lifetime: its lifetime policy on the peer (``UNTIL_PARENT_FINISH`` or
-            ``UNTIL_EXPLICIT_DROP``); None when the peer does not say (a Blazen peer).
-    """
-
-    client: PeerClient | None = dataclasses.field(default=None, repr=False, compare=False)
-    lifetime: RefLifetime | None = None
-
-    def _client(self) -> PeerClient:
-        if self.client is None:
-            raise ValidationError(f"remote ref {self.key} is not bound to a client")
-        return self.client
-
-    async def fetch(self, *, timeout: float | None = None) -> object:
-        """The value, rebuilt from its bytes by the serializer of its type tag.
-
-        Raises:
-            RefNotFoundError: released or expired on the peer.
-            RefPermissionError: it belongs to another principal.
-            UnsupportedError: no serializer is registered here for its type tag.
-            TransportError: the peer is unreachable.
-        """
-        return await self._client().fetch_ref(self.key, timeout=timeout)
-
-    fetch_blocking = blocking_twin(fetch)
-
-    def _check_portal(self) -> None:
-        self._client()._check_portal()
-
-    async def deref(self, *, timeout: float | None = None) -> bytes | bytearray:
-        """The value's serialized bytes.
-
-        Raises:
-            RefNotFoundError: released or expired on the peer.
-            TransportError: the peer is unreachable.
-        """
-        return await self._client().deref_session_ref(self.key, timeout=timeout)
-
-    deref_blocking = blocking_twin(deref)
-
-    async def release(self, *, timeout: float | None = None) -> bool:
-        """Release it on the peer; False when it was already gone.
-
-        Raises:
-            RefPermissionError: it belongs to another principal.
-            TransportError: the peer is unreachable.
-        """
-        return await self._client().release_session_ref(self.key, timeout=timeout)
-
-    release_blocking = blocking_twin(release)
-
-
-def check_call(workflow_name: str, step_ids: Sequence[str]) -> tuple[str, ...]:
-    """Validate a call's workflow name and step ids; return the ids as a tuple.
-
-    Raises:
-        ValidationError: an empty or non-string name, or step ids that are not a list of
-            non-empty strings.
-    """
-    if not isinstance(workflow_name, str) or not workflow_name:
-        raise ValidationError(f"workflow_name must be a non-empty string, got {workflow_name!r}")
-    if isinstance(step_ids, str) or not all(isinstance(s, str) and s for s in step_ids):
-        raise ValidationError(f"step_ids must be a list of non-empty strings, got {step_ids!r}")
-    return tuple(step_ids)
-
-
-def default_node_id(prefix: str = "peerflow") -> str:
-    """The node id used when none is given: ``<prefix>@<hostname>``."""
-    return f"{prefix}@{socket.gethostname()}"
-
-
-def resolve_node_id(client_node_id: str | None, node_id: str | None) -> str:
-    """This caller's node id from ``client_node_id`` or its alias ``node_id`` (seed 001).
-
-    Neither given: :func:`default_node_id`.
-
-    Raises:
-        ValidationError: both given and different, or not a non-empty string.
-    """
-    if client_node_id is not None and node_id is not None and client_node_id != node_id:
-        raise ValidationError(
-            f"pass node_id= or client_node_id=, not two different ids "
-            f"({node_id!r}, {client_node_id!r})"
-        )
-    chosen = node_id if node_id is not None else client_node_id
-    if chosen is None:
-        return default_node_id()
-    if not isinstance(chosen, str) or not chosen.strip():
-        raise ValidationError(f"node_id must be a non-empty string, got {chosen!r}")
-    return chosen
-
-
-def node_user_agent(node_id: str) -> str:
-    """The gRPC user agent naming this client's node: ``peerflow/V (node ID)``."""
-    safe = "".join(c if c.isalnum() or c in "-_.:@" else "_" for c in node_id)
-    return f"peerflow/{__version__} (node {safe})"
-
-
-def _check_timeout(timeout_secs: float | None) -> int | None:
-    """Seconds for the wire: positive sub-second values round up; None or 0 defers.
-
-    ``0`` means "the peer's default", as in the Go binding (seed 003).
-    """
-    if timeout_secs is None:
-        return None
-    if (
-        isinstance(timeout_secs, bool)
-        or not isinstance(timeout_secs, int | float)
-        or not math.isfinite(timeout_secs)
-        or timeout_secs < 0
-    ):
-        raise ValidationError(
-            f"timeout_secs must be a number >= 0 (0: the peer's default) or None, "
-            f"got {timeout_secs!r}"
-        )
-    if timeout_secs == 0:
-        return None
-    if timeout_secs > MAX_U64:
-        raise ValidationError(f"timeout_secs must be at most {MAX_U64}, got {timeout_secs!r}")
-    return math.ceil(timeout_secs)
-
-
-def _check_deadline(timeout: float | None) -> float | None:
-    """A call's own deadline in seconds (None: no limit).
-
-    Raises:
-        ValidationError: not a number > 0 or None.
-    """
-    if timeout is None:
-        return None
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
-        raise ValidationError(f"timeout must be a number > 0 or None, got {timeout!r}")
-    return float(timeout)
-
-
-def _grpc_deadline(wire_timeout: int | None) -> float | None:
-    """The call's gRPC deadline: a little beyond the remote run's own timeout.
-
-    gRPC deadlines overflow past ~292 years; beyond a year the peer's timeout alone
-    bounds the run.
-    """
-    if wire_timeout is None or wire_timeout > MAX_CLIENT_DEADLINE_SECS:
-        return None
-    return wire_timeout + DEADLINE_SLACK_SECS
-
-
 class PeerClient(Caller):
     """A connection to one peer. Build with :meth:`connect`.
 
@@ -268,52 +115,18 @@ class PeerClient(Caller):
         node_id: this client's node id (in the user agent, and as ``blazen-node-id``
             metadata on calls that carry metadata).
         address: the peer's address as given.
+        config: the options it was connected with.
     """
 
-    def __init__(
-        self,
-        target: Target,
-        client_node_id: str,
-        channel: grpc.aio.Channel,
-        metadata: tuple[tuple[str, str], ...],
-        max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
-        *,
-        session: bool = True,
-    ) -> None:
-        self._target = target
-        self._secure = False  # set by connect() when the channel uses TLS
-        self._max_value_bytes = max_value_bytes
-        self.node_id = client_node_id
-        self.address = target.address
-        self._channel = channel
-        # ``blazen-node-id`` goes as metadata only when a call carries metadata anyway
-        # (a token, trace context); otherwise the user agent names the node.
-        self._full_metadata = metadata
-        self._metadata: tuple[tuple[str, str], ...] | None = (
-            metadata if any(k == "authorization" for k, _ in metadata) else None
-        )
-        self._closed = False
+    def __init__(self, channel: Channel, node_id: str, config: ClientConfig) -> None:
+        self.node_id = node_id
+        self.address = channel.address
+        self.config = config
+        self._calls = Calls(channel, config)
         self._loop = asyncio.get_running_loop()
-        self._descriptors: BoundedDict[RegistryKey, RefDescriptor] = BoundedDict(REMEMBERED_REFS)
+        self._descriptors = RefBook()
+        # Whether the peer streams derefs: None until the first deref tells.
         self._stream_deref: bool | None = None
-        unary = channel.unary_unary
-        stream = channel.unary_stream
-        self._invoke = unary(BLAZEN + "InvokeSubWorkflow")
-        self._stream = stream(BLAZEN + "StreamSubWorkflowEvents")
-        self._deref = unary(BLAZEN + "DerefSessionRef")
-        self._release = unary(BLAZEN + "ReleaseSessionRef")
-        self._describe = unary(EXTENSION + "DescribePeer")
-        self._stream_deref_call = stream(EXTENSION + "StreamDerefSessionRef")
-        self._health = health_pb2_grpc.HealthStub(channel)
-        self._link = SessionLink(
-            channel,
-            address=self.address,
-            metadata=lambda: self._metadata,
-            error=self._error,
-            # One stream lands on one backend: a target gRPC balances over (dns:///,
-            # ipv4: lists) keeps unary calls, which round-robin per call.
-            enabled=session and not target.balanced,
-        )
 
     # -- construction --------------------------------------------------------------------
 
@@ -326,13 +139,17 @@ class PeerClient(Caller):
         node_id: str | None = None,
         token: str | None = None,
         tls: ClientTls | None = None,
-        connect_timeout: float | None = 10.0,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         flow_control_window: int | None = DEFAULT_FLOW_CONTROL_WINDOW,
         max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
+        config: ClientConfig | None = None,
         session: bool = True,
     ) -> PeerClient:
         """Open a channel to ``address`` and wait until it is ready.
+
+        The options (``token`` to ``max_value_bytes``) are :class:`ClientConfig`'s
+        fields: pass them as keywords or as one ``config=``, not both.
 
         Args:
             address: ``http://host:port``, ``https://host:port``, ``host:port``,
@@ -356,83 +173,34 @@ class PeerClient(Caller):
             max_value_bytes: the largest session-ref value this client accepts from a
                 deref (default 4 GiB; None: no limit). A peer announcing more is refused
                 before anything is allocated.
+            config: all of the options above as one :class:`ClientConfig`.
             session: carry workflow calls on one multiplexed stream with a peer that
-                serves it (a peerflow peer; opened on the first call) — many times the
+                serves it (a peerflow peer; opened on the first call): many times the
                 calls/s of unary calls, and remote runs can ask questions
-                (:meth:`start_remote_workflow`). False: every call is one unary RPC (as
-                with a Blazen peer, which is detected and gets unary calls anyway, and
-                with a balanced target, ``dns:///`` or an ``ipv4:`` list, whose calls
-                gRPC spreads over every backend).
+                (:meth:`start_remote_workflow`). False: every call is one unary RPC, as
+                with a Blazen peer (detected: it gets unary calls anyway) and with a
+                balanced target (``dns:///``, an ``ipv4:`` list), whose calls gRPC
+                spreads over every backend.
 
         Raises:
             ValidationError: bad arguments or address.
             TransportError: the peer could not be reached within ``connect_timeout``.
             TlsError: the TLS handshake failed.
         """
-        if not isinstance(session, bool):
-            raise ValidationError(f"session must be True or False, got {session!r}")
         target = parse_target(address)
         client_node_id = resolve_node_id(client_node_id, node_id)
-        if tls is not None and not isinstance(tls, ClientTls):
-            raise ValidationError(f"tls must come from load_client_tls(), got {tls!r}")
-        if connect_timeout is not None and (
-            isinstance(connect_timeout, bool)
-            or not isinstance(connect_timeout, int | float)
-            or connect_timeout <= 0
-        ):
-            raise ValidationError(f"connect_timeout must be > 0 or None, got {connect_timeout!r}")
-        options: list[tuple[str, Any]] = [
-            # The node id rides in the user agent, which gRPC's core sends with every call
-            # at no per-call cost; per-call metadata costs ~15-20 µs of CPU per call here.
-            ("grpc.primary_user_agent", node_user_agent(client_node_id)),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.enable_retries", 0),
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-        ]
-        if flow_control_window is not None:
-            if (
-                isinstance(flow_control_window, bool)
-                or not isinstance(flow_control_window, int)
-                or flow_control_window < 65_535
-            ):
-                raise ValidationError(
-                    f"flow_control_window must be an int >= 65535 or None, "
-                    f"got {flow_control_window!r}"
-                )
-            options.append(("grpc.http2.bdp_probe", 0))
-            options.append(("grpc.http2.lookahead_bytes", flow_control_window))
-        if max_value_bytes is not None and (
-            isinstance(max_value_bytes, bool)
-            or not isinstance(max_value_bytes, int)
-            or max_value_bytes < 1
-        ):
-            raise ValidationError(
-                f"max_value_bytes must be an int >= 1 or None, got {max_value_bytes!r}"
-            )
-        if target.balanced:
-            options.append(("grpc.lb_policy_name", "round_robin"))
-        secure = target.secure or tls is not None
-        if secure:
-            creds = tls.credentials() if tls is not None else grpc.ssl_channel_credentials()
-            if tls is not None:
-                options.extend(tls.channel_options())
-            channel = grpc.aio.secure_channel(target.grpc_target, creds, options=options)
-        else:
-            channel = grpc.aio.insecure_channel(target.grpc_target, options=options)
-        metadata = (*bearer_metadata(resolve_token(token)), ("blazen-node-id", client_node_id))
-        client = cls(target, client_node_id, channel, metadata, max_value_bytes, session=session)
-        client._secure = secure
-        if connect_timeout is not None:
-            try:
-                await client._wait_ready(connect_timeout, secure)
-            except BaseException:
-                await channel.close()
-                raise
-        return client
+        config = client_config(
+            config,
+            token,
+            tls,
+            connect_timeout,
+            max_message_bytes,
+            flow_control_window,
+            max_value_bytes,
+            session,
+        )
+        channel = await open_channel(target, client_node_id, config)
+        return cls(channel, client_node_id, config)
 
     @classmethod
     def connect_blocking(
@@ -443,10 +211,12 @@ class PeerClient(Caller):
         node_id: str | None = None,
         token: str | None = None,
         tls: ClientTls | None = None,
-        connect_timeout: float | None = 10.0,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         flow_control_window: int | None = DEFAULT_FLOW_CONTROL_WINDOW,
         max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
+        config: ClientConfig | None = None,
+        session: bool = True,
     ) -> PeerClient:
         """:meth:`connect` for code without an event loop (the client lives on the portal).
 
@@ -457,173 +227,39 @@ class PeerClient(Caller):
             ValidationError: bad arguments, or called inside a running event loop.
             TransportError: the peer could not be reached.
         """
-        return call_blocking(
-            cls.connect,
-            address,
-            client_node_id,
-            node_id=node_id,
-            token=token,
-            tls=tls,
-            connect_timeout=connect_timeout,
-            max_message_bytes=max_message_bytes,
-            flow_control_window=flow_control_window,
-            max_value_bytes=max_value_bytes,
+        config = client_config(
+            config,
+            token,
+            tls,
+            connect_timeout,
+            max_message_bytes,
+            flow_control_window,
+            max_value_bytes,
+            session,
         )
-
-    # -- plumbing ------------------------------------------------------------------------
-
-    async def _probe(self, timeout: float = 2.0) -> str | None:
-        """The channel's last connection error (a health call that fails fast), or None."""
-        try:
-            await self._health.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() is grpc.StatusCode.UNAVAILABLE:
-                return str(exc.details() or "unavailable")
-        return None  # answered (UNIMPLEMENTED from a peer without health is an answer too)
-
-    async def _wait_ready(self, timeout: float, secure: bool) -> None:
-        """Wait for the channel to connect; fail early on a certificate the client rejects.
-
-        A failed certificate check on this side (untrusted server certificate, wrong
-        server name) and a refused connection (nothing listens there) are final, so they
-        raise at once; anything else (closed during the handshake by a server rejecting
-        our certificate, unreachable) is retried until ``timeout`` and then reported with
-        the channel's last error.
-        """
-        channel = self._channel
-        last: str | None = None
-
-        async def wait() -> None:
-            nonlocal last
-            state = channel.get_state(try_to_connect=True)
-            while state is not grpc.ChannelConnectivity.READY:
-                if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
-                    last = await self._probe()
-                    if last is None:
-                        return
-                    if (secure and _tls_failure(last)) or _refused(last):
-                        raise _connect_error(self.address, last, secure, None)
-                await channel.wait_for_state_change(state)
-                state = channel.get_state(try_to_connect=True)
-
-        try:
-            await asyncio.wait_for(wait(), timeout)
-        except TimeoutError:
-            if last is None:
-                last = await self._probe(0.5)
-            raise _connect_error(self.address, last, secure, timeout) from None
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ValidationError(f"the client for {self.address} is closed")
-
-    def _call_metadata(self) -> tuple[tuple[str, str], ...] | list[Any] | None:
-        if telemetry.enabled():
-            return telemetry.inject_metadata(self._full_metadata)
-        return self._metadata
-
-    def _error(self, exc: grpc.RpcError, method: str) -> PeerflowError:
-        error = error_from_rpc(exc, address=self.address, method=method)
-        if self._secure and isinstance(error, PeerError) and error.code == "UNAVAILABLE":
-            # A lazily connected client meets a failed handshake on a call: say what
-            # connect() would have said (certificate, CA), not gRPC's transport text.
-            details = str(exc.details() or "") if hasattr(exc, "details") else ""
-            lowered = details.lower()
-            closed_in_handshake = "failed to connect" in lowered and "socket closed" in lowered
-            if _tls_failure(details) or closed_in_handshake:
-                translated = _connect_error(self.address, details, True, None)
-                translated.__cause__ = exc
-                return translated
-        return error
-
-    async def _unary(
-        self,
-        call: Any,
-        method: str,
-        payload: bytes,
-        deadline: float | None = None,
-        run_id: str | None = None,
-    ) -> memoryview:
-        self._check_open()
-        with telemetry.client_rpc_span(method, self.address):
-            try:
-                metadata = with_run_id(self._call_metadata(), run_id)
-                reply = await call(frame(payload), metadata=metadata, timeout=deadline)
-            except grpc.RpcError as exc:
-                raise self._error(exc, method) from exc
-        return unframe(reply)
-
-    def _make_ref(
-        self,
-        ref_uuid: uuid.UUID,
-        wire: pb.RemoteRefDescriptor | None,
-        lifetime: RefLifetime | None = None,
-    ) -> RemoteRef:
-        key = RegistryKey(ref_uuid)
-        if wire is None:
-            known = self._descriptors.get(key)
-            origin, tag, created = (
-                (known.origin_node_id, known.type_tag, known.created_at_epoch_ms)
-                if known
-                else ("", "", 0)
-            )
-        else:
-            origin, tag, created = wire.origin_node_id, wire.type_tag, wire.created_at_epoch_ms
-        ref = RemoteRef(key, origin, tag, created, self, lifetime)
-        if tag:
-            self._descriptors[key] = ref
-        return ref
-
-    def _request(
-        self,
-        workflow_name: str,
-        step_ids: Sequence[str],
-        input: Mapping[str, Any] | None,
-        input_json: str | bytes | None,
-        timeout_secs: float | None,
-    ) -> tuple[pb.SubWorkflowRequest, float | None]:
-        step_ids = check_call(workflow_name, step_ids)
-        if input is not None and input_json is not None:
-            raise ValidationError("pass input= or input_json=, not both")
-        if input_json is not None:
-            raw = input_json.encode() if isinstance(input_json, str) else input_json
-            if not isinstance(raw, bytes):
-                raise ValidationError(f"input_json must be str or bytes, got {input_json!r}")
-        else:
-            raw = encode_input(input)
-        wire_timeout = _check_timeout(timeout_secs)
-        deadline = _grpc_deadline(wire_timeout)
-        request = pb.SubWorkflowRequest(workflow_name, tuple(step_ids), raw, wire_timeout)
-        return request, deadline
+        return call_blocking(cls.connect, address, client_node_id, node_id=node_id, config=config)
 
     # -- workflows -----------------------------------------------------------------------
 
     async def _invoke_raw(
         self,
-        request: pb.SubWorkflowRequest,
+        request: wire.SubWorkflowRequest,
         deadline: float | None,
         run_id: str | None = None,
-    ) -> pb.SubWorkflowResponse:
-        method = BLAZEN + "InvokeSubWorkflow"
+    ) -> wire.SubWorkflowResponse:
         if deadline is None and request.timeout_secs is not None:
-            deadline = _grpc_deadline(request.timeout_secs)
-        session = await self._session_for(request)
+            deadline = grpc_deadline(request.timeout_secs)
+        session = await self._calls.session_for(request)
         if session is not None:
-            return _accounted(await self._link.invoke(session, request, deadline, run_id))
-        reply = await self._unary(self._invoke, method, request.encode(), deadline, run_id)
+            response = await self._calls.link.invoke(session, request, deadline, run_id)
+            return _accounted(response)
+        reply = await self._calls.unary(INVOKE, request.encode(), deadline, run_id)
         try:
-            return _accounted(pb.SubWorkflowResponse.decode(reply))
+            return _accounted(wire.SubWorkflowResponse.decode(reply))
         except EncodeError as exc:
             raise EncodeError(
                 f"bad response from {self.address}: {exc}", address=self.address
             ) from None
-
-    async def _session_for(self, request: pb.SubWorkflowRequest) -> Session | None:
-        """The session to carry ``request``, or None for a unary call."""
-        if not self._link.enabled or len(request.input_json) > MAX_START_BYTES:
-            return None
-        self._check_open()
-        return await self._link.get()
 
     async def run_remote_workflow(
         self,
@@ -659,7 +295,7 @@ class PeerClient(Caller):
             TransportError: the peer is unreachable.
             ValidationError: bad arguments.
         """
-        request, deadline = self._request(workflow_name, step_ids, input, input_json, timeout_secs)
+        request, deadline = build_request(workflow_name, step_ids, input, input_json, timeout_secs)
         check_run_id(run_id)
         response = await self._invoke_raw(request, deadline, run_id)
         return response_to_result(
@@ -692,13 +328,14 @@ class PeerClient(Caller):
             UnknownStepError / UnknownWorkflowError / TransportError: as
                 :meth:`run_remote_workflow`.
         """
-        request, deadline = self._request(workflow_name, step_ids, input, input_json, timeout_secs)
+        request, deadline = build_request(workflow_name, step_ids, input, input_json, timeout_secs)
         check_run_id(run_id)
-        self._check_open()
-        session = await self._session_for(request)
+        self._calls.channel.check_open()
+        session = await self._calls.session_for(request)
         if session is not None:
             when = when_from(deadline)
-            call = await self._link.start(
+            link = self._calls.link
+            call = await link.start(
                 session,
                 request,
                 mode=CallMode.EVENTS,
@@ -706,8 +343,8 @@ class PeerClient(Caller):
                 run_id=run_id,
                 named=run_id is not None,
             )
-            async for got in self._link.items(session, call, when):
-                if isinstance(got, pb.SubWorkflowResponse):
+            async for got in link.items(session, call, when):
+                if isinstance(got, wire.SubWorkflowResponse):
                     yield self._result(_accounted(got), workflow_name)
                     return
                 yield item_event(
@@ -717,19 +354,14 @@ class PeerClient(Caller):
                     input_request=isinstance(got, InputRequest),
                 )
             return
-        method = BLAZEN + "StreamSubWorkflowEvents"
-        scope = telemetry.client_rpc_span(method, self.address)
+        scope = tracing.client_rpc_span(STREAM_EVENTS, self.address)
         with scope:
-            call = self._stream(
-                frame(request.encode()),
-                metadata=with_run_id(self._call_metadata(), run_id),
-                timeout=deadline,
-            )
+            call = self._calls.stream(STREAM_EVENTS, request.encode(), deadline, run_id)
             scope.release_current()  # not the consumer's current span across our yields
             try:
                 async for message in call:
-                    item = pb.SubWorkflowEvent.decode(unframe(message)).kind
-                    if isinstance(item, pb.StreamDone):
+                    item = wire.SubWorkflowEvent.decode(unframe(message)).kind
+                    if isinstance(item, wire.StreamDone):
                         yield response_to_result(
                             _accounted(item.response),
                             workflow=workflow_name,
@@ -739,7 +371,7 @@ class PeerClient(Caller):
                         return
                     yield _stream_event(item, self.address)
             except grpc.RpcError as exc:
-                error = self._error(exc, method)
+                error = self._calls.channel.error(exc, STREAM_EVENTS)
                 if isinstance(error, UnsupportedError):
                     yield await self.run_remote_workflow(
                         workflow_name,
@@ -757,7 +389,7 @@ class PeerClient(Caller):
 
     stream_remote_workflow_blocking = blocking_iter_twin(stream_remote_workflow)
 
-    def _result(self, response: pb.SubWorkflowResponse, workflow_name: str) -> WorkflowResult:
+    def _result(self, response: wire.SubWorkflowResponse, workflow_name: str) -> WorkflowResult:
         return response_to_result(
             response, workflow=workflow_name, address=self.address, make_ref=self._make_ref
         )
@@ -793,27 +425,24 @@ class PeerClient(Caller):
                 cannot be attached to twice.
 
         Raises:
-            UnsupportedError: the peer has no sessions (a Blazen peer), or this client was
-                connected with ``session=False``.
+            UnsupportedError: no session with the peer (a Blazen peer, a balanced target,
+                ``session=False``).
             ValidationError: bad arguments.
             TransportError: the peer is unreachable.
         """
-        request, deadline = self._request(workflow_name, step_ids, input, input_json, timeout_secs)
+        request, deadline = build_request(workflow_name, step_ids, input, input_json, timeout_secs)
         run_id = check_run_id(run_id) or str(uuid.uuid4())
-        self._check_open()
-        session = await self._session_for(request)
+        self._calls.channel.check_open()
+        session = await self._calls.session_for(request)
         if session is None:
             raise UnsupportedError(
-                f"start_remote_workflow needs a session with {self.address}: "
-                + (
-                    "this client was connected with session=False"
-                    if self._link.was_disabled
-                    else "the peer does not serve sessions (a Blazen peer); use "
-                    "run_remote_workflow or stream_remote_workflow"
-                )
+                f"start_remote_workflow needs a session with {self.address}, and this "
+                "client has none (session=False, a balanced target, or a peer without "
+                "sessions such as a Blazen peer); use run_remote_workflow or "
+                "stream_remote_workflow"
             )
         when = when_from(deadline)
-        call = await self._link.start(
+        call = await self._calls.link.start(
             session, request, mode=CallMode.CONVERSATION, when=when, run_id=run_id, named=False
         )
         return RemoteWorkflowHandler(
@@ -829,6 +458,14 @@ class PeerClient(Caller):
     start_remote_workflow_blocking = blocking_twin(start_remote_workflow)
 
     # -- session refs --------------------------------------------------------------------
+
+    def _make_ref(
+        self,
+        ref_uuid: uuid.UUID,
+        wire: wire.RemoteRefDescriptor | None,
+        lifetime: RefLifetime | None = None,
+    ) -> RemoteRef:
+        return self._descriptors.make_ref(self, ref_uuid, wire, lifetime)
 
     async def deref_session_ref(
         self, key: RegistryKey | uuid.UUID | str, *, timeout: float | None = None
@@ -846,79 +483,30 @@ class PeerClient(Caller):
             ValidationError: ``key`` is not a key.
         """
         key = RegistryKey.parse(key)
-        _tag, data = await self._fetch_bytes(key, _check_deadline(timeout))
+        _tag, data = await self._fetch_bytes(key, call_deadline(timeout))
         return data
 
     async def _fetch_bytes(
         self, key: RegistryKey, deadline: float | None
     ) -> tuple[str | None, bytes | bytearray]:
-        payload = pb.DerefRequest(key.uuid).encode()
+        payload = wire.DerefRequest(key.uuid).encode()
         probing = False
         if self._stream_deref is not False:
             try:
-                return await self._stream_bytes(payload, deadline)
+                fetched = await stream_deref(
+                    self._calls, payload, deadline, self.config.max_value_bytes
+                )
             except UnsupportedError:
                 if self._stream_deref:
                     raise  # the peer streams: it is this value that has no serializer
                 probing = True
-        reply = await self._unary(self._deref, BLAZEN + "DerefSessionRef", payload, deadline)
+            else:
+                self._stream_deref = True
+                return fetched
+        reply = await self._calls.unary(DEREF, payload, deadline)
         if probing:  # unary works where streaming did not: the peer lacks the extension
             self._stream_deref = False
-        known = self._descriptors.get(key)
-        return (known.type_tag if known else None), pb.DerefResponse.decode(reply).payload
-
-    async def _stream_bytes(
-        self, payload: bytes, deadline: float | None
-    ) -> tuple[str | None, bytes | bytearray]:
-        self._check_open()
-        method = EXTENSION + "StreamDerefSessionRef"
-        with telemetry.client_rpc_span(method, self.address):
-            call = self._stream_deref_call(
-                frame(payload), metadata=self._call_metadata(), timeout=deadline
-            )
-            try:
-                initial = dict(await call.initial_metadata() or ())
-                total = int(initial.get("blazen-total-len", -1))
-                tag = initial.get("blazen-type-tag")
-                if total < 0:
-                    # The call failed before sending metadata; reading raises its status.
-                    async for _ in call:
-                        pass
-                    raise EncodeError(f"{self.address} sent no blazen-total-len for a deref")
-                limit = self._max_value_bytes
-                if limit is not None and total > limit:
-                    raise ResourceExhaustedError(
-                        f"{self.address} announced a {total}-byte value, more than this "
-                        f"client's max_value_bytes ({limit}); nothing was allocated",
-                        address=self.address,
-                    )
-                try:
-                    buffer = bytearray(total)
-                except MemoryError:
-                    raise ResourceExhaustedError(
-                        f"no memory for the {total}-byte value {self.address} announced",
-                        address=self.address,
-                    ) from None
-                offset = 0
-                async for message in call:
-                    chunk = unframe(message)
-                    end = offset + len(chunk)
-                    if end > total:
-                        raise EncodeError(
-                            f"{self.address} sent more than the announced {total} bytes"
-                        )
-                    buffer[offset:end] = chunk
-                    offset = end
-                if offset != total:
-                    raise EncodeError(f"{self.address} sent {offset} of {total} announced bytes")
-                self._stream_deref = True
-                return (str(tag) if tag is not None else None), buffer
-            except grpc.RpcError as exc:
-                raise self._error(exc, method) from exc
-            except ValueError as exc:
-                raise EncodeError(f"bad deref metadata from {self.address}: {exc}") from None
-            finally:
-                call.cancel()
+        return self._descriptors.type_tag(key), wire.DerefResponse.decode(reply).payload
 
     async def fetch_ref(
         self, key: RegistryKey | uuid.UUID | str, *, timeout: float | None = None
@@ -936,10 +524,8 @@ class PeerClient(Caller):
             TransportError: the peer is unreachable.
         """
         key = RegistryKey.parse(key)
-        tag, data = await self._fetch_bytes(key, _check_deadline(timeout))
-        if tag is None:
-            known = self._descriptors.get(key)
-            tag = known.type_tag if known else None
+        tag, data = await self._fetch_bytes(key, call_deadline(timeout))
+        tag = tag or self._descriptors.type_tag(key)
         if not tag:
             raise UnsupportedError(f"the type tag of ref {key} on {self.address} is unknown")
         return loads_value(tag, memoryview(data))
@@ -957,13 +543,9 @@ class PeerClient(Caller):
             ValidationError: ``key`` is not a key.
         """
         key = RegistryKey.parse(key)
-        reply = await self._unary(
-            self._release,
-            BLAZEN + "ReleaseSessionRef",
-            pb.ReleaseRequest(key.uuid).encode(),
-            _check_deadline(timeout),
-        )
-        released = pb.ReleaseResponse.decode(reply).released
+        payload = wire.ReleaseRequest(key.uuid).encode()
+        reply = await self._calls.unary(RELEASE, payload, call_deadline(timeout))
+        released = wire.ReleaseResponse.decode(reply).released
         self._descriptors.pop(key, None)
         return released
 
@@ -984,10 +566,8 @@ class PeerClient(Caller):
             UnsupportedError: the peer does not implement DescribePeer (a Blazen peer).
             TransportError: the peer is unreachable.
         """
-        reply = await self._unary(
-            self._describe, EXTENSION + "DescribePeer", pb.DescribeRequest().encode()
-        )
-        info = pb.DescribeResponse.decode(reply)
+        reply = await self._calls.unary(DESCRIBE, wire.DescribeRequest().encode())
+        info = wire.DescribeResponse.decode(reply)
         inputs, outputs = read_schemas(info.schemas)
         return PeerInfo(
             node_id=info.node_id,
@@ -1009,39 +589,38 @@ class PeerClient(Caller):
         Raises:
             TransportError: the peer is unreachable.
         """
-        self._check_open()
-        method = "/grpc.health.v1.Health/Check"
+        channel = self._calls.channel
+        channel.check_open()
         try:
-            reply = await self._health.Check(
+            reply = await channel.health.Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
             )
         except grpc.RpcError as exc:
-            raise self._error(exc, method) from exc
+            raise channel.error(exc, HEALTH_CHECK) from exc
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     health_blocking = blocking_twin(health)
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._calls.channel.closed
+
+    @property
+    def session(self) -> Session | None:
+        """The open session with the peer, or None (not opened yet, or calls go unary).
+
+        Its ``state``, ``in_flight``, ``waiting`` (calls held for credit) and ``window``.
+        """
+        return self._calls.link.session
+
     async def close(self) -> None:
         """Close the channel (idempotent). Calls in flight are cancelled."""
-        if not self._closed:
-            self._closed = True
-            await self._link.close()
-            await self._channel.close()
+        await self._calls.close()
 
     close_blocking = blocking_twin(close)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def _check_portal(self) -> None:
         """Refuse ``*_blocking`` calls on a client bound to a loop other than the portal's."""
@@ -1052,10 +631,10 @@ class PeerClient(Caller):
             )
 
     def __repr__(self) -> str:
-        return f"<PeerClient {self.node_id} -> {self.address}{' closed' if self._closed else ''}>"
+        return f"<PeerClient {self.node_id} -> {self.address}{' closed' if self.closed else ''}>"
 
 
-def _accounted(response: pb.SubWorkflowResponse) -> pb.SubWorkflowResponse:
+def _accounted(response: wire.SubWorkflowResponse) -> wire.SubWorkflowResponse:
     """Roll a remote run's usage into the run of the step making the call, if any."""
     ctx = current_context()
     if ctx is not None and response.usage is not None:
@@ -1064,61 +643,5 @@ def _accounted(response: pb.SubWorkflowResponse) -> pb.SubWorkflowResponse:
     return response
 
 
-def _stream_event(item: pb.EventPayload, address: str) -> Event:
+def _stream_event(item: wire.EventPayload, address: str) -> Event:
     return item_event(item.event_type, item.data_json, address, input_request=False)
-
-
-def _tls_hint(details: str) -> str:
-    """What a TLS failure of this client's own checks means, in words."""
-    lowered = details.lower()
-    if "wrong_version_number" in lowered or "wrong version number" in lowered:
-        return ": the peer does not speak TLS on that port (a plaintext peer? use http://)"
-    if "hostname verification" in lowered:
-        return (
-            ": the peer's certificate does not name this address (connect by a name in its "
-            "certificate)"
-        )
-    if "certificate_verify_failed" in lowered or "certificate verify failed" in lowered:
-        return (
-            ": the peer's certificate is not signed by the CA this client trusts (check the "
-            "CA given to load_client_tls, --tls-ca)"
-        )
-    return ""
-
-
-def _refused(details: str) -> bool:
-    return "connection refused" in details.lower()
-
-
-def _tls_failure(details: str) -> bool:
-    return kind_for_status(grpc.StatusCode.UNAVAILABLE, details) is PeerErrorKind.TLS
-
-
-def _connect_error(
-    address: str, last: str | None, secure: bool, timeout: float | None
-) -> PeerError:
-    """The error of a failed ``connect``: TLS when the handshake is to blame, else transport."""
-    cause = f"last error: {last}" if last else "no connection attempt finished"
-    closed = last is not None and "socket closed" in last.lower()
-    if secure and last is not None and _tls_failure(last):
-        message = f"TLS handshake with peer {address} failed{_tls_hint(last)} ({cause})"
-        kind = PeerErrorKind.TLS
-    elif secure and closed:
-        message = (
-            f"TLS handshake with peer {address} failed: the peer closed the connection "
-            "(it may have rejected this client's certificate: missing, expired or from "
-            f"another CA; or it does not serve TLS) ({cause})"
-        )
-        kind = PeerErrorKind.TLS
-    elif last is not None and _refused(last):
-        message = (
-            f"could not connect to peer {address}: connection refused (nothing listens "
-            f"there: is the peer running, and on that port?) ({cause})"
-        )
-        kind = PeerErrorKind.TRANSPORT
-    else:
-        message = f"could not connect to peer {address} ({cause})"
-        kind = PeerErrorKind.TRANSPORT
-    if timeout is not None:
-        message += f"; gave up after {timeout:g}s"
-    return PeerError(message, kind=kind, address=address, code="UNAVAILABLE")

@@ -9,6 +9,13 @@ It forwards its event's fields as the remote start input, re-emits the remote ru
 events on the parent's stream as they arrive, rolls the remote token/cost usage into the
 parent's totals, and returns the remote ``StopEvent`` (its ``result``).
 
+Human in the loop: when the parent run can be answered (it was started with ``start()``, or
+is itself a conversation with its caller) and the peer holds conversations (a session), a
+remote ``InputRequiredEvent`` goes onto the parent's stream and the parent handler's
+``HumanResponseEvent`` goes back to the remote step waiting for it: a person answering the
+top-level run answers a step two machines away. Otherwise the remote run cannot be
+answered, and one that asks fails as ``stalled``.
+
 Remote refs when the parent run ends:
 
 - a ref that reached the parent's result (``result.result["matrix"]``) stays alive: the
@@ -27,8 +34,8 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from peerflow.context import Context
-from peerflow.errors import PeerflowError, ValidationError
-from peerflow.events import Event, StartEvent, StopEvent
+from peerflow.errors import PeerflowError, UnsupportedError, ValidationError
+from peerflow.events import Event, HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent
 from peerflow.refs import RefDescriptor, RefLifetime, RegistryKey
 from peerflow.result import WorkflowResult
 from peerflow.step import StepSpec, step
@@ -108,19 +115,25 @@ def remote_step(
         # In a durable run the remote run is named after (run, step, event, attempt): a
         # parent resumed after a crash gets the same remote run back, not a second one.
         call_id = durable_call_id()
-        named = {"run_id": call_id} if call_id is not None else {}
-        stream = client.stream_remote_workflow(
-            workflow_name, ids, _payload(ev), timeout_secs=timeout_secs, **named
-        )
-        try:
-            async for item in stream:
-                if isinstance(item, WorkflowResult):
-                    result = item
-                else:
-                    ctx.write_event_to_stream(item)
-        finally:
-            with contextlib.suppress(Exception):
-                await stream.aclose()
+        starter = getattr(client, "start_remote_workflow", None)
+        if call_id is None and starter is not None and ctx.can_answer:
+            with contextlib.suppress(UnsupportedError):  # no session: no conversation
+                handler = await starter(workflow_name, ids, _payload(ev), timeout_secs=timeout_secs)
+                result = await _converse(ctx, handler)
+        if result is None:
+            named = {"run_id": call_id} if call_id is not None else {}
+            stream = client.stream_remote_workflow(
+                workflow_name, ids, _payload(ev), timeout_secs=timeout_secs, **named
+            )
+            try:
+                async for item in stream:
+                    if isinstance(item, WorkflowResult):
+                        result = item
+                    else:
+                        ctx.write_event_to_stream(item)
+            finally:
+                with contextlib.suppress(Exception):
+                    await stream.aclose()
         if result is None:  # pragma: no cover - the client raises instead
             raise ValidationError(f"remote workflow `{workflow_name}` returned no result")
         # The remote run's usage is already in this run's totals: every PeerClient call
@@ -142,6 +155,29 @@ def remote_step(
         name=name or f"remote:{workflow_name}",
         retries=retries,
     )(run_remote)
+
+
+async def _converse(ctx: Context, handler: Any) -> WorkflowResult:
+    """Relay a remote conversation: its events onto the parent's stream, answers back."""
+    try:
+        async for event in handler.stream_events():
+            if isinstance(event, StopEvent):
+                continue  # the result is the handler's
+            if isinstance(event, InputRequiredEvent):
+                # Written to the parent's stream once the wait is registered, so an answer
+                # cannot come too early; the wait counts against the parent's timeout.
+                answer = await ctx.wait_for_event(
+                    HumanResponseEvent, waiter_event=event, timeout=None
+                )
+                handler.send_event(answer)
+            else:
+                ctx.write_event_to_stream(event)
+        result: WorkflowResult = await handler
+        return result
+    except BaseException:
+        if not handler.done():
+            await handler.cancel()  # the parent failed or was cancelled: so is the remote run
+        raise
 
 
 def _as_event(cls: type[Event], value: Any, workflow_name: str) -> Event:

@@ -26,7 +26,7 @@ from peerflow.errors import (
     WorkflowCancelledError,
     WorkflowError,
 )
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol as wire
 from peerflow.peer._bounded import BoundedDict
 from peerflow.peer.results import decode_input, error_response, result_response
 from peerflow.peer.security import current_principal
@@ -107,7 +107,7 @@ class NamedRuns:
 
     async def respond(
         self, service: PeerService, request: bytes, run_id: str
-    ) -> pb.SubWorkflowResponse:
+    ) -> wire.SubWorkflowResponse:
         """Run (once per id), attach, or answer from the stored outcome."""
         outcome = self._outcomes.get(run_id)
         if outcome is None:
@@ -138,7 +138,7 @@ class NamedRuns:
     def _launch(
         self, service: PeerService, request: bytes, run_id: str
     ) -> asyncio.Task[WorkflowResult]:
-        req = service._decode(pb.SubWorkflowRequest, request)
+        req = service._decode(wire.SubWorkflowRequest, request)
         workflow = service._workflow(req.workflow_name, req.step_ids)
         start = decode_input(req.input_json, limit=service.limits.max_input_bytes)
         timeout: float | None = req.timeout_secs or service.limits.default_timeout_secs
@@ -174,7 +174,7 @@ class NamedRuns:
 
     def _response(
         self, service: PeerService, run_id: str, outcome: Outcome
-    ) -> pb.SubWorkflowResponse:
+    ) -> wire.SubWorkflowResponse:
         owner = current_principal()
         if isinstance(outcome, WorkflowResult):
             usage = Usage()

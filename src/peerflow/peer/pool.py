@@ -16,16 +16,16 @@ passed; it raises :class:`~peerflow.errors.TransportError` when no peer is up by
 ``PeerPool.connect(...)`` is ``PeerPool(...)`` + ``start()``; ``async with PeerPool(...)``
 starts too. ``close()`` stops the watchers and closes every channel (idempotent).
 
-**Health.** Each peer is watched with the standard ``grpc.health.v1.Health/Watch`` stream:
-SERVING marks it up (after a fresh ``DescribePeer``, so its workflows and step ids are
-re-learnt on every reconnect), anything else or a broken stream marks it down. A down
-peer is re-watched with ``wait_for_ready``, so gRPC's own reconnect backoff decides when it
-is back — there is no polling loop. Peers without ``Watch`` are polled with ``Check``
-every ``health_interval`` seconds.
+**Health** is watched per peer (:mod:`peerflow.peer.pool_health`): the standard health
+``Watch`` stream, re-learning a peer's workflows on every reconnect.
 
-**Routing and failover** follow the pure rules of :mod:`peerflow.peer.routing`: a call
-goes only to peers that are up and have what it needs, the least busy first (ties
-round-robin), and moves to another peer only when it provably never ran there.
+**Routing and failover** follow the pure rules of :mod:`peerflow.peer.routing`, applied by
+one core for unary and streaming calls (:mod:`peerflow.peer.failover`): a call goes only to
+peers that are up and have what it needs, the least busy first (ties round-robin), and
+moves to another peer only when it provably never ran there.
+
+**Options** are a :class:`~peerflow.peer.config.ClientConfig` (or its fields as keywords),
+handed to every member's client.
 
 **Refs** returned through the pool stay bound to the peer that made them
 (``result.remote_refs[key].fetch()`` goes there); the pool's own ``deref_session_ref`` /
@@ -41,127 +41,71 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
-import math
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
-from types import TracebackType
-from typing import Any, ParamSpec, Self, TypeVar
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
+from typing import Any, Self, TypeVar
 
-import grpc
-from grpc_health.v1 import health_pb2
-
+from peerflow._checks import check_seconds
 from peerflow.blocking import blocking_iter_twin, blocking_twin, call_blocking, portal_loop
 from peerflow.errors import (
     PeerError,
     PeerErrorKind,
-    PeerflowError,
-    RefNotFoundError,
-    ResourceExhaustedError,
-    UnknownStepError,
-    UnknownWorkflowError,
-    UnsupportedError,
     ValidationError,
 )
 from peerflow.events import Event
-from peerflow.peer import protocol as pb
-from peerflow.peer._bounded import BoundedDict
+from peerflow.peer import protocol as wire
 from peerflow.peer._caller import Caller
-from peerflow.peer.client import (
+from peerflow.peer.calls import check_call
+from peerflow.peer.client import PeerClient, PeerInfo, resolve_node_id
+from peerflow.peer.config import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_FLOW_CONTROL_WINDOW,
     DEFAULT_MAX_MESSAGE_BYTES,
-    REMEMBERED_REFS,
-    PeerClient,
-    PeerInfo,
-    check_call,
-    resolve_node_id,
+    DEFAULT_MAX_VALUE_BYTES,
+    ClientConfig,
+    client_config,
 )
-from peerflow.peer.routing import lacks, never_ran, short_reason
+from peerflow.peer.failover import Failover, no_peer_error
+from peerflow.peer.pool_health import Member, Members
+from peerflow.peer.pool_health import PeerState as PeerState
+from peerflow.peer.pool_refs import RefOwners
+from peerflow.peer.remote_handler import RemoteWorkflowHandler
+from peerflow.peer.routing import lacks as lacks
+from peerflow.peer.routing import never_ran as never_ran
 from peerflow.peer.security import ClientTls
 from peerflow.refs import RegistryKey
 from peerflow.result import WorkflowResult
 
 __all__ = ["PeerPool", "PeerState", "lacks", "never_ran"]  # rules re-exported from routing
 
-log = logging.getLogger("peerflow.pool")
-
-P = ParamSpec("P")
 T = TypeVar("T")
 
 DEFAULT_HEALTH_INTERVAL = 5.0
-DEFAULT_CONNECT_TIMEOUT = 10.0
-
-_SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PeerState:
-    """A snapshot of one pool member.
-
-    Attributes:
-        address: the address as given to the pool.
-        up: whether calls are routed to it.
-        reason: why it is down (empty while up).
-        info: what ``DescribePeer`` said at the last (re)connect; None before, or for a
-            peer without ``DescribePeer`` (then it is assumed to have everything).
-        in_flight: this pool's calls on it right now.
-        calls: calls the pool has sent it so far.
-    """
-
-    address: str
-    up: bool
-    reason: str
-    info: PeerInfo | None
-    in_flight: int
-    calls: int
-
-    @property
-    def node_id(self) -> str | None:
-        """The peer's node id, once described."""
-        return None if self.info is None else self.info.node_id
+def _addresses(addresses: Sequence[str]) -> list[str]:
+    if isinstance(addresses, str) or not isinstance(addresses, Sequence):
+        raise ValidationError(f"addresses must be a list of addresses, got {addresses!r}")
+    if not addresses:
+        raise ValidationError("a PeerPool needs at least one address")
+    if not all(isinstance(a, str) and a.strip() for a in addresses):
+        raise ValidationError(f"addresses must be non-empty strings, got {addresses!r}")
+    cleaned = [a.strip() for a in addresses]
+    if len(set(cleaned)) != len(cleaned):
+        raise ValidationError(f"duplicate addresses in {cleaned!r}")
+    return cleaned
 
 
-class _Peer:
-    """One member's mutable state (loop thread only)."""
-
-    __slots__ = (
-        "address",
-        "calls",
-        "client",
-        "in_flight",
-        "info",
-        "reason",
-        "settled",
-        "up",
-        "watcher",
-    )
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.client: PeerClient | None = None
-        self.up = False
-        self.reason = "not checked yet"
-        self.info: PeerInfo | None = None
-        self.in_flight = 0
-        self.calls = 0
-        self.settled = False
-        self.watcher: asyncio.Task[None] | None = None
-
-    def snapshot(self) -> PeerState:
-        return PeerState(self.address, self.up, self.reason, self.info, self.in_flight, self.calls)
-
-
-def _check_seconds(value: float, name: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValidationError(f"{name} must be a number > 0, got {value!r}")
-    return float(value)
-
-
-# -- the pool ------------------------------------------------------------------------------
+async def _one(result: Awaitable[T]) -> AsyncIterator[T]:
+    """A unary call as the one-item stream the failover core runs."""
+    yield await result
 
 
 class PeerPool(Caller):
@@ -179,6 +123,16 @@ class PeerPool(Caller):
             the pause before re-watching a peer whose health stream failed.
         connect_timeout: how long :meth:`start` waits for every peer's first answer.
         max_message_bytes: the largest message received or sent.
+        flow_control_window: each client's HTTP/2 window per call (see
+            ``PeerClient.connect``).
+        max_value_bytes: the largest session-ref value a deref accepts.
+        config: ``token`` to ``max_value_bytes`` as one
+            :class:`~peerflow.peer.config.ClientConfig` (not with those keywords), handed
+            to every member's client.
+
+    Attributes:
+        node_id: this caller's node id.
+        config: the members' client options.
 
     Raises:
         ValidationError: bad arguments (no addresses, duplicates, bad durations).
@@ -195,28 +149,32 @@ class PeerPool(Caller):
         health_interval: float = DEFAULT_HEALTH_INTERVAL,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        flow_control_window: int | None = DEFAULT_FLOW_CONTROL_WINDOW,
+        max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
+        config: ClientConfig | None = None,
     ) -> None:
-        if isinstance(addresses, str) or not isinstance(addresses, Sequence):
-            raise ValidationError(f"addresses must be a list of addresses, got {addresses!r}")
-        if not addresses:
-            raise ValidationError("a PeerPool needs at least one address")
-        if not all(isinstance(a, str) and a.strip() for a in addresses):
-            raise ValidationError(f"addresses must be non-empty strings, got {addresses!r}")
-        cleaned = [a.strip() for a in addresses]
-        if len(set(cleaned)) != len(cleaned):
-            raise ValidationError(f"duplicate addresses in {cleaned!r}")
+        cleaned = _addresses(addresses)
         self.node_id = resolve_node_id(client_node_id, node_id)
-        self._token = token
-        self._tls = tls
-        self._health_interval = _check_seconds(health_interval, "health_interval")
-        self._connect_timeout = _check_seconds(connect_timeout, "connect_timeout")
-        self._max_message_bytes = max_message_bytes
-        self._peers = [_Peer(address) for address in cleaned]
-        self._by_address = {peer.address: peer for peer in self._peers}
-        self._ref_owner: BoundedDict[RegistryKey, _Peer] = BoundedDict(REMEMBERED_REFS)
-        self._rr = 0
+        self.config = client_config(
+            config,
+            token,
+            tls,
+            connect_timeout,
+            max_message_bytes,
+            flow_control_window,
+            max_value_bytes,
+        )
+        if self.config.connect_timeout is None:
+            raise ValidationError(
+                "a PeerPool's connect_timeout must be a number > 0 (how long start() waits "
+                "for the peers' first answers), got None"
+            )
+        self._members = Members(
+            cleaned, self.node_id, check_seconds(health_interval, "health_interval")
+        )
+        self._failover = Failover(self._members, self.node_id)
+        self._ref_owner = RefOwners()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._changed: asyncio.Event | None = None
         self._started = False
         self._closed = False
 
@@ -234,6 +192,9 @@ class PeerPool(Caller):
         health_interval: float = DEFAULT_HEALTH_INTERVAL,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        flow_control_window: int | None = DEFAULT_FLOW_CONTROL_WINDOW,
+        max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
+        config: ClientConfig | None = None,
     ) -> PeerPool:
         """Build a pool and :meth:`start` it.
 
@@ -250,6 +211,9 @@ class PeerPool(Caller):
             health_interval=health_interval,
             connect_timeout=connect_timeout,
             max_message_bytes=max_message_bytes,
+            flow_control_window=flow_control_window,
+            max_value_bytes=max_value_bytes,
+            config=config,
         )
         await pool.start()
         return pool
@@ -266,6 +230,9 @@ class PeerPool(Caller):
         health_interval: float = DEFAULT_HEALTH_INTERVAL,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        flow_control_window: int | None = DEFAULT_FLOW_CONTROL_WINDOW,
+        max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
+        config: ClientConfig | None = None,
     ) -> PeerPool:
         """:meth:`connect` for code without an event loop (the pool lives on the portal).
 
@@ -273,8 +240,7 @@ class PeerPool(Caller):
             ValidationError: bad arguments, or called inside a running event loop.
             TransportError: no peer was up within ``connect_timeout``.
         """
-        return call_blocking(
-            cls.connect,
+        pool = cls(
             addresses,
             client_node_id=client_node_id,
             node_id=node_id,
@@ -283,7 +249,12 @@ class PeerPool(Caller):
             health_interval=health_interval,
             connect_timeout=connect_timeout,
             max_message_bytes=max_message_bytes,
+            flow_control_window=flow_control_window,
+            max_value_bytes=max_value_bytes,
+            config=config,
         )
+        call_blocking(pool.start)
+        return pool
 
     async def start(self) -> None:
         """Open the channels, start the health watchers, wait for the peers' first answers.
@@ -301,27 +272,24 @@ class PeerPool(Caller):
             return
         self._started = True
         self._loop = asyncio.get_running_loop()
-        self._changed = asyncio.Event()
+        members = self._members.all
+        # Members connect lazily; a busy member's session refuses (not started) instead of
+        # queueing, so the call fails over to a peer with room.
+        lazily = dataclasses.replace(self.config, connect_timeout=None, session_queue=False)
         try:
-            for peer in self._peers:
-                peer.client = await PeerClient.connect(
-                    peer.address,
-                    self.node_id,
-                    token=self._token,
-                    tls=self._tls,
-                    connect_timeout=None,
-                    max_message_bytes=self._max_message_bytes,
+            for member in members:
+                member.client = await PeerClient.connect(
+                    member.address, self.node_id, config=lazily
                 )
-            for peer in self._peers:
-                peer.watcher = self._loop.create_task(
-                    self._watch(peer), name=f"peerflow-pool-health {peer.address}"
-                )
-            await self._wait(lambda: all(p.settled for p in self._peers), self._connect_timeout)
+            self._members.watch(self._loop)
+            timeout = self.config.connect_timeout
+            assert timeout is not None
+            await self._members.wait(lambda: all(m.settled for m in members), timeout)
         except BaseException:
             await self.close()
             raise
-        if not any(peer.up for peer in self._peers):
-            error = self._no_peer_error(None, (), {})
+        if not any(member.up for member in members):
+            error = no_peer_error(members, None, (), {})
             await self.close()
             raise error
 
@@ -332,20 +300,9 @@ class PeerPool(Caller):
 
         Calls in flight are cancelled.
         """
-        if self._closed:
-            return
-        self._closed = True
-        watchers = [p.watcher for p in self._peers if p.watcher is not None]
-        for task in watchers:
-            task.cancel()
-        if watchers:
-            await asyncio.wait(watchers)
-        for peer in self._peers:
-            peer.up = False
-            peer.reason = "pool closed"
-            if peer.client is not None:
-                await peer.client.close()
-        self._notify()
+        if not self._closed:
+            self._closed = True
+            await self._members.close()
 
     close_blocking = blocking_twin(close)
 
@@ -353,25 +310,17 @@ class PeerPool(Caller):
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     # -- state ---------------------------------------------------------------------------
 
     @property
     def addresses(self) -> tuple[str, ...]:
         """The members' addresses, in the order given."""
-        return tuple(peer.address for peer in self._peers)
+        return tuple(member.address for member in self._members.all)
 
     @property
     def peers(self) -> tuple[PeerState, ...]:
         """A snapshot of every member (no I/O)."""
-        return tuple(peer.snapshot() for peer in self._peers)
+        return tuple(member.snapshot() for member in self._members.all)
 
     def state(self, peer: str) -> PeerState:
         """The snapshot of one member, by address or node id.
@@ -379,7 +328,7 @@ class PeerPool(Caller):
         Raises:
             ValidationError: no such member.
         """
-        return self._find(peer).snapshot()
+        return self._members.find(peer, self.addresses).snapshot()
 
     async def wait_for_state(
         self,
@@ -402,11 +351,11 @@ class PeerPool(Caller):
             ValidationError: no such member, or the pool is not started.
             TransportError: still not in that state after ``timeout`` (names its reason).
         """
-        member = self._find(peer)
+        member = self._members.find(peer, self.addresses)
         if not self._started:
             raise ValidationError("start the PeerPool before waiting on its peers")
-        timeout = _check_seconds(timeout, "timeout")
-        if not await self._wait(lambda: member.up is up, timeout):
+        timeout = check_seconds(timeout, "timeout")
+        if not await self._members.wait(lambda: member.up is up, timeout):
             state = "up" if up else "down"
             raise PeerError(
                 f"peer {member.address} not {state} after {timeout:g}s "
@@ -418,234 +367,27 @@ class PeerPool(Caller):
 
     wait_for_state_blocking = blocking_twin(wait_for_state)
 
-    def _find(self, name: str) -> _Peer:
-        found = self._by_address.get(name)
-        if found is not None:
-            return found
-        for peer in self._peers:
-            if peer.info is not None and peer.info.node_id == name:
-                return peer
-        raise ValidationError(f"no peer {name!r} in this pool ({', '.join(self.addresses)})")
-
-    async def _wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        assert self._loop is not None
-        deadline = self._loop.time() + timeout
-        while not predicate():
-            changed = self._changed
-            remaining = deadline - self._loop.time()
-            if changed is None or remaining <= 0 or self._closed:
-                return predicate()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
-        return True
-
-    def _notify(self) -> None:
-        changed = self._changed
-        if changed is not None:
-            self._changed = asyncio.Event()
-            changed.set()
-
-    def _mark(self, peer: _Peer, *, up: bool, reason: str = "") -> None:
-        if peer.up is not up or not peer.settled:
-            if up:
-                log.info("pool %s: peer %s up", self.node_id, peer.address)
-            else:
-                log.warning("pool %s: peer %s down (%s)", self.node_id, peer.address, reason)
-        peer.up = up
-        peer.reason = "" if up else reason
-        peer.settled = True
-        self._notify()
-
-    # -- health --------------------------------------------------------------------------
-
-    async def _watch(self, peer: _Peer) -> None:
-        """Follow one peer's health for the pool's life; never raises but CancelledError."""
-        assert peer.client is not None
-        stub = peer.client._health  # the client's own HealthStub, on its channel
-        wait_for_ready = False  # the first look fails fast, so start() learns "down"
-        while True:
-            try:
-                call = stub.Watch(
-                    health_pb2.HealthCheckRequest(service=""), wait_for_ready=wait_for_ready
-                )
-                try:
-                    async for reply in call:
-                        if reply.status == _SERVING:
-                            if not peer.up:
-                                await self._describe(peer)
-                                self._mark(peer, up=True)
-                        else:
-                            name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-                            self._mark(peer, up=False, reason=f"health {name}")
-                finally:
-                    call.cancel()
-                self._mark(peer, up=False, reason="health stream ended")
-            except grpc.RpcError as exc:
-                if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
-                    await self._poll(peer)
-                    return
-                self._mark(peer, up=False, reason=short_reason(exc))
-            except PeerflowError as exc:  # DescribePeer failed
-                self._mark(peer, up=False, reason=short_reason(exc))
-            wait_for_ready = True  # from now on gRPC's reconnect backoff paces us
-            await asyncio.sleep(self._health_interval)
-
-    async def _poll(self, peer: _Peer) -> None:
-        """Health by ``Check`` every ``health_interval`` (peers without ``Watch``)."""
-        assert peer.client is not None
-        while True:
-            try:
-                serving = await peer.client.health(timeout=self._health_interval)
-            except UnsupportedError:
-                serving = True  # no health service at all: calls' own errors tell
-            except PeerflowError as exc:
-                self._mark(peer, up=False, reason=short_reason(exc))
-            else:
-                if serving and not peer.up:
-                    try:
-                        await self._describe(peer)
-                    except PeerflowError as exc:
-                        self._mark(peer, up=False, reason=short_reason(exc))
-                    else:
-                        self._mark(peer, up=True)
-                elif not serving:
-                    self._mark(peer, up=False, reason="health NOT_SERVING")
-            await asyncio.sleep(self._health_interval)
-
-    async def _describe(self, peer: _Peer) -> None:
-        assert peer.client is not None
-        try:
-            peer.info = await peer.client.describe()
-        except UnsupportedError:
-            peer.info = None  # a Blazen peer: capabilities unknown, assumed capable
-
-    # -- routing -------------------------------------------------------------------------
-
     def _check_ready(self) -> None:
         if self._closed:
             raise ValidationError("this PeerPool is closed")
         if not self._started:
             raise ValidationError("start the PeerPool first (await pool.start() or connect())")
 
-    def _pick(
-        self, workflow_name: str, step_ids: Sequence[str], tried: Mapping[str, Any]
-    ) -> _Peer | None:
-        best: list[_Peer] = []
-        for peer in self._peers:
-            if not peer.up or peer.address in tried or lacks(peer.info, workflow_name, step_ids):
-                continue
-            if best and peer.in_flight > best[0].in_flight:
-                continue
-            if best and peer.in_flight < best[0].in_flight:
-                best.clear()
-            best.append(peer)
-        if not best:
-            return None
-        chosen = best[self._rr % len(best)]
-        self._rr += 1
-        return chosen
+    # -- workflows -----------------------------------------------------------------------
 
-    def _no_peer_error(
-        self,
-        workflow_name: str | None,
-        step_ids: Sequence[str],
-        tried: Mapping[str, tuple[str, bool, bool]],
-    ) -> PeerError:
-        reasons: list[str] = []
-        someone_could = False
-        all_busy = bool(tried)
-        for peer in self._peers:
-            missing = None if workflow_name is None else lacks(peer.info, workflow_name, step_ids)
-            if peer.address in tried:
-                why, lacking, busy = tried[peer.address]
-                someone_could = someone_could or not lacking
-                all_busy = all_busy and busy
-            elif missing is not None:
-                why = missing
-            else:
-                why = f"down ({peer.reason})" if not peer.up else "up"
-                someone_could = True
-            reasons.append(f"{peer.address}: {why}")
-        listing = "; ".join(reasons)
-        address = ", ".join(self.addresses)
-        if workflow_name is None:
-            return PeerError(
-                f"no peer of the pool is up: {listing}",
-                kind=PeerErrorKind.TRANSPORT,
-                address=address,
-                code="UNAVAILABLE",
-            )
-        what = f"workflow `{workflow_name}`"
-        if step_ids:
-            what += " (steps " + ", ".join(f"`{s}`" for s in step_ids) + ")"
-        if someone_could and all_busy:
-            return PeerError(
-                f"every capable peer of the pool is at its limit for {what}; retry later: "
-                f"{listing}",
-                kind=PeerErrorKind.RESOURCE_EXHAUSTED,
-                address=address,
-                code="RESOURCE_EXHAUSTED",
-            )
-        if someone_could:
-            return PeerError(
-                f"no peer of the pool can take {what} now: {listing}",
-                kind=PeerErrorKind.TRANSPORT,
-                address=address,
-                code="UNAVAILABLE",
-            )
-        kind = PeerErrorKind.UNKNOWN_STEP if step_ids else PeerErrorKind.UNKNOWN_WORKFLOW
-        return PeerError(
-            f"no peer of the pool has {what}: {listing}",
-            kind=kind,
-            address=address,
-            code="NOT_FOUND",
-        )
-
-    def _failed_over(
-        self, peer: _Peer, error: PeerflowError, tried: dict[str, tuple[str, bool, bool]]
-    ) -> None:
-        stale = isinstance(error, UnknownStepError | UnknownWorkflowError)
-        why = f"rejected it ({error})" if stale else f"refused ({short_reason(error)})"
-        busy = isinstance(error, ResourceExhaustedError)  # at its limit: nothing ran
-        tried[peer.address] = (why, stale, busy)
-        log.info("pool %s: %s %s; trying another peer", self.node_id, peer.address, why)
-        if stale and peer.client is not None and self._loop is not None:
-            self._loop.create_task(self._refresh(peer))
-
-    async def _refresh(self, peer: _Peer) -> None:
-        with contextlib.suppress(PeerflowError):
-            await self._describe(peer)
-            self._notify()
-
-    async def _call(
+    async def _unary(
         self,
         workflow_name: str,
         step_ids: Sequence[str],
-        fn: Callable[[PeerClient], Awaitable[T]],
-    ) -> tuple[_Peer, T]:
+        call: Callable[[PeerClient], Awaitable[T]],
+    ) -> tuple[Member, T]:
+        """A unary call through the failover core: the member that answered, and its answer."""
         self._check_ready()
-        tried: dict[str, tuple[str, bool, bool]] = {}
-        while True:
-            peer = self._pick(workflow_name, step_ids, tried)
-            if peer is None:
-                raise self._no_peer_error(workflow_name, step_ids, tried)
-            assert peer.client is not None
-            peer.in_flight += 1
-            peer.calls += 1
-            try:
-                return peer, await fn(peer.client)
-            except PeerflowError as exc:
-                if not never_ran(exc):
-                    raise
-                self._failed_over(peer, exc, tried)
-            finally:
-                peer.in_flight -= 1
-
-    def _remember(self, peer: _Peer, keys: Iterator[RegistryKey | uuid.UUID]) -> None:
-        for key in keys:
-            self._ref_owner[RegistryKey.parse(key)] = peer
-
-    # -- workflows -----------------------------------------------------------------------
+        attempts = self._failover.run(workflow_name, step_ids, lambda client: _one(call(client)))
+        async with contextlib.aclosing(attempts):
+            async for answered in attempts:
+                return answered
+        raise AssertionError("a unary call ends with its answer or an error")  # pragma: no cover
 
     async def run_remote_workflow(
         self,
@@ -659,13 +401,7 @@ class PeerPool(Caller):
     ) -> WorkflowResult:
         """Run a workflow on a capable, healthy peer and return its result.
 
-        Args:
-            workflow_name: the workflow's name on the peers.
-            step_ids: step ids to assemble; empty means the peer's registered workflow.
-            input: the start event's fields (JSON-serializable).
-            input_json: the same, already encoded as a JSON object.
-            timeout_secs: bounds the run on the peer (see ``PeerClient``).
-            run_id: an idempotency key (see ``PeerClient.run_remote_workflow``).
+        The arguments are ``PeerClient.run_remote_workflow``'s.
 
         Returns:
             The remote run's result; its ``remote_refs`` stay bound to the peer that ran it.
@@ -678,7 +414,7 @@ class PeerPool(Caller):
             ValidationError: bad arguments, or the pool is not started / closed.
         """
         ids = check_call(workflow_name, step_ids)
-        peer, result = await self._call(
+        member, result = await self._unary(
             workflow_name,
             ids,
             lambda client: client.run_remote_workflow(
@@ -690,7 +426,7 @@ class PeerPool(Caller):
                 run_id=run_id,
             ),
         )
-        self._remember(peer, iter(result.remote_refs))
+        self._ref_owner.remember(member, result.remote_refs)
         return result
 
     run_remote_workflow_blocking = blocking_twin(run_remote_workflow)
@@ -716,83 +452,78 @@ class PeerPool(Caller):
         """
         ids = check_call(workflow_name, step_ids)
         self._check_ready()
-        tried: dict[str, tuple[str, bool, bool]] = {}
-        while True:
-            peer = self._pick(workflow_name, ids, tried)
-            if peer is None:
-                raise self._no_peer_error(workflow_name, ids, tried)
-            assert peer.client is not None
-            stream = peer.client.stream_remote_workflow(
+        attempts = self._failover.run(
+            workflow_name,
+            ids,
+            lambda client: client.stream_remote_workflow(
                 workflow_name,
                 ids,
                 input,
                 input_json=input_json,
                 timeout_secs=timeout_secs,
                 run_id=run_id,
-            )
-            started = False
-            peer.in_flight += 1
-            peer.calls += 1
-            try:
-                async for item in stream:
-                    started = True
-                    if isinstance(item, WorkflowResult):
-                        self._remember(peer, iter(item.remote_refs))
-                    yield item
-                return
-            except PeerflowError as exc:
-                if started or not never_ran(exc):
-                    raise
-                self._failed_over(peer, exc, tried)
-            finally:
-                peer.in_flight -= 1
-                await stream.aclose()
+            ),
+        )
+        async with contextlib.aclosing(attempts):
+            async for member, item in attempts:
+                if isinstance(item, WorkflowResult):
+                    self._ref_owner.remember(member, item.remote_refs)
+                yield item
 
     stream_remote_workflow_blocking = blocking_iter_twin(stream_remote_workflow)
 
+    async def start_remote_workflow(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input: Mapping[str, Any] | None = None,
+        *,
+        input_json: str | bytes | None = None,
+        timeout_secs: float | None = None,
+        run_id: str | None = None,
+    ) -> RemoteWorkflowHandler:
+        """Start a workflow on a capable, healthy peer; a handler drives the conversation.
+
+        The arguments and the handler are ``PeerClient.start_remote_workflow``'s. Failover
+        applies until the run has started on a peer; the run stays on that peer.
+
+        Raises:
+            UnsupportedError: the chosen peer holds no conversations (no session).
+            UnknownStepError / UnknownWorkflowError: no peer of the pool has it.
+            TransportError: no capable peer is up.
+            ValidationError: bad arguments, or the pool is not started / closed.
+        """
+        ids = check_call(workflow_name, step_ids)
+        member, handler = await self._unary(
+            workflow_name,
+            ids,
+            lambda client: client.start_remote_workflow(
+                workflow_name,
+                ids,
+                input,
+                input_json=input_json,
+                timeout_secs=timeout_secs,
+                run_id=run_id,
+            ),
+        )
+        handler.on_result(lambda result: self._ref_owner.remember(member, result.remote_refs))
+        return handler
+
+    start_remote_workflow_blocking = blocking_twin(start_remote_workflow)
+
     async def _invoke_raw(
-        self, request: pb.SubWorkflowRequest, deadline: float | None, run_id: str | None = None
-    ) -> pb.SubWorkflowResponse:
+        self, request: wire.SubWorkflowRequest, deadline: float | None, run_id: str | None = None
+    ) -> wire.SubWorkflowResponse:
         ids = check_call(request.workflow_name, request.step_ids)
-        peer, response = await self._call(
+        member, response = await self._unary(
             request.workflow_name,
             ids,
             lambda client: client._invoke_raw(request, deadline, run_id),
         )
-        self._remember(peer, iter(response.remote_refs))
+        self._ref_owner.remember(member, response.remote_refs)
         return response
 
     # -- session refs --------------------------------------------------------------------
-
-    async def _on_owner(
-        self,
-        key: RegistryKey | uuid.UUID | str,
-        fn: Callable[[PeerClient, RegistryKey], Awaitable[T]],
-    ) -> T:
-        self._check_ready()
-        parsed = RegistryKey.parse(key)
-        owner = self._ref_owner.get(parsed)
-        if owner is not None:
-            assert owner.client is not None
-            return await fn(owner.client, parsed)
-        # A key this pool did not hand out: ask each up peer in turn.
-        answers: list[str] = []
-        for peer in self._peers:
-            if not peer.up or peer.client is None:
-                answers.append(f"{peer.address}: down ({peer.reason})")
-                continue
-            try:
-                value = await fn(peer.client, parsed)
-            except RefNotFoundError:
-                answers.append(f"{peer.address}: not found")
-                continue
-            self._ref_owner[parsed] = peer
-            return value
-        raise RefNotFoundError(
-            f"no peer of the pool holds session ref {parsed}: {'; '.join(answers)}",
-            address=", ".join(self.addresses),
-            code="NOT_FOUND",
-        )
 
     async def deref_session_ref(
         self, key: RegistryKey | uuid.UUID | str, *, timeout: float | None = None
@@ -805,8 +536,9 @@ class PeerPool(Caller):
             TransportError: its peer is unreachable (refs never move between peers).
             ValidationError: ``key`` is not a key.
         """
-        return await self._on_owner(
-            key, lambda client, k: client.deref_session_ref(k, timeout=timeout)
+        self._check_ready()
+        return await self._ref_owner.on_owner(
+            self._members.all, key, lambda client, k: client.deref_session_ref(k, timeout=timeout)
         )
 
     deref_session_ref_blocking = blocking_twin(deref_session_ref)
@@ -821,7 +553,10 @@ class PeerPool(Caller):
                 :meth:`deref_session_ref`.
             UnsupportedError: no serializer here for its type tag.
         """
-        return await self._on_owner(key, lambda client, k: client.fetch_ref(k, timeout=timeout))
+        self._check_ready()
+        return await self._ref_owner.on_owner(
+            self._members.all, key, lambda client, k: client.fetch_ref(k, timeout=timeout)
+        )
 
     fetch_ref_blocking = blocking_twin(fetch_ref)
 
@@ -834,22 +569,8 @@ class PeerPool(Caller):
             RefPermissionError / TransportError / ValidationError: as
                 :meth:`deref_session_ref`.
         """
-
-        async def release(client: PeerClient, k: RegistryKey) -> bool:
-            # Release answers False, not NOT_FOUND, for a ref a peer does not hold: turn
-            # that into "not here" so a key this pool did not hand out is asked for on
-            # every peer, not only the first.
-            if await client.release_session_ref(k, timeout=timeout):
-                return True
-            raise RefNotFoundError(f"{client.address} does not hold {k}")
-
-        parsed = RegistryKey.parse(key)
-        try:
-            released = await self._on_owner(parsed, release)
-        except RefNotFoundError:
-            released = False
-        self._ref_owner.pop(parsed, None)
-        return released
+        self._check_ready()
+        return await self._ref_owner.release(self._members.all, key, timeout)
 
     release_session_ref_blocking = blocking_twin(release_session_ref)
 
@@ -866,19 +587,7 @@ class PeerPool(Caller):
             ValidationError: the pool is not started or closed.
         """
         self._check_ready()
-        live = [peer for peer in self._peers if peer.up and peer.client is not None]
-
-        async def one(peer: _Peer) -> PeerInfo | None:
-            assert peer.client is not None
-            try:
-                peer.info = await peer.client.describe()
-            except PeerflowError:
-                return None
-            return peer.info
-
-        infos = await asyncio.gather(*(one(peer) for peer in live))
-        self._notify()
-        return {p.address: info for p, info in zip(live, infos, strict=True) if info}
+        return await self._members.describe_all()
 
     describe_blocking = blocking_twin(describe)
 
@@ -892,16 +601,7 @@ class PeerPool(Caller):
             ValidationError: the pool is not started or closed.
         """
         self._check_ready()
-
-        async def one(peer: _Peer) -> bool:
-            assert peer.client is not None
-            try:
-                return await peer.client.health(timeout=timeout)
-            except PeerflowError:
-                return False
-
-        answers = await asyncio.gather(*(one(peer) for peer in self._peers))
-        return dict(zip(self.addresses, answers, strict=True))
+        return await self._members.health_all(timeout)
 
     health_blocking = blocking_twin(health)
 
@@ -916,6 +616,6 @@ class PeerPool(Caller):
             )
 
     def __repr__(self) -> str:
-        up = sum(peer.up for peer in self._peers)
-        state = "closed" if self._closed else f"{up}/{len(self._peers)} up"
+        up = sum(peer.up for peer in self._members.all)
+        state = "closed" if self._closed else f"{up}/{len(self._members.all)} up"
         return f"<PeerPool {self.node_id} {state}>"

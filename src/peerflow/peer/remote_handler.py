@@ -94,12 +94,20 @@ class RemoteWorkflowHandler:
         self._when = when
         self._to_result = to_result
         self._stream_taken = False
+        self._on_result: list[Callable[[WorkflowResult], None]] = []
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._task: asyncio.Task[WorkflowResult] = asyncio.ensure_future(self._outcome())
 
     async def _outcome(self) -> WorkflowResult:
-        return self._to_result(await self._session.outcome(self._call, self._when))
+        result = self._to_result(await self._session.outcome(self._call, self._when))
+        for hook in self._on_result:
+            hook(result)
+        return result
+
+    def on_result(self, hook: Callable[[WorkflowResult], None]) -> None:
+        """Call ``hook(result)`` when the run succeeds, before ``await handler`` returns."""
+        self._on_result.append(hook)
 
     @property
     def run_id(self) -> str:

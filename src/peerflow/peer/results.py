@@ -349,7 +349,7 @@ def error_response(
         remote_refs=wire_descriptors(survivors),
         error=str(error) if max_error_chars is None else clip_message(str(error), max_error_chars),
         usage=_usage(usage),
-        error_kind=error.kind,
+        error_kind=error.reason,
         run_id=run_id,
         explicit_refs=_explicit(refs, survivors),
         failed_step=(

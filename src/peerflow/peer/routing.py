@@ -34,7 +34,13 @@ from collections.abc import Sequence
 
 import grpc
 
-from peerflow.errors import PeerError, PeerErrorKind, UnknownStepError, UnknownWorkflowError
+from peerflow.errors import (
+    PeerError,
+    PeerErrorKind,
+    RpcStatus,
+    UnknownStepError,
+    UnknownWorkflowError,
+)
 from peerflow.peer.client import PeerInfo
 from peerflow.peer.status import NOT_STARTED
 
@@ -76,6 +82,9 @@ def lacks(info: PeerInfo | None, workflow_name: str, step_ids: Sequence[str]) ->
     return None
 
 
+_MAYBE_NEVER_RAN = (RpcStatus.UNAVAILABLE, RpcStatus.RESOURCE_EXHAUSTED)
+
+
 def never_ran(error: BaseException) -> bool:
     """Whether a failed call provably never started on the peer (safe to send elsewhere).
 
@@ -96,12 +105,15 @@ def never_ran(error: BaseException) -> bool:
     """
     if isinstance(error, UnknownStepError | UnknownWorkflowError):
         return True
-    if not isinstance(error, PeerError) or error.code not in ("UNAVAILABLE", "RESOURCE_EXHAUSTED"):
+    if not isinstance(error, PeerError) or error.code not in (
+        RpcStatus.UNAVAILABLE,
+        RpcStatus.RESOURCE_EXHAUSTED,
+    ):
         return False
     details = _details(error).lower()
     if NOT_STARTED in details:  # a peerflow peer refused before creating the run
         return True
-    if error.kind is not PeerErrorKind.TRANSPORT or error.code != "UNAVAILABLE":
+    if error.kind is not PeerErrorKind.TRANSPORT or error.code is not RpcStatus.UNAVAILABLE:
         return False
     return any(marker in details for marker in _NEVER_SENT)
 

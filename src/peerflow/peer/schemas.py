@@ -7,13 +7,13 @@ from typing import Any
 
 import orjson
 
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol as wire
 from peerflow.registry import Registry
 
 __all__ = ["read_schemas", "workflow_schemas"]
 
 
-def workflow_schemas(registry: Registry) -> tuple[pb.WorkflowSchema, ...]:
+def workflow_schemas(registry: Registry) -> tuple[wire.WorkflowSchema, ...]:
     """Each registered workflow's input schema, and its output schema when it declares one."""
     schemas = []
     for name in registry.workflows():
@@ -22,7 +22,7 @@ def workflow_schemas(registry: Registry) -> tuple[pb.WorkflowSchema, ...]:
             continue
         output = workflow.output_schema()
         schemas.append(
-            pb.WorkflowSchema(
+            wire.WorkflowSchema(
                 name,
                 orjson.dumps(workflow.input_schema()).decode(),
                 None if output is None else orjson.dumps(output).decode(),
@@ -32,7 +32,7 @@ def workflow_schemas(registry: Registry) -> tuple[pb.WorkflowSchema, ...]:
 
 
 def read_schemas(
-    schemas: tuple[pb.WorkflowSchema, ...] | None,
+    schemas: tuple[wire.WorkflowSchema, ...] | None,
 ) -> tuple[Mapping[str, dict[str, Any]], Mapping[str, dict[str, Any]]]:
     """``(input_schemas, output_schemas)`` by workflow name.
 

@@ -30,14 +30,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from peerflow.blocking import blocking_twin
 from peerflow.errors import PeerError, PeerErrorKind, ValidationError
 from peerflow.peer.address import parse_listen_address
+from peerflow.peer.config import DEFAULT_MAX_CONCURRENT_RUNS as DEFAULT_MAX_CONCURRENT_RUNS
+from peerflow.peer.config import DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_MAX_MESSAGE_BYTES
+from peerflow.peer.config import DEFAULT_REF_BUDGET as DEFAULT_REF_BUDGET
+from peerflow.peer.config import DEFAULT_REF_TTL as DEFAULT_REF_TTL
+from peerflow.peer.config import MIN_MESSAGE_BYTES as MIN_MESSAGE_BYTES
+from peerflow.peer.config import ServerConfig, from_keywords
 from peerflow.peer.named import start_resuming
 from peerflow.peer.observer import RunObserver
 from peerflow.peer.security import AuthInterceptor, ServerTls, resolve_token
-from peerflow.peer.service import (
-    DEFAULT_STREAM_IDLE_TIMEOUT,
-    PeerService,
-    ServiceLimits,
-)
+from peerflow.peer.service import DEFAULT_STREAM_IDLE_TIMEOUT, PeerService, ServiceLimits
 from peerflow.peer.status import NOT_STARTED
 from peerflow.refs import SessionRefRegistry
 from peerflow.registry import Registry, default_registry
@@ -51,40 +53,8 @@ __all__ = ["PeerServer", "ServerState"]
 log = logging.getLogger("peerflow.server")
 
 SERVICE_NAMES = ("blazen.peer.v1.BlazenPeer", "peerflow.peer.v1.PeerExtensions")
-DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
-DEFAULT_MAX_CONCURRENT_RUNS = 1024
-DEFAULT_REF_TTL = 3600.0
-DEFAULT_REF_BUDGET = 1 << 30
-MIN_MESSAGE_BYTES = 1024
-
-
-def _positive(value: float | None, name: str, *, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValidationError(f"{name} must be a number > 0, got {value!r}")
-    return value
-
-
 _MIN_PENDING_REQUESTS = 16_384
 _MAX_UNREQUESTED_SECS = 24 * 3600
-
-
-def _positive_float(value: float, name: str) -> float:
-    checked = _positive(value, name)
-    assert checked is not None
-    return float(checked)
-
-
-def _positive_int(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValidationError(f"{name} must be an int >= 1, got {value!r}")
-    return value
 
 
 class ServerState(enum.Enum):
@@ -151,6 +121,14 @@ class PeerServer:
             ``run_id`` are durable there, and on start (then every third of the store's
             lease) the peer resumes the unfinished runs of the workflows it serves that
             no live process holds (see ``docs/durability.md``). The server closes it.
+        config: ``token`` to ``stream_idle_timeout`` as one
+            :class:`~peerflow.peer.config.ServerConfig` (not with those keywords).
+
+    Attributes:
+        node_id: this peer's name.
+        config: the validated options it serves with.
+        registry: where workflows and steps are looked up.
+        session_refs: its session-ref registry.
 
     Raises:
         ValidationError: a bad argument.
@@ -174,6 +152,7 @@ class PeerServer:
         max_stream_buffer_bytes: int = DEFAULT_STREAM_BUFFER_BYTES,
         stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT,
         store: RunStore | None = None,
+        config: ServerConfig | None = None,
     ) -> None:
         if not isinstance(node_id, str) or not node_id.strip():
             raise ValidationError(f"node_id must be a non-empty string, got {node_id!r}")
@@ -185,39 +164,39 @@ class PeerServer:
             )
         if store is not None and not hasattr(store, "resume_orphans"):
             raise ValidationError(f"store must come from open_store(), got {store!r}")
-        if tls is not None and not isinstance(tls, ServerTls):
-            raise ValidationError(f"tls must come from load_server_tls(), got {tls!r}")
-        max_message_bytes = _positive_int(max_message_bytes, "max_message_bytes")
-        if max_message_bytes < MIN_MESSAGE_BYTES:
-            raise ValidationError(
-                f"max_message_bytes must be at least {MIN_MESSAGE_BYTES}, got {max_message_bytes}"
-            )
-        if max_input_bytes is None:
-            max_input_bytes = max_message_bytes
-        self._limits = ServiceLimits(
-            max_concurrent_runs=_positive_int(max_concurrent_runs, "max_concurrent_runs"),
-            max_input_bytes=_positive_int(max_input_bytes, "max_input_bytes"),
-            max_unary_bytes=max_message_bytes - 64,
-            max_stream_buffer_bytes=_positive_int(
-                max_stream_buffer_bytes, "max_stream_buffer_bytes"
-            ),
-            stream_idle_timeout=_positive_float(stream_idle_timeout, "stream_idle_timeout"),
-            default_timeout_secs=_positive(
-                default_timeout_secs, "default_timeout_secs", allow_none=True
-            ),
+        config = from_keywords(
+            ServerConfig,
+            config,
+            token=token,
+            tls=tls,
+            max_concurrent_runs=max_concurrent_runs,
+            max_message_bytes=max_message_bytes,
+            max_input_bytes=max_input_bytes,
+            ref_ttl=ref_ttl,
+            ref_budget_bytes=ref_budget_bytes,
+            default_timeout_secs=default_timeout_secs,
+            max_connection_age=max_connection_age,
+            max_stream_buffer_bytes=max_stream_buffer_bytes,
+            stream_idle_timeout=stream_idle_timeout,
         )
-        _positive(ref_ttl, "ref_ttl")
+        self.config = config
+        self._limits = ServiceLimits(
+            max_concurrent_runs=config.max_concurrent_runs,
+            max_input_bytes=config.input_limit,
+            max_unary_bytes=config.max_message_bytes - 64,
+            max_stream_buffer_bytes=config.max_stream_buffer_bytes,
+            stream_idle_timeout=config.stream_idle_timeout,
+            default_timeout_secs=config.default_timeout_secs,
+        )
         if session_refs is None:
             session_refs = SessionRefRegistry(
-                node_id=node_id,
-                max_bytes=_positive_int(ref_budget_bytes, "ref_budget_bytes"),
-                ref_ttl=float(ref_ttl),
+                node_id=node_id, max_bytes=config.ref_budget_bytes, ref_ttl=config.ref_ttl
             )
         self.node_id = node_id
-        self._token = resolve_token(token)
-        self._tls = tls
-        self._max_message_bytes = max_message_bytes
-        age = _positive(max_connection_age, "max_connection_age", allow_none=True)
+        self._token = resolve_token(config.token)
+        self._tls = config.tls
+        self._max_message_bytes = config.max_message_bytes
+        age = config.max_connection_age
         self._connection_age_ms = None if age is None else max(1, round(age * 1000))
         self.session_refs = session_refs
         self.registry = default_registry() if registry is None else registry

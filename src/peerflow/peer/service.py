@@ -9,7 +9,6 @@ inside is turned into a status by the one table in :mod:`peerflow.peer.status`.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import logging
@@ -43,7 +42,8 @@ from peerflow.errors import (
     ValidationError,
     WorkflowError,
 )
-from peerflow.peer import protocol as pb
+from peerflow.peer import protocol as wire
+from peerflow.peer import tracing
 from peerflow.peer._refusals import STEP_FAILURES, log_step_failure, note_refusal
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.named import NamedRuns, requested_run_id
@@ -110,7 +110,7 @@ EXTENSIONS = (
     "ref_leases",
 )
 
-M = TypeVar("M", bound=pb._Message)
+M = TypeVar("M", bound=wire.Message)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -154,7 +154,6 @@ class PeerService:
         self._runs: set[HostedRun] = set()
         self._assembled: dict[tuple[str, tuple[str, ...]], Workflow] = {}
         self._drained: asyncio.Event | None = None  # set when active_runs drops to 0
-        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.closing: str | None = None  # set: new runs are refused (UNAVAILABLE) with it
         self.observer: RunObserver | None = None  # hears of runs and calls (metrics, pages)
 
@@ -195,9 +194,9 @@ class PeerService:
 
     # -- failure boundary (and served-RPC spans) ----------------------------------------
     #
-    # Spans are opened here rather than by telemetry.TracingServerInterceptor: a grpc.aio
-    # interceptor costs every call ~20 µs of server CPU even when tracing is off, while
-    # telemetry.enabled() is a cached check. The span is entered in the handler's task, so
+    # Spans are opened here rather than by a grpc.aio server interceptor, which would cost
+    # every call ~20 µs of server CPU even when tracing is off, while telemetry.enabled()
+    # is a cached check. The span is entered in the handler's task, so
     # a run started by the handler joins the caller's trace.
 
     @staticmethod
@@ -207,7 +206,7 @@ class PeerService:
     ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
         async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             metadata = context.invocation_metadata() if telemetry.enabled() else None
-            with telemetry.served_rpc_span(method, metadata, servicer_context=context):
+            with tracing.served_rpc_span(method, metadata, servicer_context=context):
                 try:
                     return await fn(request, context)
                 except PeerflowError as exc:
@@ -242,7 +241,7 @@ class PeerService:
                 )
 
             loop = asyncio.get_running_loop()
-            with telemetry.served_rpc_span(method, metadata, servicer_context=context):
+            with tracing.served_rpc_span(method, metadata, servicer_context=context):
                 try:
                     # aclosing: an early close (caller gone, stalled) runs the handler's
                     # cleanup now, in this task and inside the span, not at GC time.
@@ -264,8 +263,8 @@ class PeerService:
     @staticmethod
     def _decode(cls: type[M], request: bytes) -> M:
         message = cls.decode(unframe(request))
-        version = getattr(message, "envelope_version", pb.ENVELOPE_VERSION)
-        pb.check_envelope_version(version)
+        version = getattr(message, "envelope_version", wire.ENVELOPE_VERSION)
+        wire.check_envelope_version(version)
         return message
 
     # -- runs ----------------------------------------------------------------------------
@@ -299,8 +298,6 @@ class PeerService:
 
     def _free_slot(self) -> None:
         self.active_runs -= 1
-        if self._slot_waiters:
-            self._wake_slot_waiter()
         if not self.active_runs and self._drained is not None:
             self._drained.set()
 
@@ -333,12 +330,12 @@ class PeerService:
 
     def _prepare(self, request: bytes, streaming: bool) -> HostedRun:
         return self._prepare_request(
-            self._decode(pb.SubWorkflowRequest, request), streaming=streaming, answerable=False
+            self._decode(wire.SubWorkflowRequest, request), streaming=streaming, answerable=False
         )
 
     def _prepare_request(
         self,
-        req: pb.SubWorkflowRequest,
+        req: wire.SubWorkflowRequest,
         *,
         streaming: bool,
         answerable: bool,
@@ -373,7 +370,7 @@ class PeerService:
 
     def _respond(
         self, run: HostedRun, result: Any, error: WorkflowError | None
-    ) -> pb.SubWorkflowResponse:
+    ) -> wire.SubWorkflowResponse:
         owner = current_principal()
         budget = self.limits.max_unary_bytes - 1024  # room for the envelope around it
         if error is None:
@@ -429,7 +426,7 @@ class PeerService:
 
     async def _drive(
         self, run: HostedRun, context: grpc.aio.ServicerContext
-    ) -> pb.SubWorkflowResponse:
+    ) -> wire.SubWorkflowResponse:
         started = time.perf_counter()
         self.runs_started += 1
         self._runs.add(run)
@@ -504,13 +501,13 @@ class PeerService:
             run_id = requested_run_id(context)
             if run_id is not None:  # a named run: only its outcome (it may be attached to)
                 response = await self.named.respond(self, request, run_id)
-                yield frame(pb.SubWorkflowEvent(pb.StreamDone(response)).encode())
+                yield frame(wire.SubWorkflowEvent(wire.StreamDone(response)).encode())
                 return
             run = slot.run = self._prepare(request, streaming=True)
             driver = asyncio.ensure_future(self._drive(run, context))
             try:
                 async for _event, payload in self._event_payloads(run):
-                    yield frame(pb.SubWorkflowEvent(payload).encode())
+                    yield frame(wire.SubWorkflowEvent(payload).encode())
                 response = await driver
             finally:
                 if not driver.done():
@@ -518,14 +515,18 @@ class PeerService:
                     await asyncio.wait([driver])
         # The run's slot is free before the caller sees Done, so a caller that starts its
         # next run on receiving it never finds its own finished run still counted.
-        yield frame(pb.SubWorkflowEvent(pb.StreamDone(response)).encode())
+        yield frame(wire.SubWorkflowEvent(wire.StreamDone(response)).encode())
 
-    async def _event_payloads(self, run: HostedRun) -> AsyncIterator[tuple[Event, pb.EventPayload]]:
+    async def _event_payloads(
+        self, run: HostedRun, max_message: int | None = None
+    ) -> AsyncIterator[tuple[Event, wire.EventPayload]]:
         """Each event a streaming run publishes, with its wire payload.
 
-        Not its terminal event: that travels inside Done / the call's result.
+        Not its terminal event: that travels inside Done / the call's result. An event
+        larger than ``max_message`` (default: this peer's message limit) is replaced by an
+        ``OVERSIZED_EVENT_TYPE`` marker.
         """
-        limit = self.limits.max_unary_bytes - 1024
+        limit = (max_message or self.limits.max_unary_bytes) - 1024
         async for event in run.events(terminal=False):
             if self.observer is not None:
                 self.observer.run_event(run, event)
@@ -534,44 +535,10 @@ class PeerService:
                 # Too large for one message: a marker says what was there and the run goes
                 # on (the value itself can travel as a session ref).
                 marker = {"event_type": event.event_type, "size": len(data)}
-                payload = pb.EventPayload(OVERSIZED_EVENT_TYPE, orjson.dumps(marker))
+                payload = wire.EventPayload(OVERSIZED_EVENT_TYPE, orjson.dumps(marker))
             else:
-                payload = pb.EventPayload(event.event_type, data)
+                payload = wire.EventPayload(event.event_type, data)
             yield event, payload
-
-    async def slot_free(self, timeout_secs: float | None) -> None:
-        """Wait until a run slot is free (a session call waits where a unary one is refused).
-
-        Returns at once while the peer is closing (admission then refuses, UNAVAILABLE).
-
-        Raises:
-            ResourceExhaustedError: no slot came free within ``timeout_secs`` (None: no limit).
-        """
-        if self.active_runs < self.limits.max_concurrent_runs or self.closing is not None:
-            return
-        try:
-            async with asyncio.timeout(timeout_secs or None):
-                while self.active_runs >= self.limits.max_concurrent_runs and self.closing is None:
-                    waiter = asyncio.get_running_loop().create_future()
-                    self._slot_waiters.append(waiter)
-                    try:
-                        await waiter
-                    except asyncio.CancelledError:
-                        if waiter.done() and not waiter.cancelled():
-                            self._wake_slot_waiter()  # pass the free slot on
-                        raise
-        except TimeoutError:
-            raise ResourceExhaustedError(
-                f"peer {self.node_id} had no free run slot within {timeout_secs:g}s; {NOT_STARTED}"
-            ) from None
-
-    def _wake_slot_waiter(self) -> None:
-        waiters = self._slot_waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
 
     async def wait_idle(self, timeout: float | None) -> bool:
         """Wait until no run is in flight (at most ``timeout`` s; None: no limit).
@@ -607,7 +574,7 @@ class PeerService:
 
     async def deref(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """``DerefSessionRef``: the ref's serialized bytes in one message."""
-        req = self._decode(pb.DerefRequest, request)
+        req = self._decode(wire.DerefRequest, request)
         _tag, payload = self.refs.dump(RegistryKey(req.ref_uuid), owner=current_principal())
         if len(payload) > self.limits.max_unary_bytes:
             raise ResourceExhaustedError(
@@ -615,7 +582,7 @@ class PeerService:
                 f"message may carry ({self.limits.max_unary_bytes}); use StreamDerefSessionRef "
                 "(PeerClient.deref_session_ref does so automatically)"
             )
-        return frame(pb.DerefResponse(bytes(payload)).encode())
+        return frame(wire.DerefResponse(bytes(payload)).encode())
 
     async def stream_deref(
         self, request: bytes, context: grpc.aio.ServicerContext
@@ -625,7 +592,7 @@ class PeerService:
         Concurrent derefs of one ref share one serialized buffer; releasing the ref ends
         them (CANCELLED) so the buffer is freed even while their readers stall.
         """
-        req = self._decode(pb.DerefRequest, request)
+        req = self._decode(wire.DerefRequest, request)
         key = RegistryKey(req.ref_uuid)
         owner = current_principal()
         shared = self._derefs.get(key)
@@ -654,7 +621,7 @@ class PeerService:
 
     async def release(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """``ReleaseSessionRef``: drop the ref; ``released=False`` when already gone."""
-        req = self._decode(pb.ReleaseRequest, request)
+        req = self._decode(wire.ReleaseRequest, request)
         key = RegistryKey(req.ref_uuid)
         released = self.refs.release(key, owner=current_principal())
         shared = self._derefs.pop(key, None)
@@ -662,15 +629,15 @@ class PeerService:
             gone = RefNotFoundError(f"session ref {req.ref_uuid} was released during the deref")
             for reader, reader_context in list(shared.readers.items()):
                 _end_call(reader, reader_context, gone)  # the buffer goes with them
-        return frame(pb.ReleaseResponse(released).encode())
+        return frame(wire.ReleaseResponse(released).encode())
 
     async def describe(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """``DescribePeer``: node id, implementation, workflows, step ids, extensions."""
-        self._decode(pb.DescribeRequest, request)
+        self._decode(wire.DescribeRequest, request)
         workflows = tuple(
-            pb.WorkflowInfo(name, ids) for name, ids in self.registry.workflows().items()
+            wire.WorkflowInfo(name, ids) for name, ids in self.registry.workflows().items()
         )
-        response = pb.DescribeResponse(
+        response = wire.DescribeResponse(
             node_id=self.node_id,
             implementation=f"peerflow {__version__}",
             workflows=workflows,
@@ -777,7 +744,7 @@ def _check_names(workflow_name: str, step_ids: Sequence[str]) -> None:
             )
 
 
-def _response_size(response: pb.SubWorkflowResponse) -> int:
+def _response_size(response: wire.SubWorkflowResponse) -> int:
     """About how many bytes ``response`` encodes to, without encoding it."""
     size = len(response.result_json or b"") + len(response.error or "") * 4
     size += sum(len(k) + len(v) for k, v in response.state_json.items())

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 
-from peerflow.errors import PeerflowError, RemoteWorkflowError
+from peerflow.errors import PeerflowError, RemoteWorkflowError, ValidationError
 from peerflow.peer import protocol as wire
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.session_wire import (
@@ -43,16 +43,23 @@ from peerflow.peer.session_wire import (
     encode_frame,
     join_batch,
 )
-from peerflow.peer.status import error_from_rpc
+from peerflow.peer.status import NOT_STARTED, error_from_rpc
 from peerflow.runtime import DEFAULT_STREAM_BUFFER_BYTES
 
 __all__ = ["SESSION_METHOD", "Session", "SessionCall", "SessionState"]
 
 SESSION_METHOD = "/peerflow.peer.v1.PeerExtensions/Session"
-MAX_START_BYTES = (4 << 20) - 4096
-"""The largest start frame a session carries; a bigger request goes as a unary call."""
-_MAX_BATCH = 4 << 20  # bytes per outgoing message (gRPC's default receive limit)
-_EVENT_OVERHEAD = 256  # bytes counted per buffered event besides its data
+MAX_BATCH_FRAMES = 32
+"""The most frames one message carries. Frames ready together go out together, up to
+this many: a burst of 64 then travels as two messages, so the peer starts on the first
+half while the second is on its way (pipelined: ~1.7x the calls/s of one 64-frame
+message at 64 in flight, measured on 2 cores), and a huge burst never makes one huge
+message."""
+_FRAME_ROOM = 4096  # bytes a frame and its batch add around a request's input
+DEFAULT_RECEIVE_BYTES = 4 << 20
+MAX_MESSAGE_HEADER = "peerflow-max-message-bytes"
+"""Session metadata: the largest message the caller receives (the peer stays within it)."""
+_EVENT_OVERHEAD = 1024  # bytes counted per buffered event besides its data (as a run's stream)
 
 
 class SessionState(enum.Enum):
@@ -124,6 +131,8 @@ class SessionCall:
             return
         self._buffered += len(item.data_json) + _EVENT_OVERHEAD
         if self._buffered > self._limit:
+            self._items.clear()  # dropped now: the reader gets the error next, not later
+            self._buffered = 0
             self._finish_error(
                 RemoteWorkflowError(
                     f"call {self.call_id} to {self.session.address}: its events were not read "
@@ -181,7 +190,16 @@ class SessionCall:
                 self._waiter = None
 
     def answer(self, event_type: str, data_json: bytes) -> None:
-        """Send an event (e.g. a ``HumanResponseEvent``) to the call's run."""
+        """Send an event (e.g. a ``HumanResponseEvent``) to the call's run.
+
+        Raises:
+            ValidationError: the event is larger than one message of the session.
+        """
+        if len(data_json) + len(event_type) + _FRAME_ROOM > self.session._max_batch:
+            raise ValidationError(
+                f"an event of {len(data_json)} bytes is larger than one message to "
+                f"{self.session.address} may carry (max_message_bytes)"
+            )
         if not self.ended:
             self.session._send(AnswerInput(self.call_id, event_type, data_json))
 
@@ -199,7 +217,13 @@ class Session:
         address: the peer's address (for error messages).
         metadata: the stream's metadata (token, node id, user agent).
         error: turns a failed gRPC call into the client's error (``PeerClient._error``).
-        stream_buffer_bytes: the most event bytes one call buffers unread.
+        stream_buffer_bytes: the most event bytes one call buffers unread (None: the
+            default, as a run's stream on the peer).
+        max_message_bytes: the largest message this side's channel receives: the peer
+            keeps its batches within it and refuses a single larger result (None: gRPC's
+            default, 4 MiB).
+        queue: calls beyond the peer's credits wait for one (True), or are refused at
+            once as RESOURCE_EXHAUSTED, not started (False: a pool fails them over).
     """
 
     def __init__(
@@ -209,7 +233,9 @@ class Session:
         address: str,
         metadata: Sequence[tuple[str, str]] | None,
         error: Callable[[grpc.RpcError, str], PeerflowError] | None = None,
-        stream_buffer_bytes: int = DEFAULT_STREAM_BUFFER_BYTES,
+        stream_buffer_bytes: int | None = None,
+        max_message_bytes: int | None = None,
+        queue: bool = True,
     ) -> None:
         self.address = address
         self.state = SessionState.OPEN
@@ -217,7 +243,10 @@ class Session:
         self._translate = error or (
             lambda exc, method: error_from_rpc(exc, address=address, method=method)
         )
-        self._buffer_limit = stream_buffer_bytes
+        self._buffer_limit = stream_buffer_bytes or DEFAULT_STREAM_BUFFER_BYTES
+        self._queue = queue
+        receive = max_message_bytes or DEFAULT_RECEIVE_BYTES
+        self._max_batch = receive - 64  # this channel sends and receives at most that
         self._ids = itertools.count(1)
         self._calls: dict[int, SessionCall] = {}
         self._window = 0
@@ -227,7 +256,7 @@ class Session:
         self._ready = asyncio.Event()
         self._opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._call = channel.stream_stream(SESSION_METHOD)(
-            self._requests(), metadata=tuple(metadata) if metadata is not None else None
+            self._requests(), metadata=(*(metadata or ()), (MAX_MESSAGE_HEADER, str(receive)))
         )
         self._reader = asyncio.ensure_future(self._read())
 
@@ -250,6 +279,20 @@ class Session:
         """Calls started and not yet ended."""
         return len(self._calls)
 
+    @property
+    def waiting(self) -> int:
+        """Calls waiting here for a credit (the peer's window is full)."""
+        return sum(not w.done() for w in self._credit_waiters)
+
+    def fits(self, request: wire.SubWorkflowRequest) -> bool:
+        """Whether ``request`` fits one message of this session (else: a unary call)."""
+        return len(request.input_json) + _FRAME_ROOM <= self._max_batch
+
+    @property
+    def window(self) -> int:
+        """How many calls the peer lets this session have in flight."""
+        return self._window
+
     # -- the stream ----------------------------------------------------------------------
 
     def _send(self, f: Frame) -> None:
@@ -267,7 +310,11 @@ class Session:
                 continue
             parts: list[bytes] = []
             size = 0
-            while out and (not parts or size + len(out[0]) <= _MAX_BATCH):
+            while (
+                out
+                and len(parts) < MAX_BATCH_FRAMES
+                and (not parts or size + len(out[0]) <= self._max_batch)
+            ):
                 item = out.popleft()
                 parts.append(item)
                 size += len(item)
@@ -382,6 +429,15 @@ class Session:
                 before a credit came (DEADLINE_EXCEEDED).
         """
         self._check_usable()
+        if (self._in_flight >= self._window or self._credit_waiters) and not self._queue:
+            raise self._translate(
+                _Status(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the session with {self.address} has all its {self._window} calls in "
+                    f"flight; {NOT_STARTED}, retry later",
+                ),
+                SESSION_METHOD,
+            )
         if self._in_flight >= self._window or self._credit_waiters:
             waiter = asyncio.get_running_loop().create_future()
             self._credit_waiters.append(waiter)
@@ -432,8 +488,10 @@ class Session:
                 passed (DEADLINE_EXCEEDED, as a gRPC deadline).
         """
         try:
+            if when is None:  # the common case: no timer to arm
+                return await call.outcome
             async with asyncio.timeout_at(when):
-                return await asyncio.shield(call.outcome)
+                return await call.outcome
         except TimeoutError:
             call.cancel()
             raise self.deadline_error() from None

@@ -17,7 +17,8 @@ import grpc
 from peerflow import telemetry
 from peerflow.errors import PeerflowError, UnsupportedError
 from peerflow.peer import protocol as wire
-from peerflow.peer.session import SESSION_METHOD, Session, SessionCall
+from peerflow.peer import tracing
+from peerflow.peer.session import Session, SessionCall
 from peerflow.peer.session_wire import CallMode, InputRequest, RunEvent
 
 __all__ = ["SessionLink", "when_from"]
@@ -35,6 +36,8 @@ class SessionLink:
         error: the client's gRPC-error translator.
         enabled: False forces unary calls (``session=False``).
         stream_buffer_bytes: the most unread event bytes one call buffers.
+        max_message_bytes: the largest message the client's channel receives.
+        queue: calls beyond the peer's credits wait (True) or are refused at once.
     """
 
     def __init__(
@@ -46,6 +49,8 @@ class SessionLink:
         error: Callable[[grpc.RpcError, str], PeerflowError],
         enabled: bool = True,
         stream_buffer_bytes: int | None = None,
+        max_message_bytes: int | None = None,
+        queue: bool = True,
     ) -> None:
         self._channel = channel
         self._address = address
@@ -54,6 +59,8 @@ class SessionLink:
         self.enabled = enabled
         self.was_disabled = not enabled  # by its owner (session=False), not by the peer
         self._buffer = stream_buffer_bytes
+        self._max_message = max_message_bytes
+        self._queue = queue
         self._session: Session | None = None
         self._opening: asyncio.Future[Session | None] | None = None
         self.sessions_opened = 0
@@ -86,13 +93,14 @@ class SessionLink:
             opening.exception()  # retrieved: the callers waiting on it raise it
 
     async def _open(self) -> Session | None:
-        kwargs = {} if self._buffer is None else {"stream_buffer_bytes": self._buffer}
         session = Session(
             self._channel,
             address=self._address,
             metadata=self._metadata(),
             error=self._error,
-            **kwargs,
+            stream_buffer_bytes=self._buffer,
+            max_message_bytes=self._max_message,
+            queue=self._queue,
         )
         try:
             await session.opened()
@@ -122,7 +130,7 @@ class SessionLink:
     def _trace() -> tuple[tuple[str, str], ...]:
         if not telemetry.enabled():
             return ()
-        return tuple((k, str(v)) for k, v in telemetry.inject_metadata() if k in _TRACE_KEYS)
+        return tuple((k, str(v)) for k, v in tracing.inject_metadata() if k in _TRACE_KEYS)
 
     async def invoke(
         self,
@@ -137,7 +145,7 @@ class SessionLink:
             PeerflowError: as the unary call would.
         """
         when = when_from(deadline)
-        with telemetry.client_rpc_span(SESSION_METHOD, self._address):
+        with tracing.client_rpc_span(CallMode.RESULT.rpc, self._address):
             call = await session.start(
                 request,
                 mode=CallMode.RESULT,
@@ -160,12 +168,16 @@ class SessionLink:
     ) -> SessionCall:
         """Start a call that streams (events, or a conversation); credits may make it wait.
 
+        Its client span covers the start (the call's events are read by the caller, across
+        its own yields).
+
         Raises:
             PeerflowError: the session failed, or no credit came before ``when``.
         """
-        return await session.start(
-            request, mode=mode, run_id=run_id, named=named, trace=self._trace(), when=when
-        )
+        with tracing.client_rpc_span(mode.rpc, self._address):
+            return await session.start(
+                request, mode=mode, run_id=run_id, named=named, trace=self._trace(), when=when
+            )
 
     @staticmethod
     async def items(

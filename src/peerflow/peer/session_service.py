@@ -1,9 +1,14 @@
 """The peer's side of a ``Session``: many calls on one bidi stream (frames: session_wire).
 
 One :class:`ServedSession` per ``PeerExtensions/Session`` RPC. A reader task decodes the
-caller's batches; each started call runs in a task of its own (admitted like a unary call,
-but waiting for a free run slot instead of being refused); the RPC's response generator
-writes every frame that is ready as one batch. The session's principal (token or mTLS,
+caller's batches; each started call runs in a task of its own, admitted like a unary call;
+the RPC's response generator writes every frame that is ready as one batch.
+
+Flow control: the session grants the caller credits for ``max_concurrent_runs`` calls in
+flight, so one caller's excess calls wait on its side instead of being refused. The run
+cap is the peer's, shared with every other caller: a call admitted by its credits but
+meeting a cap others filled is refused (RESOURCE_EXHAUSTED, not started) exactly like a
+unary call, so a pool can fail over. The session's principal (token or mTLS,
 checked when the stream opened) is the principal of every run on it, since the call tasks
 copy the handler's context.
 
@@ -24,7 +29,6 @@ from typing import TYPE_CHECKING
 import grpc
 import orjson
 
-from peerflow import telemetry
 from peerflow._text import clip
 from peerflow.errors import (
     PeerflowError,
@@ -34,9 +38,11 @@ from peerflow.errors import (
 )
 from peerflow.events import InputRequiredEvent, event_from_data
 from peerflow.peer import protocol as wire
+from peerflow.peer import tracing
 from peerflow.peer._refusals import note_refusal
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.named import check_run_id
+from peerflow.peer.session import DEFAULT_RECEIVE_BYTES, MAX_BATCH_FRAMES, MAX_MESSAGE_HEADER
 from peerflow.peer.session_wire import (
     AnswerInput,
     CallError,
@@ -69,12 +75,13 @@ _OUT_BUDGET = 4 << 20  # queued bytes beyond which a run's event forwarder waits
 
 
 class _ServedCall:
-    __slots__ = ("call_id", "run", "task")
+    __slots__ = ("answered", "call_id", "run", "task")
 
     def __init__(self, call_id: int) -> None:
         self.call_id = call_id
         self.task: asyncio.Task[None] | None = None
         self.run: HostedRun | None = None
+        self.answered = False  # its final frame (result or error) is on its way
 
 
 class ServedSession:
@@ -84,7 +91,8 @@ class ServedSession:
         self.service = service
         self.context = context
         self.window = service.limits.max_concurrent_runs
-        self.max_batch = max(1024, service.limits.max_unary_bytes - 64)
+        limit = min(service.limits.max_unary_bytes, _caller_limit(context))
+        self.max_batch = max(1024, limit - 64)  # room for the batch header and framing
         self.calls: dict[int, _ServedCall] = {}
         self._out: collections.deque[bytes] = collections.deque()
         self._queued = 0
@@ -92,6 +100,7 @@ class ServedSession:
         self._drained = asyncio.Event()
         self._drained.set()
         self._reading_done = False
+        self._closing = False  # the session is ending: its calls end without a frame
         self._failure: PeerflowError | None = None
 
     # -- the RPC -------------------------------------------------------------------------
@@ -117,6 +126,7 @@ class ServedSession:
                     continue
                 yield frame(self._take_batch())
         finally:
+            self._closing = True
             reader.cancel()
             tasks = [c.task for c in self.calls.values() if c.task is not None]
             for task in tasks:
@@ -129,7 +139,11 @@ class ServedSession:
     def _take_batch(self) -> bytes:
         out, size = self._out, 0
         parts: list[bytes] = []
-        while out and (not parts or size + len(out[0]) <= self.max_batch):
+        while (
+            out
+            and len(parts) < MAX_BATCH_FRAMES
+            and (not parts or size + len(out[0]) <= self.max_batch)
+        ):
             item = out.popleft()
             parts.append(item)
             size += len(item)
@@ -140,6 +154,17 @@ class ServedSession:
 
     def _send(self, f: Frame) -> None:
         data = encode_frame(f)
+        if len(data) > self.max_batch and isinstance(f, CallResult):
+            # More than the caller's channel takes in one message: refused like the unary
+            # call's oversized response, for this call only (the session goes on).
+            data = encode_frame(
+                CallError(
+                    f.call_id,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                    f"the response of {len(data)} bytes is larger than max "
+                    f"({self.max_batch}) the caller receives (its max_message_bytes)",
+                )
+            )
         self._out.append(data)
         self._queued += len(data)
         if self._queued > _OUT_BUDGET:
@@ -188,6 +213,22 @@ class ServedSession:
             return
         call = self.calls[call_id] = _ServedCall(call_id)
         call.task = asyncio.ensure_future(self._serve_call(call, start))
+        call.task.add_done_callback(lambda _: self._call_done(call))
+
+    def _call_done(self, call: _ServedCall) -> None:
+        """A call's task ended (even one cancelled before it began): answer if still owed."""
+        self.calls.pop(call.call_id, None)
+        if not call.answered and not self._closing:  # the caller cancelled it
+            run = call.run
+            what = f"run {run.run_id}" if run is not None else f"call {call.call_id}"
+            self._send(
+                CallError(
+                    call.call_id,
+                    grpc.StatusCode.CANCELLED.value[0],
+                    f"{what} was cancelled by its caller",
+                )
+            )
+        self._ready.set()
 
     def _answer(self, answer: AnswerInput) -> None:
         call = self.calls.get(answer.call_id)
@@ -211,34 +252,31 @@ class ServedSession:
 
     async def _serve_call(self, call: _ServedCall, start: StartCall) -> None:
         try:
-            with telemetry.served_rpc_span(
-                SESSION_METHOD, start.trace, servicer_context=self.context
+            with tracing.served_rpc_span(
+                start.mode.rpc, start.trace, servicer_context=self.context
             ):
                 response = await self._run_call(call, start)
+            call.answered = True
             self._send(CallResult(call.call_id, response))
+            self._count(start, "OK")
         except PeerflowError as exc:
             note_refusal(SESSION_METHOD, exc, self.context.peer())
+            call.answered = True
             self._fail_call(call.call_id, exc)
+            self._count(start, status_for(exc)[0].name)
         except asyncio.CancelledError:
-            if not self._reading_done:  # the caller cancelled this call, not the session
-                run = call.run
-                what = f"run {run.run_id}" if run is not None else f"call {call.call_id}"
-                self._send(
-                    CallError(
-                        call.call_id,
-                        grpc.StatusCode.CANCELLED.value[0],
-                        f"{what} was cancelled by its caller",
-                    )
-                )
+            self._count(start, "CANCELLED")
             raise
-        finally:
-            self.calls.pop(call.call_id, None)
-            self._ready.set()
+
+    def _count(self, start: StartCall, code: str) -> None:
+        """Report a call's status as the RPC it stands for (metrics read the same)."""
+        observer = self.service.observer
+        if observer is not None:
+            observer.rpc_done(start.mode.rpc.rsplit("/", 1)[-1], code)
 
     async def _run_call(self, call: _ServedCall, start: StartCall) -> wire.SubWorkflowResponse:
         service = self.service
         wire.check_envelope_version(start.request.envelope_version)
-        await service.slot_free(start.request.timeout_secs)
         with service._admit() as slot:
             run_id = None if start.run_id is None else check_run_id(start.run_id)
             if run_id is not None and start.named:
@@ -254,7 +292,7 @@ class ServedSession:
                 return await service._drive(run, self.context)
             driver = asyncio.ensure_future(service._drive(run, self.context))
             try:
-                async for event, payload in service._event_payloads(run):
+                async for event, payload in service._event_payloads(run, self.max_batch):
                     if isinstance(event, InputRequiredEvent):
                         self._send(
                             InputRequest(call.call_id, payload.event_type, payload.data_json)
@@ -270,12 +308,15 @@ class ServedSession:
                     await asyncio.wait([driver])
 
 
-def session_error(code: int, details: str) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status a :class:`CallError` frame carries (UNKNOWN for a code we lack)."""
-    for status in grpc.StatusCode:
-        if status.value[0] == code:
-            return status, details
-    return grpc.StatusCode.UNKNOWN, details
+def _caller_limit(context: grpc.aio.ServicerContext) -> int:
+    """The largest message the caller receives, as its session metadata says."""
+    for key, value in context.invocation_metadata() or ():
+        if key == MAX_MESSAGE_HEADER:
+            try:
+                return max(1024, int(value))
+            except ValueError:
+                break
+    return DEFAULT_RECEIVE_BYTES
 
 
 async def serve_session(

@@ -2,7 +2,8 @@
 
 A session carries many calls on one gRPC stream. Each gRPC message (field 1 of
 ``PostcardRequest`` / ``PostcardResponse``, as for every other method) holds a *batch*:
-every frame that was ready when the sender wrote, so one message may carry hundreds.
+the frames that were ready when the sender wrote (peerflow sends at most 32 per message,
+so a burst is pipelined; a receiver accepts any number the message holds).
 
 Batch wire order: ``envelope_version: u32, frames: Vec<Frame>``; a frame is a postcard
 enum (variant index, then its fields in the order below). Requests and responses of the
@@ -69,7 +70,12 @@ __all__ = [
 
 
 class CallMode(enum.IntEnum):
-    """What a started call wants back besides its outcome."""
+    """What a started call wants back besides its outcome.
+
+    Each mode stands for one Blazen RPC (:attr:`rpc`): a call's client and server spans,
+    and the peer's RPC metrics, carry that method's name, so traces and dashboards read
+    the same whether calls travel on a session or as unary calls.
+    """
 
     RESULT = 0
     """Only the outcome (``run_remote_workflow``); an input request stalls the run."""
@@ -77,6 +83,12 @@ class CallMode(enum.IntEnum):
     """Every streamed event, then the outcome (``stream_remote_workflow``)."""
     CONVERSATION = 2
     """Events and input requests, and the caller may answer (``start_remote_workflow``)."""
+
+    @property
+    def rpc(self) -> str:
+        """The full name of the RPC this mode of call stands for."""
+        name = "InvokeSubWorkflow" if self is CallMode.RESULT else "StreamSubWorkflowEvents"
+        return f"/blazen.peer.v1.BlazenPeer/{name}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,8 +43,10 @@ UNKNOWN for protocol failures and for exceptions escaping a handler. The request
 may not have run, so callers that retry or fail over must look at ``.code`` and treat
 only ``UNAVAILABLE`` as "never ran".
 
-``UnsupportedError`` has no ``code`` attribute in the error tree; :func:`error_from_rpc`
-sets one on the instance so every error it returns carries ``.code``.
+A local ``RefNotFoundError`` / ``RefPermissionError`` (the server's own registry) is served
+as NOT_FOUND / PERMISSION_DENIED, and read back as ``RemoteRefNotFoundError`` /
+``RemoteRefPermissionError`` (each also a ``PeerError``). Every error
+:func:`error_from_rpc` returns carries ``.address`` and ``.code`` (an ``RpcStatus``).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ from peerflow.errors import (
     PeerError,
     PeerErrorKind,
     PeerflowError,
+    RefNotFoundError,
+    RefPermissionError,
     RemoteWorkflowCancelledError,
     UnsupportedError,
     ValidationError,
@@ -152,6 +156,10 @@ def status_for(exc: PeerflowError) -> tuple[grpc.StatusCode, str]:
     details = str(exc)
     if isinstance(exc, PeerError) and exc.kind in STATUS_BY_KIND:
         return STATUS_BY_KIND[exc.kind], details
+    if isinstance(exc, RefNotFoundError):  # the server's own registry
+        return STATUS_BY_KIND[PeerErrorKind.REF_NOT_FOUND], details
+    if isinstance(exc, RefPermissionError):
+        return STATUS_BY_KIND[PeerErrorKind.PERMISSION], details
     if isinstance(exc, ValidationError):
         return grpc.StatusCode.INVALID_ARGUMENT, details
     if isinstance(exc, UnsupportedError):
@@ -200,15 +208,11 @@ def error_from_rpc(
     kind = kind_for_status(code, details)
     if code is grpc.StatusCode.INVALID_ARGUMENT and details.startswith(INVALID_INPUT):
         # The input failed the workflow's typed start event: the caller's own mistake.
-        result = ValidationError(message)
-        setattr(result, "code", name)  # noqa: B010
-        setattr(result, "address", address)  # noqa: B010
+        result = ValidationError(message, address=address, code=name)
     elif kind is not None:
         result = PeerError(message, kind=kind, address=address, code=name)
     elif code is grpc.StatusCode.UNIMPLEMENTED:
-        result = UnsupportedError(message)
-        setattr(result, "code", name)  # noqa: B010 - no declared attribute to assign
-        setattr(result, "address", address)  # noqa: B010
+        result = UnsupportedError(message, address=address, code=name)
     elif code is grpc.StatusCode.CANCELLED and _REMOTE_CANCEL in details:
         result = RemoteWorkflowCancelledError(message, address=address, code=name)
     else:

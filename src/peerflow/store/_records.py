@@ -389,7 +389,7 @@ def error_outcome(error: BaseException) -> str:
         return dumps(
             {
                 "message": str(error),
-                "kind": error.kind,
+                "kind": str(error.reason),  # a remote failure's own reason, not "Workflow"
                 "step_id": error.step_id,
                 "attempts": error.attempts,
             }

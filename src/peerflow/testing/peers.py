@@ -30,7 +30,6 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import IO, Any, Self
 
 from peerflow.errors import PeerError, PeerErrorKind, ValidationError
@@ -192,12 +191,7 @@ class PeerProcess:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.terminate()
 
     def __repr__(self) -> str:

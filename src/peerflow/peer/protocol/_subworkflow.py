@@ -1,23 +1,6 @@
-"""The envelopes of the peer protocol (``WIRE.md``), as frozen dataclasses.
+"""Running a sub-workflow: the request, the response, the events of a streamed run.
 
-Each message has ``encode() -> bytes`` and ``Cls.decode(data) -> Cls``; the bytes are the
-postcard payload that travels in field 1 of ``PostcardRequest`` / ``PostcardResponse``.
-Field order in each class is *not* the wire order (``envelope_version`` is keyword-only
-and last); the wire order is the one in ``WIRE.md`` and in each ``_write``.
-
-Decoding follows Blazen's decoder exactly: trailing bytes after a complete message are
-ignored, a missing field is an error (so a :class:`SubWorkflowRequest` without its
-``timeout_secs`` byte is rejected), and ``envelope_version`` is returned as sent; the
-server checks it with :func:`check_envelope_version`.
-
-peerflow's extensions to :class:`SubWorkflowResponse` (``usage``, ``error_kind``,
-``event_type``, ``run_id``) are appended as ``Option`` fields after Blazen's layout, only
-when at least one is set (earlier unset ones are written as ``00`` so positions hold).
-On decode, a message that ends before them reads them as ``None``; and because Blazen
-ignores trailing bytes, bytes after the base layout that do not parse as extensions are
-ignored too (extensions parsed before the first bad one are kept).
-
-All decoding failures raise :class:`~peerflow.errors.EncodeError` and nothing else.
+The response carries peerflow's extensions after Blazen's layout (see the package docstring).
 """
 
 from __future__ import annotations
@@ -29,104 +12,18 @@ from typing import Any, Self, TypeAlias
 
 import orjson
 
-from peerflow.errors import EncodeError, EnvelopeVersionError, ValidationError
+from peerflow.errors import EncodeError, ValidationError
 from peerflow.peer.postcard import Reader, Writer
-
-__all__ = [
-    "ENVELOPE_VERSION",
-    "DerefRequest",
-    "DerefResponse",
-    "DescribeRequest",
-    "DescribeResponse",
-    "EventPayload",
-    "ReleaseRequest",
-    "ReleaseResponse",
-    "RemoteRefDescriptor",
-    "StreamDone",
-    "SubWorkflowEvent",
-    "SubWorkflowEventKind",
-    "SubWorkflowRequest",
-    "SubWorkflowResponse",
-    "Usage",
-    "WorkflowInfo",
-    "WorkflowSchema",
-    "check_envelope_version",
-]
-
-ENVELOPE_VERSION = 1
-
-
-def check_envelope_version(version: int) -> None:
-    """Reject an envelope version newer than this implementation speaks.
-
-    Version 0 and :data:`ENVELOPE_VERSION` are accepted, as Blazen accepts them.
-
-    Args:
-        version: the ``envelope_version`` of a decoded message.
-
-    Raises:
-        EnvelopeVersionError: ``version`` is newer than :data:`ENVELOPE_VERSION`
-            (message ``"envelope version N is newer than supported 1"``, Blazen's words).
-    """
-    if version > ENVELOPE_VERSION:
-        raise EnvelopeVersionError(
-            f"envelope version {version} is newer than supported {ENVELOPE_VERSION}"
-        )
-
-
-def _as_str_tuple(value: Iterable[str], name: str) -> tuple[str, ...]:
-    if isinstance(value, str | bytes):
-        raise ValidationError(f"{name} must be a sequence of strings, not a single string")
-    try:
-        return tuple(value)
-    except TypeError as exc:
-        raise ValidationError(f"{name} must be a sequence of strings: {exc}") from exc
-
-
-class _Message:
-    """Shared ``encode`` / ``decode`` for the top-level envelopes."""
-
-    __slots__ = ()
-
-    def _write(self, w: Writer) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def encode(self) -> bytes:
-        """Encode this message as postcard bytes.
-
-        Returns:
-            The postcard payload.
-
-        Raises:
-            EncodeError: a field holds a value of the wrong type or out of range.
-        """
-        w = Writer()
-        self._write(w)
-        return w.getvalue()
-
-    @classmethod
-    def decode(cls, data: bytes | bytearray | memoryview) -> Self:
-        """Decode a message from postcard bytes; trailing bytes are ignored.
-
-        Args:
-            data: the postcard payload.
-
-        Returns:
-            The decoded message.
-
-        Raises:
-            EncodeError: the bytes are not a valid encoding of this message
-                (``"postcard decode failed: ..."``).
-        """
-        return cls._read(Reader(data))
+from peerflow.peer.protocol._envelope import (
+    ENVELOPE_VERSION,
+    Message,
+    as_str_tuple,
+    write_opt_str,
+)
 
 
 @dataclass(frozen=True, slots=True)
-class SubWorkflowRequest(_Message):
+class SubWorkflowRequest(Message):
     """Ask a peer to run a sub-workflow (``InvokeSubWorkflow`` / ``StreamSubWorkflowEvents``).
 
     Wire order: ``envelope_version: u32, workflow_name: String, step_ids: Vec<String>,
@@ -148,7 +45,7 @@ class SubWorkflowRequest(_Message):
 
     def __post_init__(self) -> None:
         if type(self.step_ids) is not tuple:
-            object.__setattr__(self, "step_ids", _as_str_tuple(self.step_ids, "step_ids"))
+            object.__setattr__(self, "step_ids", as_str_tuple(self.step_ids, "step_ids"))
 
     @classmethod
     def new(
@@ -174,7 +71,7 @@ class SubWorkflowRequest(_Message):
             input_json = orjson.dumps(input, option=orjson.OPT_SORT_KEYS)
         except TypeError as exc:
             raise ValidationError(f"input is not JSON-serializable: {exc}") from None
-        return cls(workflow_name, _as_str_tuple(step_ids, "step_ids"), input_json, timeout_secs)
+        return cls(workflow_name, as_str_tuple(step_ids, "step_ids"), input_json, timeout_secs)
 
     def _write(self, w: Writer) -> None:
         w.write_u32(self.envelope_version)
@@ -251,14 +148,6 @@ class Usage:
         return cls(r.read_u64(), r.read_u64(), r.read_f64())
 
 
-def _write_opt_str(w: Writer, value: str | None) -> None:
-    if value is None:
-        w.write_option(False)
-    else:
-        w.write_option(True)
-        w.write_str(value)
-
-
 @dataclass(frozen=True, slots=True)
 class FailedStep:
     """Which step failed a remote run, and after how many attempts (an extension).
@@ -286,7 +175,7 @@ class ErrorDetail:
 
 
 @dataclass(frozen=True, slots=True)
-class SubWorkflowResponse(_Message):
+class SubWorkflowResponse(Message):
     """The outcome of a sub-workflow run.
 
     Wire order (Blazen): ``envelope_version: u32, state_json: HashMap<String, bytes>,
@@ -364,7 +253,7 @@ class SubWorkflowResponse(_Message):
                     f"got {type(descriptor).__name__}"
                 )
             descriptor._write(w)
-        _write_opt_str(w, self.error)
+        write_opt_str(w, self.error)
         # Extensions: only when one is set; unset earlier ones hold their place as 00.
         if self.error_detail is not None:
             count = 7
@@ -392,11 +281,11 @@ class SubWorkflowResponse(_Message):
             w.write_option(True)
             self.usage._write(w)
         if count > 1:
-            _write_opt_str(w, self.error_kind)
+            write_opt_str(w, self.error_kind)
         if count > 2:
-            _write_opt_str(w, self.event_type)
+            write_opt_str(w, self.event_type)
         if count > 3:
-            _write_opt_str(w, self.run_id)
+            write_opt_str(w, self.run_id)
         if count > 4:
             if self.explicit_refs is None:
                 w.write_option(False)
@@ -473,95 +362,6 @@ class SubWorkflowResponse(_Message):
 
 
 @dataclass(frozen=True, slots=True)
-class _RefRequest(_Message):
-    """The one layout of both ref requests: ``envelope_version: u32, ref_uuid: Uuid``."""
-
-    ref_uuid: uuid.UUID
-    envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
-
-    def _write(self, w: Writer) -> None:
-        w.write_u32(self.envelope_version)
-        w.write_uuid(self.ref_uuid)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        version = r.read_u32()
-        return cls(r.read_uuid(), envelope_version=version)
-
-
-@dataclass(frozen=True, slots=True)
-class DerefRequest(_RefRequest):
-    """Ask for the bytes of a session ref (``DerefSessionRef``, ``StreamDerefSessionRef``).
-
-    Wire order: ``envelope_version: u32, ref_uuid: Uuid``.
-
-    Attributes:
-        ref_uuid: the ref's key.
-        envelope_version: the protocol version (keyword-only).
-    """
-
-
-@dataclass(frozen=True, slots=True)
-class DerefResponse(_Message):
-    """The serialized value of a session ref.
-
-    Wire order: ``envelope_version: u32, payload: bytes``.
-
-    Attributes:
-        payload: the value's bytes, as the ref's serializer produced them.
-        envelope_version: the protocol version (keyword-only).
-    """
-
-    payload: bytes
-    envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
-
-    def _write(self, w: Writer) -> None:
-        w.write_u32(self.envelope_version)
-        w.write_bytes(self.payload)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        version = r.read_u32()
-        return cls(r.read_bytes(), envelope_version=version)
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseRequest(_RefRequest):
-    """Ask a peer to drop a session ref (``ReleaseSessionRef``).
-
-    Wire order: ``envelope_version: u32, ref_uuid: Uuid``.
-
-    Attributes:
-        ref_uuid: the ref's key.
-        envelope_version: the protocol version (keyword-only).
-    """
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseResponse(_Message):
-    """Whether a release dropped a ref (False when it was unknown).
-
-    Wire order: ``envelope_version: u32, released: bool``.
-
-    Attributes:
-        released: True when the ref existed and was dropped.
-        envelope_version: the protocol version (keyword-only).
-    """
-
-    released: bool
-    envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
-
-    def _write(self, w: Writer) -> None:
-        w.write_u32(self.envelope_version)
-        w.write_bool(self.released)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        version = r.read_u32()
-        return cls(r.read_bool(), envelope_version=version)
-
-
-@dataclass(frozen=True, slots=True)
 class EventPayload:
     """Variant 0 of :class:`SubWorkflowEvent`: one event the remote run streamed.
 
@@ -591,7 +391,7 @@ SubWorkflowEventKind: TypeAlias = EventPayload | StreamDone
 
 
 @dataclass(frozen=True, slots=True)
-class SubWorkflowEvent(_Message):
+class SubWorkflowEvent(Message):
     """One message of ``StreamSubWorkflowEvents`` (peerflow extension).
 
     Wire order: ``envelope_version: u32, kind: enum { Event { event_type, data_json },
@@ -633,186 +433,3 @@ class SubWorkflowEvent(_Message):
         else:
             raise r.fail(f"unknown SubWorkflowEvent variant {variant}")
         return cls(kind, envelope_version=version)
-
-
-@dataclass(frozen=True, slots=True)
-class DescribeRequest(_Message):
-    """Ask a peer what it serves (``PeerExtensions/DescribePeer``).
-
-    Wire order: ``envelope_version: u32``.
-
-    Attributes:
-        envelope_version: the protocol version (keyword-only).
-    """
-
-    envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
-
-    def _write(self, w: Writer) -> None:
-        w.write_u32(self.envelope_version)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(envelope_version=r.read_u32())
-
-
-@dataclass(frozen=True, slots=True)
-class WorkflowInfo:
-    """A workflow a peer has registered.
-
-    Wire order: ``name: String, step_ids: Vec<String>``.
-
-    Attributes:
-        name: the workflow's name.
-        step_ids: its steps' ids (a list is turned into a tuple).
-    """
-
-    name: str
-    step_ids: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if type(self.step_ids) is not tuple:
-            object.__setattr__(self, "step_ids", _as_str_tuple(self.step_ids, "step_ids"))
-
-    def _write(self, w: Writer) -> None:
-        w.write_str(self.name)
-        _write_str_seq(w, self.step_ids)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        return cls(r.read_str(), _read_str_seq(r))
-
-
-@dataclass(frozen=True, slots=True)
-class WorkflowSchema:
-    """A workflow's input and output as JSON Schema text (an extension of describe).
-
-    Wire order: ``name: String, input_schema: String, output_schema: Option<String>``.
-
-    Attributes:
-        name: the workflow's name.
-        input_schema: JSON Schema of its start event's fields.
-        output_schema: JSON Schema of its declared stop event, or None.
-    """
-
-    name: str
-    input_schema: str
-    output_schema: str | None = None
-
-    def _write(self, w: Writer) -> None:
-        w.write_str(self.name)
-        w.write_str(self.input_schema)
-        _write_opt_str(w, self.output_schema)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        name = r.read_str()
-        input_schema = r.read_str()
-        return cls(name, input_schema, r.read_str() if r.read_option() else None)
-
-
-def _write_str_seq(w: Writer, values: tuple[str, ...]) -> None:
-    w.write_len(len(values))
-    for value in values:
-        w.write_str(value)
-
-
-def _read_str_seq(r: Reader) -> tuple[str, ...]:
-    return tuple([r.read_str() for _ in range(r.read_len())])
-
-
-@dataclass(frozen=True, slots=True)
-class DescribeResponse(_Message):
-    """What a peer serves (peerflow extension).
-
-    Wire order: ``envelope_version: u32, node_id: String, implementation: String,
-    workflows: Vec<WorkflowInfo>, step_ids: Vec<String>, extensions: Vec<String>``; then
-    the optional trailing ``schemas: Option<Vec<WorkflowSchema>>`` and
-    ``load: Option<(active_runs: u32, lingering_runs: u32)>`` (older peers stop earlier).
-
-    Attributes:
-        node_id: the peer's node id.
-        implementation: e.g. ``"peerflow 0.1.0"``.
-        workflows: the registered workflows.
-        step_ids: every registered step id.
-        extensions: the peerflow extensions the peer supports.
-        schemas: each workflow's input/output JSON Schema (None from older peers).
-        active_runs: runs holding a slot now (None: the peer did not say).
-        lingering_runs: of those, runs that ended while a sync step's thread still runs
-            (Python cannot stop a thread; the slot is held until it returns).
-        envelope_version: the protocol version (keyword-only).
-    """
-
-    node_id: str
-    implementation: str
-    workflows: tuple[WorkflowInfo, ...] = ()
-    step_ids: tuple[str, ...] = ()
-    extensions: tuple[str, ...] = ()
-    schemas: tuple[WorkflowSchema, ...] | None = None
-    active_runs: int | None = None
-    lingering_runs: int | None = None
-    envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
-
-    def __post_init__(self) -> None:
-        if type(self.workflows) is not tuple:
-            try:
-                object.__setattr__(self, "workflows", tuple(self.workflows))
-            except TypeError as exc:
-                raise ValidationError(f"workflows must be a sequence: {exc}") from exc
-        if type(self.step_ids) is not tuple:
-            object.__setattr__(self, "step_ids", _as_str_tuple(self.step_ids, "step_ids"))
-        if type(self.extensions) is not tuple:
-            object.__setattr__(self, "extensions", _as_str_tuple(self.extensions, "extensions"))
-
-    def _write(self, w: Writer) -> None:
-        w.write_u32(self.envelope_version)
-        w.write_str(self.node_id)
-        w.write_str(self.implementation)
-        w.write_len(len(self.workflows))
-        for info in self.workflows:
-            if not isinstance(info, WorkflowInfo):
-                raise EncodeError(
-                    "postcard encode failed: workflows must hold WorkflowInfo, "
-                    f"got {type(info).__name__}"
-                )
-            info._write(w)
-        _write_str_seq(w, self.step_ids)
-        _write_str_seq(w, self.extensions)
-        if self.schemas is not None or self.active_runs is not None:
-            w.write_option(self.schemas is not None)
-            if self.schemas is not None:
-                w.write_len(len(self.schemas))
-                for schema in self.schemas:
-                    schema._write(w)
-        if self.active_runs is not None:
-            w.write_option(True)
-            w.write_u32(self.active_runs)
-            w.write_u32(self.lingering_runs or 0)
-
-    @classmethod
-    def _read(cls, r: Reader) -> Self:
-        version = r.read_u32()
-        node_id = r.read_str()
-        implementation = r.read_str()
-        workflows = tuple([WorkflowInfo._read(r) for _ in range(r.read_len())])
-        step_ids = _read_str_seq(r)
-        extensions = _read_str_seq(r)
-        schemas = None
-        active = lingering = None
-        try:
-            if r.remaining and r.read_option():
-                schemas = tuple([WorkflowSchema._read(r) for _ in range(r.read_len())])
-            if r.remaining and r.read_option():
-                active, lingering = r.read_u32(), r.read_u32()
-        except EncodeError:
-            active = lingering = None  # trailing bytes that are not the extensions: ignored
-        return cls(
-            node_id,
-            implementation,
-            workflows,
-            step_ids,
-            extensions,
-            schemas,
-            active,
-            lingering,
-            envelope_version=version,
-        )

@@ -1,0 +1,100 @@
+"""Streaming deref: a session ref's bytes, of any size, received into one buffer.
+
+``StreamDerefSessionRef`` (peerflow's extension) announces the value's size and type tag
+in its initial metadata, then sends chunks that each fit a message. The receiver refuses a
+size beyond its ``max_value_bytes`` before allocating, preallocates the buffer once, and
+checks that exactly the announced bytes arrive.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from peerflow.errors import EncodeError, ResourceExhaustedError
+from peerflow.peer import tracing
+from peerflow.peer.calls import Calls
+from peerflow.peer.framing import unframe
+from peerflow.peer.service import EXTENSION
+
+__all__ = ["STREAM_DEREF", "stream_deref"]
+
+STREAM_DEREF = EXTENSION + "StreamDerefSessionRef"
+
+
+async def stream_deref(
+    calls: Calls, payload: bytes, deadline: float | None, limit: int | None
+) -> tuple[str | None, bytearray]:
+    """A ref's type tag (when the peer says it) and bytes, by ``StreamDerefSessionRef``.
+
+    Args:
+        calls: the client's calls.
+        payload: the encoded ``DerefRequest``.
+        deadline: seconds for the whole transfer (None: no limit).
+        limit: the largest value accepted (None: no limit).
+
+    Raises:
+        ResourceExhaustedError: the announced size is beyond ``limit``, or no memory.
+        EncodeError: the peer's metadata or chunks disagree with what it announced.
+        UnsupportedError: the peer lacks the extension, or a serializer for the value.
+        PeerflowError: any other failure of the call.
+    """
+    channel = calls.channel
+    address = channel.address
+    channel.check_open()
+    with tracing.client_rpc_span(STREAM_DEREF, address):
+        call = calls.stream(STREAM_DEREF, payload, deadline)
+        try:
+            initial = dict(await call.initial_metadata() or ())
+            total = int(initial.get("blazen-total-len", -1))
+            tag = initial.get("blazen-type-tag")
+            if total < 0:
+                # The call failed before sending metadata; reading raises its status.
+                async for _ in call:
+                    pass
+                raise EncodeError(f"{address} sent no blazen-total-len for a deref")
+            if limit is not None and total > limit:
+                raise ResourceExhaustedError(
+                    f"{address} announced a {total}-byte value, more than this "
+                    f"client's max_value_bytes ({limit}); nothing was allocated",
+                    address=address,
+                )
+            buffer: bytearray | None = None
+            offset = 0
+            async for message in call:
+                chunk = unframe(message)
+                if buffer is None:
+                    buffer = _allocate(chunk, total, address)
+                    if len(chunk) == total:  # one message held it all: already copied
+                        offset = total
+                        continue
+                end = offset + len(chunk)
+                if end > total:
+                    raise EncodeError(f"{address} sent more than the announced {total} bytes")
+                buffer[offset:end] = chunk
+                offset = end
+            if offset != total:
+                raise EncodeError(f"{address} sent {offset} of {total} announced bytes")
+            return (str(tag) if tag is not None else None), buffer or bytearray()
+        except grpc.RpcError as exc:
+            raise channel.error(exc, STREAM_DEREF) from exc
+        except ValueError as exc:
+            raise EncodeError(f"bad deref metadata from {address}: {exc}") from None
+        finally:
+            call.cancel()
+
+
+def _allocate(first: memoryview, total: int, address: str) -> bytearray:
+    """The value's buffer, allocated once (not zero-filled when one chunk is all of it).
+
+    A copy of ``first`` when it holds the whole value, else ``total`` bytes the chunks
+    are copied into as they come.
+
+    Raises:
+        ResourceExhaustedError: no memory for ``total`` bytes.
+    """
+    try:
+        return bytearray(first) if len(first) == total else bytearray(total)
+    except MemoryError:
+        raise ResourceExhaustedError(
+            f"no memory for the {total}-byte value {address} announced", address=address
+        ) from None
