@@ -88,11 +88,14 @@ async def test_collect_events_keeps_the_given_order_across_types() -> None:
     assert result.result == [A.event_type_name, B.event_type_name]
 
 
-def test_collect_events_refuses_nothing_to_collect() -> None:
-    ctx = Context.__new__(Context)
-    ctx._collected = {}
-    with pytest.raises(ValidationError, match="at least one"):
-        ctx.collect_events(Event("X"), [])
+async def test_collect_events_refuses_nothing_to_collect() -> None:
+    @step
+    async def gather(ctx: Context, ev: StartEvent) -> StopEvent | None:
+        with pytest.raises(ValidationError, match="at least one"):
+            ctx.collect_events(ev, [])
+        return StopEvent(result="refused")
+
+    assert (await Workflow("nothing", [gather]).run()).result == "refused"
 
 
 # -- wait_for_event -------------------------------------------------------------------------

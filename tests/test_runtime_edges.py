@@ -23,6 +23,7 @@ from peerflow import (
     WorkflowTimeoutError,
     step,
 )
+from peerflow.engine import RunState
 from peerflow.registry import Registry
 
 
@@ -113,8 +114,11 @@ async def test_every_finalizer_runs_and_the_stream_closes_when_cancelled_meanwhi
     handler = Workflow("fin", [s]).start()
     consumed = asyncio.ensure_future(_drain(handler.stream_events()))
     await entered.wait()
-    handler._task.cancel()  # the run's own task, while a finalizer runs
-    await asyncio.wait([handler._task])
+    awaiting = asyncio.ensure_future(handler.result())
+    await asyncio.sleep(0)  # one loop turn: it awaits the run's task
+    awaiting.cancel()  # cancels the run's own task (what it awaits), while a finalizer runs
+    await asyncio.wait([awaiting])
+    assert handler.done() and handler.state is RunState.ENDED
     assert ran == ["slow", "second"]
     with pytest.raises(WorkflowError, match="cancelled"):  # the stream ended, and says why
         await asyncio.wait_for(consumed, 10)

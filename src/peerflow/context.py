@@ -46,7 +46,7 @@ def current_context() -> Context | None:
 
 
 class _RunHooks(Protocol):
-    """What a Context needs from the run driving it (implemented in runtime.py)."""
+    """What a Context needs from the run driving it (implemented by ``runtime.Run``)."""
 
     def send_event_threadsafe(self, event: Event, step: str | None = None) -> None: ...
 
@@ -55,7 +55,7 @@ class _RunHooks(Protocol):
     def add_finalizer(self, finalizer: Callable[[], Awaitable[None]]) -> None: ...
 
     @property
-    def outcome(self) -> object: ...
+    def ended_with(self) -> object: ...
 
 
 class Usage:
@@ -391,7 +391,7 @@ class Context(Generic[S]):
         Set before the :meth:`on_run_end` finalizers run, so they can tell what the run
         handed its caller (``remote_step`` keeps the remote refs that reached it alive).
         """
-        return self._run.outcome
+        return self._run.ended_with
 
     def _attempt_view(self, gate: _RunHooks) -> Context:
         """This context for one attempt of a sync step that has a timeout.

@@ -3,20 +3,19 @@
 ``register_step("my_app::analyze", analyze)`` makes a step runnable by id;
 ``register_workflow(wf)`` registers a workflow by name and each of its steps by id.
 A :class:`~peerflow.peer.server.PeerServer` resolves requests against a registry (the
-process-wide one unless given another). Re-registering an id with a different step is an
-error; re-registering the same step is a no-op.
+process-wide one unless given another). A registered workflow is any
+:class:`~peerflow.engine.Engine` (a :class:`~peerflow.workflow.Workflow` as a rule), so
+this module does not import the workflow module (which imports it). Re-registering an id
+with a different step is an error; re-registering the same step is a no-op.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
 
+from peerflow.engine import Engine, EngineT
 from peerflow.errors import ValidationError
 from peerflow.step import StepFn, StepSpec, as_step
-
-if TYPE_CHECKING:
-    from peerflow.workflow import Workflow
 
 __all__ = [
     "Registry",
@@ -32,7 +31,7 @@ class Registry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._steps: dict[str, StepSpec] = {}
-        self._workflows: dict[str, Workflow] = {}
+        self._workflows: dict[str, Engine] = {}
 
     def register_step(self, step_id: str, fn_or_step: StepSpec | StepFn) -> StepSpec:
         """Register a step under ``step_id`` and return the registered spec.
@@ -47,15 +46,14 @@ class Registry:
             self._add_step(spec)
         return spec
 
-    def register_workflow(self, workflow: Workflow) -> Workflow:
+    def register_workflow(self, workflow: EngineT) -> EngineT:
         """Register ``workflow`` by name and each of its steps by id.
 
         Raises:
-            ValidationError: the name or a step id is taken by something else.
+            ValidationError: not a workflow, or the name or a step id is taken by
+                something else.
         """
-        from peerflow.workflow import Workflow
-
-        if not isinstance(workflow, Workflow):
+        if not isinstance(workflow, Engine):
             raise ValidationError(f"register_workflow takes a Workflow, got {workflow!r}")
         with self._lock:
             existing = self._workflows.get(workflow.name)
@@ -64,7 +62,7 @@ class Registry:
                     raise ValidationError(
                         f"workflow `{workflow.name}` is already registered with other steps"
                     )
-                return existing
+                return existing  # type: ignore[return-value]  # an equal workflow
             for spec in workflow.steps:
                 taken = self._steps.get(spec.id)
                 if taken is not None and not taken.same_step(spec):
@@ -91,7 +89,7 @@ class Registry:
         """The step registered under ``step_id``, or None."""
         return self._steps.get(step_id)
 
-    def workflow(self, name: str) -> Workflow | None:
+    def workflow(self, name: str) -> Engine | None:
         """The workflow registered under ``name``, or None."""
         return self._workflows.get(name)
 
@@ -131,7 +129,7 @@ def register_step(step_id: str, fn_or_step: StepSpec | StepFn) -> StepSpec:
     return _DEFAULT.register_step(step_id, fn_or_step)
 
 
-def register_workflow(workflow: Workflow) -> Workflow:
+def register_workflow(workflow: EngineT) -> EngineT:
     """Register a workflow and its steps in the process-wide registry.
 
     Raises:

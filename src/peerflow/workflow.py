@@ -212,7 +212,8 @@ class Workflow:
         Raises:
             UnknownStepError: a step id is not registered (message ``unknown step id `X```).
             UnknownWorkflowError: ``step_ids`` is empty and no workflow has that name.
-            ValidationError: the steps do not form a valid workflow.
+            ValidationError: the steps do not form a valid workflow, or the name is
+                registered for another kind of engine.
         """
         reg = default_registry() if registry is None else registry
         if isinstance(step_ids, str):
@@ -221,6 +222,11 @@ class Workflow:
             found = reg.workflow(name)
             if found is None:
                 raise UnknownWorkflowError(f"unknown workflow `{clip(name)}`")
+            if not isinstance(found, Workflow):
+                raise ValidationError(
+                    f"workflow `{clip(name)}` is registered as a {type(found).__name__}, "
+                    "not a peerflow Workflow"
+                )
             if timeout is None or timeout == found.timeout:
                 return found
             return cls(found.name, found.steps, timeout=timeout, session_refs=found.session_refs)
@@ -234,39 +240,67 @@ class Workflow:
 
     # -- running -----------------------------------------------------------------------
 
-    def _run(
+    def open_run(
         self,
         start_event: Event,
         *,
-        streaming: bool,
+        streaming: bool = True,
         timeout: float | None = None,
         session_refs: SessionRefRegistry | None = None,
-        principal: str = ANONYMOUS,
+        principal: str | None = None,
         run_id: str | None = None,
         answerable: bool | None = None,
         stream_limit: int | None = None,
         journal: Journal | None = None,
     ) -> Run:
-        return Run(
-            workflow_name=self.name,
-            routes=self._routes,
-            start_event=start_event,
-            timeout=self.timeout if timeout is None else timeout,
-            session_refs=(
-                session_refs
-                if session_refs is not None
-                else self.session_refs
-                if self.session_refs is not None
-                else default_session_refs()
-            ),
-            principal=principal,
-            streaming=streaming,
-            run_id=run_id,
-            answerable=streaming if answerable is None else answerable,
-            stream_limit=stream_limit,
-            state_model=self.state_model,
-            journal=journal,
-        )
+        """Build a run of ``start_event``, not started: a host drives it.
+
+        The engine seam (:class:`~peerflow.engine.Engine`): the peer service, the HTTP face
+        and the run store start runs here; ``await run.drive()`` runs it in the caller's
+        task, ``WorkflowHandler(run)`` in a task of its own.
+
+        Args:
+            start_event: the run's input.
+            streaming: whether it publishes events (``run.events()``).
+            timeout: seconds it may take (None: the workflow's timeout).
+            session_refs: the ref registry of its ``ctx.refs`` (None: the workflow's, else
+                the process-wide one).
+            principal: who owns the refs it makes (None: anonymous).
+            run_id: its id (None: a new UUID).
+            answerable: whether its ``InputRequiredEvent`` can be answered (None: as
+                ``streaming``).
+            stream_limit: bytes of unread events it may hold (None: unbounded).
+            journal: makes it durable (:mod:`peerflow.store`).
+
+        Raises:
+            ValidationError: not called inside a running event loop.
+        """
+        try:
+            return Run(
+                workflow_name=self.name,
+                routes=self._routes,
+                start_event=start_event,
+                timeout=self.timeout if timeout is None else timeout,
+                session_refs=(
+                    session_refs
+                    if session_refs is not None
+                    else self.session_refs
+                    if self.session_refs is not None
+                    else default_session_refs()
+                ),
+                principal=ANONYMOUS if principal is None else principal,
+                streaming=streaming,
+                run_id=run_id,
+                answerable=streaming if answerable is None else answerable,
+                stream_limit=stream_limit,
+                state_model=self.state_model,
+                journal=journal,
+            )
+        except RuntimeError:  # asyncio.get_running_loop(): no loop in this thread
+            raise ValidationError(
+                f"a run of workflow `{self.name}` needs a running event loop; start it from "
+                "a coroutine or use run_blocking()"
+            ) from None
 
     async def run(self, /, **fields: Any) -> WorkflowResult:
         """Run to completion; the keyword fields become the ``StartEvent``'s fields.
@@ -281,7 +315,7 @@ class Workflow:
             ValidationError: invalid input for a typed start event (naming the field), or
                 not called inside a running event loop.
         """
-        run = self._run(self.start_event(fields), streaming=False)
+        run = self.open_run(self.start_event(fields), streaming=False)
         if telemetry.enabled():
             with telemetry.run_span(self.name, run.run_id):
                 return await run.drive()
@@ -296,15 +330,7 @@ class Workflow:
             ValidationError: invalid input for a typed start event, or no running event
                 loop.
         """
-        start = self.start_event(fields)
-        try:
-            run = self._run(start, streaming=True)
-        except RuntimeError:
-            raise ValidationError(
-                "Workflow.start() needs a running event loop; call it from a coroutine "
-                "or use run_blocking()"
-            ) from None
-        return WorkflowHandler(run)
+        return WorkflowHandler(self.open_run(self.start_event(fields)))
 
     run_blocking = blocking_twin(run)
 

@@ -173,17 +173,16 @@ async def test_health_is_serving_then_not_serving_on_stop() -> None:
         async with await PeerClient.connect(server.address or "", "a") as client:
             run = asyncio.ensure_future(client.run_remote_workflow("slow"))
             await entered.wait()
+            watch = stub.Watch(health_pb2.HealthCheckRequest(service=""))
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
             stopping = asyncio.ensure_future(server.stop(grace=10))
-            await wait_until(lambda: server._health is not None and _not_serving(server), "health")
+            # The health service tells its watchers the moment the shutdown begins.
+            reply = await asyncio.wait_for(watch.read(), 10)
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            watch.cancel()
             release.set()
             assert (await run).result == "drained"  # a run in flight drains within grace
             await stopping
-
-
-def _not_serving(server: PeerServer) -> bool:
-    assert server._health is not None
-    status = server._health._server_status.get("")
-    return bool(status == health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 async def test_stop_grace_then_cancels_runs_in_flight() -> None:

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from peerflow.errors import PeerflowError, WorkflowCancelledError, WorkflowTimeoutError
+from peerflow.engine import Cancelled, Completed, Failed, RunOutcome, TimedOut
 from peerflow.events import STOP_EVENT_TYPE, Event, InputRequiredEvent
 from peerflow.peer.results import event_json
 
 if TYPE_CHECKING:
+    from peerflow.engine import HostedRun
     from peerflow.http.metrics import PeerMetrics
-    from peerflow.runtime import Run, WorkflowHandler
+    from peerflow.runtime import WorkflowHandler
 
 __all__ = ["FAILED_EVENT_TYPE", "STATUSES", "RunBoard", "RunRecord", "sse_json"]
 
@@ -42,29 +43,23 @@ def sse_json(event: Event) -> bytes:
     return data[:-1] + (b"," + tail if len(data) > 2 else tail)
 
 
-def _status_of(outcome: object) -> str:
-    if isinstance(outcome, Event):
-        return "ok"
-    if isinstance(outcome, WorkflowTimeoutError):
-        return "timeout"
-    if isinstance(outcome, WorkflowCancelledError):
-        return "cancelled"
-    return "failed"
+_STATUS = {Completed: "ok", TimedOut: "timeout", Cancelled: "cancelled", Failed: "failed"}
 
 
-def _final_entries(record: RunRecord, outcome: object) -> list[bytes]:
+def _final_entries(record: RunRecord, outcome: RunOutcome | None) -> list[bytes]:
     out = []
     if record.dropped:
         out.append(orjson.dumps({"type": TRUNCATED_EVENT_TYPE, "dropped": record.dropped}))
-    if isinstance(outcome, Event):
-        last = sse_json(outcome) if outcome.event_type == STOP_EVENT_TYPE else b""
-        last = last or orjson.dumps({"type": outcome.event_type})
+    if isinstance(outcome, Completed):
+        event = outcome.event
+        last = sse_json(event) if event.event_type == STOP_EVENT_TYPE else b""
+        last = last or orjson.dumps({"type": event.event_type})
         if len(last) > DEFAULT_MAX_EVENT_BYTES:
             last = orjson.dumps(
-                {"type": outcome.event_type, "result_omitted": f"{len(last)} bytes of JSON"}
+                {"type": event.event_type, "result_omitted": f"{len(last)} bytes of JSON"}
             )
     else:
-        error = outcome if isinstance(outcome, PeerflowError) else None
+        error = None if outcome is None else outcome.error
         last = orjson.dumps(
             {
                 "type": FAILED_EVENT_TYPE,
@@ -100,8 +95,8 @@ class RunRecord:
         "workflow",
     )
 
-    def __init__(self, run: Run, caller: str, source: str) -> None:
-        self.run: Run | None = run
+    def __init__(self, run: HostedRun, caller: str, source: str) -> None:
+        self.run: HostedRun | None = run
         self.handler: WorkflowHandler | None = None
         self.run_id = run.run_id
         self.workflow = run.workflow_name
@@ -115,7 +110,7 @@ class RunRecord:
         self.dropped = 0
         self.question: dict[str, Any] | None = None
         self.steps: dict[str, int] = {}
-        self.outcome: object = None  # the StopEvent or error, until encoded
+        self.outcome: RunOutcome | None = None  # how the run ended, until encoded
         self._final: list[bytes] | None = None
         self._changed: asyncio.Future[None] | None = None
 
@@ -223,7 +218,7 @@ class RunBoard:
         """The record of ``run_id``, in flight or recently ended."""
         return self._live.get(run_id) or self._ended.get(run_id)
 
-    def record_of(self, run: Run) -> RunRecord | None:
+    def record_of(self, run: HostedRun) -> RunRecord | None:
         """The record of a live run object."""
         return self._by_run.get(id(run))
 
@@ -239,18 +234,18 @@ class RunBoard:
 
     # -- the observer hooks ----------------------------------------------------------------
 
-    def run_started(self, run: Run, caller: str) -> None:
+    def run_started(self, run: HostedRun, caller: str) -> None:
         """Record a run served over gRPC that has started."""
         self.add(run, caller, "grpc")
 
-    def add(self, run: Run, caller: str, source: str) -> RunRecord:
+    def add(self, run: HostedRun, caller: str, source: str) -> RunRecord:
         """Record a run that has started; ``source`` is ``grpc`` or ``http``."""
         record = RunRecord(run, caller, source)
         self._live[record.run_id] = record
         self._by_run[id(run)] = record
         return record
 
-    def run_event(self, run: Run, event: Event) -> None:
+    def run_event(self, run: HostedRun, event: Event) -> None:
         """Record an event the run streamed."""
         record = self._by_run.get(id(run))
         if record is None:
@@ -261,13 +256,13 @@ class RunBoard:
         # last entry, which entries() adds after the events.
         record.add(sse_json(event), self.max_event_bytes)
 
-    def run_ended(self, run: Run, seconds: float) -> None:
+    def run_ended(self, run: HostedRun, seconds: float) -> None:
         """Record a run's end: its status, duration and last event."""
         record = self._by_run.pop(id(run), None)
         if record is None:
             return
         outcome = record.outcome = run.outcome
-        record.status = "ok" if isinstance(outcome, Event) else _status_of(outcome)
+        record.status = "failed" if outcome is None else _STATUS[type(outcome)]
         record.duration = seconds
         record.run = None  # free the run (and everything it holds) now
         record.handler = None
@@ -285,7 +280,7 @@ class RunBoard:
         if self._metrics is not None:
             self._metrics.rpc_done(method, code)
 
-    def step_done(self, run: Run, step_id: str, seconds: float, ok: bool) -> None:
+    def step_done(self, run: HostedRun, step_id: str, seconds: float, ok: bool) -> None:
         """Count one step attempt: on its run's record, and in the step-duration metric.
 
         The runtime's step hook (:func:`peerflow.runtime.add_step_hook`).
@@ -303,5 +298,5 @@ class RunBoard:
         for record in records:
             run = record.run
             if run is not None:
-                run.fail(run.cancelled_error())
+                run.cancel()
         return records

@@ -14,6 +14,7 @@ import html
 import typing
 from collections import deque
 
+from peerflow.engine import Engine
 from peerflow.events import (
     START_EVENT_TYPE,
     STOP_EVENT_TYPE,
@@ -22,7 +23,6 @@ from peerflow.events import (
     InputRequiredEvent,
 )
 from peerflow.step import StepSpec
-from peerflow.workflow import Workflow
 
 __all__ = [
     "SVG_CSS",
@@ -115,7 +115,7 @@ def _flatten(hint: object) -> list[object]:
     return [x for a in args for x in _flatten(a)]  # unions
 
 
-def graph_of(workflow: Workflow) -> Graph:
+def graph_of(workflow: Engine) -> Graph:
     """The graph of ``workflow``, laid out in layers from the start node."""
     accepting: dict[str, list[str]] = {}
     for spec in workflow.steps:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import html
 
+from peerflow.engine import Engine
 from peerflow.http.graph import SVG_CSS, graph_of, render_svg
-from peerflow.workflow import Workflow
 
 __all__ = ["render_page"]
 
@@ -202,7 +202,7 @@ setInterval(refresh, 500);
 """
 
 
-def _workflow_card(index: int, workflow: Workflow) -> str:
+def _workflow_card(index: int, workflow: Engine) -> str:
     name = html.escape(workflow.name, quote=True)
     svg = render_svg(graph_of(workflow), marker_id=f"arrow-{index}")
     return (
@@ -213,7 +213,7 @@ def _workflow_card(index: int, workflow: Workflow) -> str:
     )
 
 
-def render_page(node_id: str, workflows: list[Workflow]) -> str:
+def render_page(node_id: str, workflows: list[Engine]) -> str:
     """The status page of peer ``node_id`` serving ``workflows``."""
     cards = "".join(_workflow_card(i, w) for i, w in enumerate(workflows))
     node = html.escape(node_id, quote=True)

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from peerflow.engine import Engine
 from peerflow.errors import (
     ResourceExhaustedError,
     TransportError,
@@ -113,7 +114,7 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-def describe_workflow(workflow: Workflow) -> dict[str, Any]:
+def describe_workflow(workflow: Engine) -> dict[str, Any]:
     """A workflow as ``GET /api/workflows`` lists it."""
     cls = start_class(workflow)
     return {
@@ -124,7 +125,7 @@ def describe_workflow(workflow: Workflow) -> dict[str, Any]:
     }
 
 
-def _workflows(request: Request) -> list[Workflow]:
+def _workflows(request: Request) -> list[Engine]:
     registry = _state(request).server.registry
     found = (registry.workflow(name) for name in sorted(registry.workflows()))
     return [w for w in found if w is not None]

@@ -14,6 +14,7 @@ import contextlib
 import time
 from typing import Any
 
+from peerflow.engine import Completed, Engine
 from peerflow.errors import (
     PeerflowError,
     ResourceExhaustedError,
@@ -24,14 +25,13 @@ from peerflow.events import START_EVENT_TYPE, Event, StartEvent, event_from_data
 from peerflow.http.board import RunBoard, RunRecord
 from peerflow.peer.server import PeerServer
 from peerflow.runtime import WorkflowHandler
-from peerflow.workflow import Workflow
 
 __all__ = ["HttpRuns", "refusal", "start_class"]
 
 CANCEL_WAIT = 10.0  # seconds a cancel waits for a gRPC-served run to end
 
 
-def start_class(workflow: Workflow) -> type[StartEvent] | None:
+def start_class(workflow: Engine) -> type[StartEvent] | None:
     """The typed ``StartEvent`` subclass the workflow's first steps accept, if any."""
     for spec in workflow.steps:
         cls = spec.accept_classes.get(START_EVENT_TYPE)
@@ -59,7 +59,7 @@ class HttpRuns:
         """HTTP-started runs in flight."""
         return len(self._followers)
 
-    def start(self, workflow: Workflow, fields: dict[str, Any]) -> RunRecord:
+    def start(self, workflow: Engine, fields: dict[str, Any]) -> RunRecord:
         """Start a run of ``workflow`` with ``fields`` as its input.
 
         Raises:
@@ -77,9 +77,7 @@ class HttpRuns:
             )
         cls = start_class(workflow)
         start: Event = cls(**fields) if cls is not None else StartEvent(**fields)
-        run = workflow._run(
-            start, streaming=True, session_refs=server.session_refs, answerable=True
-        )
+        run = workflow.open_run(start, session_refs=server.session_refs, answerable=True)
         handler = WorkflowHandler(run)
         record = self.board.add(run, "http", "http")
         record.handler = handler
@@ -94,8 +92,9 @@ class HttpRuns:
         try:
             with contextlib.suppress(PeerflowError):  # the error is the run's outcome
                 async for event in handler.stream_events():
-                    if event is not run.outcome:
-                        self.board.run_event(run, event)
+                    ended = handler.outcome
+                    if not (isinstance(ended, Completed) and event is ended.event):
+                        self.board.run_event(run, event)  # not the terminal event
         except asyncio.CancelledError:
             await handler.cancel()
             raise
@@ -139,7 +138,7 @@ class HttpRuns:
             return
         run = record.run
         if run is not None:
-            run.fail(run.cancelled_error())
+            run.cancel()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CANCEL_WAIT
         while not record.ended and loop.time() < deadline:

@@ -32,6 +32,7 @@ from peerflow.peer.results import decode_input, error_response, result_response
 from peerflow.peer.security import current_principal
 from peerflow.registry import Registry
 from peerflow.result import WorkflowResult
+from peerflow.workflow import Workflow
 
 if TYPE_CHECKING:
     from peerflow.peer.service import PeerService
@@ -142,12 +143,12 @@ class NamedRuns:
         start = decode_input(req.input_json, limit=service.limits.max_input_bytes)
         timeout: float | None = req.timeout_secs or service.limits.default_timeout_secs
         principal = current_principal()
-        if self.store is not None:
+        if self.store is not None and isinstance(workflow, Workflow):
             work = self.store.run(
                 workflow, start.to_dict(), run_id=run_id, timeout=timeout, principal=principal
             )
         else:
-            run = workflow._run(
+            run = workflow.open_run(
                 start,
                 streaming=False,
                 timeout=timeout,
@@ -214,7 +215,7 @@ async def _resume_forever(store: RunStore, registry: Registry, node_id: str) -> 
     interval = getattr(getattr(store, "options", None), "lease", 30.0) / 3
     while True:
         workflows = {name: registry.workflow(name) for name in registry.workflows()}
-        served = {name: wf for name, wf in workflows.items() if wf is not None}
+        served = {name: wf for name, wf in workflows.items() if isinstance(wf, Workflow)}
         try:
             resumed = await store.resume_orphans(served)
         except PeerflowError as exc:

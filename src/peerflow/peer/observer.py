@@ -6,9 +6,10 @@ event it streams to its caller, and when it ends, and of every RPC's final statu
 Each hook is called on the server's event loop, once per run or call (once per streamed
 event for ``run_event``): it must be cheap and must not raise.
 
-The ``Run`` handed to the hooks is the live run: ``run.run_id``, ``run.workflow_name`` and,
-once ended, ``run.outcome`` (the ``StopEvent`` or the error). While the run is in flight
-``run.fail(run.cancelled_error())`` cancels it, as a caller's cancel would.
+The run handed to the hooks is the live :class:`~peerflow.engine.HostedRun`: ``run.run_id``,
+``run.workflow_name``, ``run.state`` and, once ended, ``run.outcome`` (``Completed``,
+``Failed``, ``Cancelled`` or ``TimedOut``). While the run is in flight ``run.cancel()``
+cancels it, as a caller's cancel would.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from peerflow.peer.handlers import Scope, wrap_behavior
 from peerflow.peer.status import status_for
 
 if TYPE_CHECKING:
+    from peerflow.engine import HostedRun
     from peerflow.events import Event
-    from peerflow.runtime import Run
 
 __all__ = ["RunObserver", "counted_stream", "counted_unary"]
 
@@ -35,13 +36,13 @@ __all__ = ["RunObserver", "counted_stream", "counted_unary"]
 class RunObserver(Protocol):
     """What a peer reports about its served runs and calls."""
 
-    def run_started(self, run: Run, caller: str) -> None:
+    def run_started(self, run: HostedRun, caller: str) -> None:
         """A served run has started; ``caller`` is the calling node's id, or ``-``."""
 
-    def run_event(self, run: Run, event: Event) -> None:
+    def run_event(self, run: HostedRun, event: Event) -> None:
         """A served run streamed ``event`` to its caller (streaming calls only)."""
 
-    def run_ended(self, run: Run, seconds: float) -> None:
+    def run_ended(self, run: HostedRun, seconds: float) -> None:
         """A served run has ended after ``seconds``; ``run.outcome`` says how."""
 
     def rpc_done(self, method: str, code: str) -> None:

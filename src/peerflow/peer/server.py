@@ -8,12 +8,17 @@ mTLS, limits, ref leases and cancellation that stops the remote run::
     port = await server.start("127.0.0.1:0")
     ...
     await server.stop(grace=5)
+
+A server lives once, through :class:`ServerState`: ``NEW`` -> ``STARTING`` -> ``SERVING``
+-> ``STOPPING`` -> ``STOPPED`` (a failed start goes back to ``NEW``); ``server.state``
+says where it is. To serve again, build a new server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import math
 from types import TracebackType
@@ -43,13 +48,28 @@ from peerflow.runtime import DEFAULT_STREAM_BUFFER_BYTES
 if TYPE_CHECKING:
     from peerflow.store import RunStore
 
-__all__ = ["PeerServer"]
+__all__ = ["PeerServer", "ServerState"]
 
 log = logging.getLogger("peerflow.server")
 
 SERVICE_NAMES = ("blazen.peer.v1.BlazenPeer", "peerflow.peer.v1.PeerExtensions")
 _MIN_PENDING_REQUESTS = 16_384
 _MAX_UNREQUESTED_SECS = 24 * 3600
+
+
+class ServerState(enum.Enum):
+    """Where a :class:`PeerServer` is in its life (``PeerServer.state``)."""
+
+    NEW = "new"
+    """Built, not serving: ``start()`` may be called (again, after a failed start)."""
+    STARTING = "starting"
+    """``start()`` is binding and starting; a ``stop()`` now waits for it, then stops."""
+    SERVING = "serving"
+    """Bound and serving."""
+    STOPPING = "stopping"
+    """``stop()`` began: new runs are refused, runs in flight get the grace period."""
+    STOPPED = "stopped"
+    """Stopped for good; the port is closed."""
 
 
 class _MethodTable(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is untyped
@@ -194,14 +214,19 @@ class PeerServer:
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._stopped: asyncio.Event | None = None
         self._address: str | None = None
         self._port: int | None = None
-        self._consumed = False
-        self._starting: asyncio.Event | None = None
-        self._stopping: asyncio.Task[None] | None = None
+        self._state = ServerState.NEW
+        self._start_settled: asyncio.Event | None = None  # set when a start() returns
+        self._shutdown_task: asyncio.Task[None] | None = None  # the one shutdown stop() runs
+        self._stopped: asyncio.Event | None = None  # set once STOPPED
 
     # -- properties ----------------------------------------------------------------------
+
+    @property
+    def state(self) -> ServerState:
+        """Where the server is in its life (:class:`ServerState`)."""
+        return self._state
 
     @property
     def port(self) -> int | None:
@@ -252,21 +277,21 @@ class PeerServer:
             PeerError: the address cannot be bound (kind TRANSPORT), TLS setup failed.
         """
         listen = parse_listen_address(address)
-        if self._consumed:
+        if self._state is not ServerState.NEW:
             raise ValidationError(
                 f"PeerServer {self.node_id!r} was already started; build a new PeerServer "
                 "to serve again"
             )
-        self._consumed = True
-        self._starting = asyncio.Event()
+        self._state = ServerState.STARTING
+        self._start_settled = asyncio.Event()
         try:
             return await self._start(listen)
         except BaseException:
-            if self._server is None:
-                self._consumed = False  # never served: the object may try again
+            if self._state is ServerState.STARTING:
+                self._state = ServerState.NEW  # never served: the object may try again
             raise
         finally:
-            self._starting.set()
+            self._start_settled.set()
 
     async def _start(self, listen: str) -> int:
         # Interceptors cost every call ~20-40 µs of server CPU on this stack, so install
@@ -321,6 +346,7 @@ class PeerServer:
         self._server = server
         self._health = health_servicer
         self._stopped = asyncio.Event()
+        self._state = ServerState.SERVING
         self._port = port
         host = listen.rsplit(":", 1)[0]
         self._address = f"{host}:{port}"
@@ -363,8 +389,12 @@ class PeerServer:
     serve_blocking = blocking_twin(serve)
 
     async def wait_stopped(self) -> None:
-        """Wait until the server has stopped."""
-        if self._stopped is None:
+        """Wait until the server has stopped.
+
+        Raises:
+            ValidationError: the server was never started.
+        """
+        if self._stopped is None:  # it never reached SERVING
             raise ValidationError("the server was never started")
         await self._stopped.wait()
 
@@ -390,13 +420,14 @@ class PeerServer:
             or grace < 0
         ):
             raise ValidationError(f"grace must be a number >= 0 or None, got {grace!r}")
-        if self._starting is not None and not self._starting.is_set():
-            await self._starting.wait()  # stopping a server that is still starting
-        if self._stopping is None:
-            if self._server is None:
-                return
-            self._stopping = asyncio.get_running_loop().create_task(self._shutdown(grace))
-        await asyncio.shield(self._stopping)
+        if self._state is ServerState.STARTING and self._start_settled is not None:
+            await self._start_settled.wait()  # stopping a server that is still starting
+        if self._shutdown_task is None:
+            if self._state is not ServerState.SERVING:
+                return  # never served (NEW)
+            self._state = ServerState.STOPPING
+            self._shutdown_task = asyncio.get_running_loop().create_task(self._shutdown(grace))
+        await asyncio.shield(self._shutdown_task)
 
     async def _shutdown(self, grace: float | None) -> None:
         server = self._server
@@ -425,6 +456,7 @@ class PeerServer:
         await self._service.cancel_all()
         if self._store is not None:
             await self._store.close()
+        self._state = ServerState.STOPPED
         if self._stopped is not None:
             self._stopped.set()
         log.info("peer %s stopped", self.node_id)
@@ -450,9 +482,9 @@ class PeerServer:
                 log.info("peer %s: %d expired session refs dropped", self.node_id, dropped)
 
     async def __aenter__(self) -> Self:
-        if not self._consumed:
+        if self._state is ServerState.NEW:
             await self.start()
-        elif self._server is None:
+        elif self._state is not ServerState.SERVING:
             raise ValidationError(
                 f"PeerServer {self.node_id!r} has stopped; build a new PeerServer to serve again"
             )

@@ -31,12 +31,14 @@ import orjson
 from peerflow import telemetry
 from peerflow._text import clip
 from peerflow._version import __version__
+from peerflow.engine import Engine, HostedRun
 from peerflow.errors import (
     EncodeError,
     PeerflowError,
     RefNotFoundError,
     ResourceExhaustedError,
     TransportError,
+    UnknownWorkflowError,
     ValidationError,
     WorkflowError,
 )
@@ -64,7 +66,6 @@ from peerflow.workflow import Workflow
 if TYPE_CHECKING:
     from peerflow.events import Event
     from peerflow.peer.observer import RunObserver
-    from peerflow.runtime import Run
     from peerflow.store import RunStore
 
 __all__ = [
@@ -150,7 +151,7 @@ class PeerService:
         self.lingering_runs = 0  # ended runs whose sync step's thread still runs (in active)
         self.runs_started = 0
         self._derefs: dict[RegistryKey, _SharedDump] = {}
-        self._runs: set[Run] = set()
+        self._runs: set[HostedRun] = set()
         self._assembled: dict[tuple[str, tuple[str, ...]], Workflow] = {}
         self._drained: asyncio.Event | None = None  # set when active_runs drops to 0
         self.closing: str | None = None  # set: new runs are refused (UNAVAILABLE) with it
@@ -300,14 +301,21 @@ class PeerService:
         if not self.active_runs and self._drained is not None:
             self._drained.set()
 
-    def _workflow(self, name: str, step_ids: Sequence[str]) -> Workflow:
+    def _workflow(self, name: str, step_ids: Sequence[str]) -> Engine:
         """The workflow a request names; ad-hoc assemblies are cached by (name, step ids).
 
         A cached assembly is reused only while the registry still maps each of its step
         ids to the very same step, so re-registering or unregistering a step invalidates it.
+
+        Raises:
+            UnknownWorkflowError: no workflow has that name (and no step ids were given).
+            UnknownStepError: a step id is not registered.
         """
         if not step_ids:
-            return Workflow.from_registry(name, (), registry=self.registry)  # a dict lookup
+            found = self.registry.workflow(name)  # a dict lookup
+            if found is None:
+                raise UnknownWorkflowError(f"unknown workflow `{clip(name)}`")
+            return found
         key = (name, tuple(step_ids))
         cached = self._assembled.get(key)
         if cached is not None:
@@ -320,7 +328,7 @@ class PeerService:
         self._assembled[key] = workflow
         return workflow
 
-    def _prepare(self, request: bytes, streaming: bool) -> Run:
+    def _prepare(self, request: bytes, streaming: bool) -> HostedRun:
         return self._prepare_request(
             self._decode(wire.SubWorkflowRequest, request), streaming=streaming, answerable=False
         )
@@ -332,7 +340,7 @@ class PeerService:
         streaming: bool,
         answerable: bool,
         run_id: str | None = None,
-    ) -> Run:
+    ) -> HostedRun:
         """The run a request asks for, not yet driven.
 
         ``answerable``: its caller can send the HumanResponseEvent an InputRequiredEvent
@@ -349,7 +357,7 @@ class PeerService:
         timeout: float | None = req.timeout_secs or None  # 0 defers to the default, like None
         if timeout is None:
             timeout = self.limits.default_timeout_secs
-        return workflow._run(
+        return workflow.open_run(
             start,
             streaming=streaming,
             timeout=timeout,
@@ -361,19 +369,19 @@ class PeerService:
         )
 
     def _respond(
-        self, run: Run, result: Any, error: WorkflowError | None
+        self, run: HostedRun, result: Any, error: WorkflowError | None
     ) -> wire.SubWorkflowResponse:
         owner = current_principal()
         budget = self.limits.max_unary_bytes - 1024  # room for the envelope around it
         if error is None:
             try:
-                response = result_response(result, refs=self.refs, owner=owner, usage=run.ctx.usage)
+                response = result_response(result, refs=self.refs, owner=owner, usage=run.usage)
                 if _response_size(response) <= budget:
                     return response
                 # Too large for one message: values over 1 KiB stay on this peer as session
                 # refs, and the caller gets remote refs in their place.
                 response = result_response(
-                    result, refs=self.refs, owner=owner, usage=run.ctx.usage, spill_over=1024
+                    result, refs=self.refs, owner=owner, usage=run.usage, spill_over=1024
                 )
                 if _response_size(response) <= budget:
                     return response
@@ -396,9 +404,9 @@ class PeerService:
         response = error_response(
             error,
             run_id=run.run_id,
-            state=run.ctx.state,
+            state=run.values,
             survivors=run.survivors,
-            usage=run.ctx.usage,
+            usage=run.usage,
             refs=self.refs,
             owner=owner,
             max_error_chars=MAX_ERROR_CHARS,
@@ -409,14 +417,16 @@ class PeerService:
                 run_id=run.run_id,
                 state={"__peerflow_state_omitted__": "state too large for one message"},
                 survivors=run.survivors,
-                usage=run.ctx.usage,
+                usage=run.usage,
                 refs=self.refs,
                 owner=owner,
                 max_error_chars=MAX_ERROR_CHARS,
             )
         return response
 
-    async def _drive(self, run: Run, context: grpc.aio.ServicerContext) -> wire.SubWorkflowResponse:
+    async def _drive(
+        self, run: HostedRun, context: grpc.aio.ServicerContext
+    ) -> wire.SubWorkflowResponse:
         started = time.perf_counter()
         self.runs_started += 1
         self._runs.add(run)
@@ -508,18 +518,16 @@ class PeerService:
         yield frame(wire.SubWorkflowEvent(wire.StreamDone(response)).encode())
 
     async def _event_payloads(
-        self, run: Run, max_message: int | None = None
+        self, run: HostedRun, max_message: int | None = None
     ) -> AsyncIterator[tuple[Event, wire.EventPayload]]:
-        """Each event a streaming run publishes, with its wire payload (not the outcome).
+        """Each event a streaming run publishes, with its wire payload.
 
-        An event larger than ``max_message`` (default: this peer's message limit) is
-        replaced by an ``OVERSIZED_EVENT_TYPE`` marker.
+        Not its terminal event: that travels inside Done / the call's result. An event
+        larger than ``max_message`` (default: this peer's message limit) is replaced by an
+        ``OVERSIZED_EVENT_TYPE`` marker.
         """
         limit = (max_message or self.limits.max_unary_bytes) - 1024
-        assert run.stream is not None
-        async for event in run.stream.events():
-            if event is run.outcome:
-                continue  # the terminal event travels inside Done / the call's result
+        async for event in run.events(terminal=False):
             if self.observer is not None:
                 self.observer.run_event(run, event)
             data = event_json(event)
@@ -554,7 +562,7 @@ class PeerService:
         step of a served run is still running.
         """
         for run in list(self._runs):
-            run.fail(run.cancelled_error())
+            run.cancel()
         if self.active_runs:
             self._drained = asyncio.Event()
             try:
@@ -659,7 +667,7 @@ class _Slot:
     __slots__ = ("run",)
 
     def __init__(self) -> None:
-        self.run: Run | None = None
+        self.run: HostedRun | None = None
 
 
 class _SharedDump:

@@ -63,8 +63,8 @@ from peerflow.peer.session_wire import (
 from peerflow.peer.status import status_for
 
 if TYPE_CHECKING:
+    from peerflow.engine import HostedRun
     from peerflow.peer.service import PeerService
-    from peerflow.runtime import Run
 
 __all__ = ["SESSION_METHOD", "ServedSession"]
 
@@ -80,7 +80,7 @@ class _ServedCall:
     def __init__(self, call_id: int) -> None:
         self.call_id = call_id
         self.task: asyncio.Task[None] | None = None
-        self.run: Run | None = None
+        self.run: HostedRun | None = None
         self.answered = False  # its final frame (result or error) is on its way
 
 
@@ -243,7 +243,8 @@ class ServedSession:
         except (orjson.JSONDecodeError, ValidationError) as exc:
             log.warning("session answer for run %s ignored: %s", run.run_id, clip(str(exc), 200))
             return
-        run.send_external(event)
+        with contextlib.suppress(ValidationError):  # the run has ended: the answer is too late
+            run.send_event(event)
 
     def _fail_call(self, call_id: int, exc: PeerflowError) -> None:
         code, details = status_for(exc)

@@ -103,9 +103,7 @@ class RunJournal:
             run.dispatch(plan.stop)
             return
         for event in plan.waiting:
-            run.waiting_input += 1
-            if run.stream is not None:
-                run.stream.put(event)
+            run.awaits_answer(event)
         for event, step_id in plan.deliveries:
             run.redeliver(event, step_id)
         if run.pending == 0:
@@ -149,8 +147,8 @@ class RunJournal:
             if id(output) in self._seqs:  # the same object emitted twice: a new event
                 output = output.model_copy()
             written.append(encode_event(output, self._stamp(output), where))
-        state = encode_state(run.ctx.state, where)
-        usage = run.ctx.usage
+        state = encode_state(run.values, where)
+        usage = run.usage
         done = ((seq, spec.id, attempt),) if seq >= 0 else ()
         async with self._lock:
             backlog, self._backlog = self._backlog, []
@@ -189,10 +187,10 @@ class RunJournal:
             if not self._backlog or self._run is None:
                 return
             backlog, self._backlog = self._backlog, []
-            ctx = self._run.ctx
+            run = self._run
             try:
-                state = encode_state(ctx.state, f"run {self.run_id}")
-                usage = (ctx.usage.input_tokens, ctx.usage.output_tokens, ctx.usage.cost_usd)
+                state = encode_state(run.values, f"run {self.run_id}")
+                usage = (run.usage.input_tokens, run.usage.output_tokens, run.usage.cost_usd)
                 commit = StepCommit(self.run_id, self.owner, tuple(backlog), (), state, usage)
                 await asyncio.shield(self.backend.commit(commit))
             except PeerflowError as exc:
@@ -211,7 +209,7 @@ class RunJournal:
                 self._on_end(self)
 
     async def _store_outcome(self, run: Run) -> None:
-        outcome = run.outcome
+        outcome = run.ended_with
         if self._flusher is not None and not self._flusher.done():
             await self._flusher
         lost = isinstance(outcome, WorkflowError) and isinstance(outcome.cause, StoreError)
@@ -223,8 +221,8 @@ class RunJournal:
             return
         final = None
         try:
-            state = encode_state(run.ctx.state, f"run {self.run_id}")
-            usage = run.ctx.usage
+            state = encode_state(run.values, f"run {self.run_id}")
+            usage = run.usage
             final = StepCommit(
                 self.run_id, self.owner, (), (), state,
                 (usage.input_tokens, usage.output_tokens, usage.cost_usd),

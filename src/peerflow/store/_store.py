@@ -474,21 +474,20 @@ class SqlRunStore:
         restore: tuple[dict[str, Any], int, int, float] | None,
         principal: str = ANONYMOUS,
     ) -> WorkflowHandler:
-        run = workflow._run(
+        run = workflow.open_run(
             start,
-            streaming=True,
+            streaming=streaming,
+            answerable=True,  # without a stream too: a run waiting for input is resumable
             timeout=timeout,
             run_id=run_id,
             journal=journal,
             session_refs=self.session_refs,
             principal=principal,
         )
-        if not streaming:
-            run.stream = None  # as Workflow.run: a run waiting for input cannot be answered
         if restore is not None:
             state, tin, tout, cost = restore
-            run.ctx.state.update(state)
-            run.ctx.usage.add(tin, tout, cost)
+            run.values.update(state)
+            run.usage.add(tin, tout, cost)
         handler = WorkflowHandler(run)
         self._live[run_id] = handler
         self._journals[run_id] = journal
