@@ -17,7 +17,6 @@ the one path every call takes in :mod:`~peerflow.peer.calls`, streamed derefs in
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
@@ -48,17 +47,16 @@ from peerflow.peer.config import DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_MAX_MESSAG
 from peerflow.peer.config import DEFAULT_MAX_VALUE_BYTES as DEFAULT_MAX_VALUE_BYTES
 from peerflow.peer.deref import stream_deref
 from peerflow.peer.framing import unframe
+from peerflow.peer.info import PeerInfo
 from peerflow.peer.named import check_run_id
-from peerflow.peer.remote_handler import RemoteWorkflowHandler, item_event
+from peerflow.peer.remote_handler import RemoteWorkflowHandler
 from peerflow.peer.remote_ref import REMEMBERED_REFS as REMEMBERED_REFS
 from peerflow.peer.remote_ref import RefBook, RemoteRef
-from peerflow.peer.results import response_to_result
+from peerflow.peer.results import item_event, response_to_result
 from peerflow.peer.schemas import read_schemas
 from peerflow.peer.security import ClientTls
 from peerflow.peer.service import BLAZEN, EXTENSION
 from peerflow.peer.session import Session
-from peerflow.peer.session_link import when_from
-from peerflow.peer.session_wire import CallMode, InputRequest
 from peerflow.refs import RefLifetime, RegistryKey, loads_value
 from peerflow.result import WorkflowResult
 
@@ -76,36 +74,6 @@ DEREF = BLAZEN + "DerefSessionRef"
 RELEASE = BLAZEN + "ReleaseSessionRef"
 DESCRIBE = EXTENSION + "DescribePeer"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PeerInfo:
-    """What ``describe()`` learns about a peer.
-
-    Attributes:
-        node_id: the peer's node id.
-        implementation: e.g. ``"peerflow 0.1.0"``.
-        workflows: registered workflow names and their step ids.
-        step_ids: every registered step id.
-        extensions: the peerflow extensions it supports.
-        input_schemas: each workflow's input (its start event's fields) as JSON Schema.
-        output_schemas: the output JSON Schema of each workflow that declares a
-            ``StopEvent`` subclass.
-        active_runs: runs holding a slot on the peer now (None: not said, a Blazen or
-            older peer).
-        lingering_runs: of those, runs that ended while a ``def`` step's thread still
-            runs (Python cannot stop a thread; its slot is held until it returns).
-    """
-
-    node_id: str
-    implementation: str
-    workflows: Mapping[str, tuple[str, ...]]
-    step_ids: tuple[str, ...]
-    extensions: tuple[str, ...]
-    input_schemas: Mapping[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    output_schemas: Mapping[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    active_runs: int | None = None
-    lingering_runs: int | None = None
 
 
 class PeerClient(Caller):
@@ -333,26 +301,11 @@ class PeerClient(Caller):
         self._calls.channel.check_open()
         session = await self._calls.session_for(request)
         if session is not None:
-            when = when_from(deadline)
-            link = self._calls.link
-            call = await link.start(
-                session,
-                request,
-                mode=CallMode.EVENTS,
-                when=when,
-                run_id=run_id,
-                named=run_id is not None,
-            )
-            async for got in link.items(session, call, when):
+            async for got in self._calls.link.events(session, request, deadline, run_id):
                 if isinstance(got, wire.SubWorkflowResponse):
                     yield self._result(_accounted(got), workflow_name)
                     return
-                yield item_event(
-                    got.event_type,
-                    got.data_json,
-                    self.address,
-                    input_request=isinstance(got, InputRequest),
-                )
+                yield got
             return
         scope = tracing.client_rpc_span(STREAM_EVENTS, self.address)
         with scope:
@@ -441,17 +394,12 @@ class PeerClient(Caller):
                 "sessions such as a Blazen peer); use run_remote_workflow or "
                 "stream_remote_workflow"
             )
-        when = when_from(deadline)
-        call = await self._calls.link.start(
-            session, request, mode=CallMode.CONVERSATION, when=when, run_id=run_id, named=False
-        )
-        return RemoteWorkflowHandler(
-            session=session,
-            call=call,
+        return await RemoteWorkflowHandler.open(
+            self._calls.link,
+            session,
+            request,
             run_id=run_id,
-            workflow=workflow_name,
-            address=self.address,
-            when=when,
+            deadline=deadline,
             to_result=lambda response: self._result(_accounted(response), workflow_name),
         )
 

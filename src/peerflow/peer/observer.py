@@ -106,7 +106,7 @@ def counted_unary(
 ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
     """``fn``, reporting its final status to ``owner.observer`` when one is set.
 
-    Wrap the handler inside the failure boundary (``PeerService._guard``): the status is
+    Wrap the handler inside the failure boundary (``peer._boundary.guard``): the status is
     read from the PeerflowError the boundary turns into it.
 
     Returns:

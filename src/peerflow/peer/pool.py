@@ -55,8 +55,6 @@ from typing import Any, Self, TypeVar
 from peerflow._checks import check_seconds
 from peerflow.blocking import blocking_iter_twin, blocking_twin, call_blocking, portal_loop
 from peerflow.errors import (
-    PeerError,
-    PeerErrorKind,
     ValidationError,
 )
 from peerflow.events import Event
@@ -73,7 +71,7 @@ from peerflow.peer.config import (
     client_config,
 )
 from peerflow.peer.failover import Failover, no_peer_error
-from peerflow.peer.pool_health import Member, Members
+from peerflow.peer.pool_health import Member, Members, check_addresses
 from peerflow.peer.pool_health import PeerState as PeerState
 from peerflow.peer.pool_refs import RefOwners
 from peerflow.peer.remote_handler import RemoteWorkflowHandler
@@ -88,19 +86,6 @@ __all__ = ["PeerPool", "PeerState", "lacks", "never_ran"]  # rules re-exported f
 T = TypeVar("T")
 
 DEFAULT_HEALTH_INTERVAL = 5.0
-
-
-def _addresses(addresses: Sequence[str]) -> list[str]:
-    if isinstance(addresses, str) or not isinstance(addresses, Sequence):
-        raise ValidationError(f"addresses must be a list of addresses, got {addresses!r}")
-    if not addresses:
-        raise ValidationError("a PeerPool needs at least one address")
-    if not all(isinstance(a, str) and a.strip() for a in addresses):
-        raise ValidationError(f"addresses must be non-empty strings, got {addresses!r}")
-    cleaned = [a.strip() for a in addresses]
-    if len(set(cleaned)) != len(cleaned):
-        raise ValidationError(f"duplicate addresses in {cleaned!r}")
-    return cleaned
 
 
 async def _one(result: Awaitable[T]) -> AsyncIterator[T]:
@@ -153,7 +138,7 @@ class PeerPool(Caller):
         max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
         config: ClientConfig | None = None,
     ) -> None:
-        cleaned = _addresses(addresses)
+        cleaned = check_addresses(addresses)
         self.node_id = resolve_node_id(client_node_id, node_id)
         self.config = client_config(
             config,
@@ -354,16 +339,7 @@ class PeerPool(Caller):
         member = self._members.find(peer, self.addresses)
         if not self._started:
             raise ValidationError("start the PeerPool before waiting on its peers")
-        timeout = check_seconds(timeout, "timeout")
-        if not await self._members.wait(lambda: member.up is up, timeout):
-            state = "up" if up else "down"
-            raise PeerError(
-                f"peer {member.address} not {state} after {timeout:g}s "
-                f"({'up' if member.up else 'down: ' + member.reason})",
-                kind=PeerErrorKind.TRANSPORT,
-                address=member.address,
-            )
-        return member.snapshot()
+        return await self._members.wait_state(member, up, check_seconds(timeout, "timeout"))
 
     wait_for_state_blocking = blocking_twin(wait_for_state)
 

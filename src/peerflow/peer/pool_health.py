@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import grpc
 from grpc_health.v1 import health_pb2
 
-from peerflow.errors import PeerflowError, UnsupportedError, ValidationError
+from peerflow.errors import PeerflowError, TransportError, UnsupportedError, ValidationError
 from peerflow.peer.client import PeerClient, PeerInfo
 from peerflow.peer.routing import short_reason
 
@@ -186,6 +186,20 @@ class Members:
                 await member.client.close()
         self.notify()
 
+    async def wait_state(self, member: Member, up: bool, timeout: float) -> PeerState:
+        """Wait until ``member`` is up (or down); its snapshot then.
+
+        Raises:
+            TransportError: still not in that state after ``timeout`` (names its reason).
+        """
+        if not await self.wait(lambda: member.up is up, timeout):
+            raise TransportError(
+                f"peer {member.address} not {'up' if up else 'down'} after {timeout:g}s "
+                f"({'up' if member.up else 'down: ' + member.reason})",
+                address=member.address,
+            )
+        return member.snapshot()
+
     async def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait until ``predicate()`` holds, re-checked on every change; False on timeout."""
         assert self._loop is not None
@@ -280,3 +294,21 @@ class Members:
                 elif not serving:
                     self._mark(member, up=False, reason="health NOT_SERVING")
             await asyncio.sleep(self._health_interval)
+
+
+def check_addresses(addresses: Sequence[str]) -> list[str]:
+    """A pool's member addresses, stripped; at least one, no duplicates.
+
+    Raises:
+        ValidationError: not a list of non-empty strings, empty, or with duplicates.
+    """
+    if isinstance(addresses, str) or not isinstance(addresses, Sequence):
+        raise ValidationError(f"addresses must be a list of addresses, got {addresses!r}")
+    if not addresses:
+        raise ValidationError("a PeerPool needs at least one address")
+    if not all(isinstance(a, str) and a.strip() for a in addresses):
+        raise ValidationError(f"addresses must be non-empty strings, got {addresses!r}")
+    cleaned = [a.strip() for a in addresses]
+    if len(set(cleaned)) != len(cleaned):
+        raise ValidationError(f"duplicate addresses in {cleaned!r}")
+    return cleaned

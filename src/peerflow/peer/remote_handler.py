@@ -19,11 +19,13 @@ from typing import Any
 import orjson
 
 from peerflow.blocking import blocking_iter_twin, blocking_twin, portal_loop
-from peerflow.errors import EncodeError, ValidationError
-from peerflow.events import Event, InputRequiredEvent, StopEvent, event_from_data
+from peerflow.errors import ValidationError
+from peerflow.events import Event, StopEvent
 from peerflow.peer import protocol as wire
+from peerflow.peer.results import item_event
 from peerflow.peer.session import Session, SessionCall
-from peerflow.peer.session_wire import InputRequest
+from peerflow.peer.session_link import SessionLink, when_from
+from peerflow.peer.session_wire import CallMode, InputRequest
 from peerflow.result import WorkflowResult
 
 __all__ = ["RemoteWorkflowHandler"]
@@ -40,31 +42,6 @@ class _Sent:
 
 
 _SENT = _Sent()
-
-
-def item_event(event_type: str, data_json: bytes, address: str, *, input_request: bool) -> Event:
-    """Rebuild a streamed event; an input request is always an ``InputRequiredEvent``.
-
-    A request of a class this process does not know (``AskName(InputRequiredEvent)``
-    defined only on the peer) becomes an ``InputRequiredEvent`` carrying all its fields,
-    with ``event_type`` kept.
-
-    Raises:
-        EncodeError: the event's JSON is malformed.
-    """
-    try:
-        data = orjson.loads(data_json)
-    except orjson.JSONDecodeError as exc:
-        raise EncodeError(f"bad event data from {address}: {exc}") from None
-    if not isinstance(data, dict):
-        data = {"data": data}
-    try:
-        event = event_from_data(event_type, data)
-    except ValidationError:
-        event = Event(event_type, **data)
-    if input_request and not isinstance(event, InputRequiredEvent):
-        event = InputRequiredEvent(**data)
-    return event
 
 
 class RemoteWorkflowHandler:
@@ -98,6 +75,36 @@ class RemoteWorkflowHandler:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._task: asyncio.Task[WorkflowResult] = asyncio.ensure_future(self._outcome())
+
+    @classmethod
+    async def open(
+        cls,
+        link: SessionLink,
+        session: Session,
+        request: wire.SubWorkflowRequest,
+        *,
+        run_id: str,
+        deadline: float | None,
+        to_result: Callable[[wire.SubWorkflowResponse], WorkflowResult],
+    ) -> RemoteWorkflowHandler:
+        """Start ``request`` as a conversation on ``session``; its handler.
+
+        Raises:
+            PeerflowError: the session failed, or no credit came within ``deadline``.
+        """
+        when = when_from(deadline)
+        call = await link.start(
+            session, request, mode=CallMode.CONVERSATION, when=when, run_id=run_id, named=False
+        )
+        return cls(
+            session=session,
+            call=call,
+            run_id=run_id,
+            workflow=request.workflow_name,
+            address=session.address,
+            when=when,
+            to_result=to_result,
+        )
 
     async def _outcome(self) -> WorkflowResult:
         result = self._to_result(await self._session.outcome(self._call, self._when))

@@ -35,6 +35,7 @@ from peerflow.events import (
     REF_MARKER,
     STOP_EVENT_TYPE,
     Event,
+    InputRequiredEvent,
     StartEvent,
     StopEvent,
     event_from_data,
@@ -483,3 +484,28 @@ def response_to_result(
         run_id=response.run_id or "",
         workflow=workflow,
     )
+
+
+def item_event(event_type: str, data_json: bytes, address: str, *, input_request: bool) -> Event:
+    """Rebuild a streamed event; an input request is always an ``InputRequiredEvent``.
+
+    A request of a class this process does not know (``AskName(InputRequiredEvent)``
+    defined only on the peer) becomes an ``InputRequiredEvent`` carrying all its fields,
+    with ``event_type`` kept.
+
+    Raises:
+        EncodeError: the event's JSON is malformed.
+    """
+    try:
+        data = orjson.loads(data_json)
+    except orjson.JSONDecodeError as exc:
+        raise EncodeError(f"bad event data from {address}: {exc}") from None
+    if not isinstance(data, dict):
+        data = {"data": data}
+    try:
+        event = event_from_data(event_type, data)
+    except ValidationError:
+        event = Event(event_type, **data)
+    if input_request and not isinstance(event, InputRequiredEvent):
+        event = InputRequiredEvent(**data)
+    return event

@@ -18,8 +18,6 @@ import traceback
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
-    Awaitable,
-    Callable,
     Iterator,
     Sequence,
 )
@@ -34,8 +32,6 @@ from peerflow._version import __version__
 from peerflow.engine import Engine, HostedRun
 from peerflow.errors import (
     EncodeError,
-    PeerflowError,
-    RefNotFoundError,
     ResourceExhaustedError,
     TransportError,
     UnknownWorkflowError,
@@ -43,11 +39,12 @@ from peerflow.errors import (
     WorkflowError,
 )
 from peerflow.peer import protocol as wire
-from peerflow.peer import tracing
-from peerflow.peer._refusals import STEP_FAILURES, log_step_failure, note_refusal
+from peerflow.peer._boundary import guard, guard_stream
+from peerflow.peer._refusals import STEP_FAILURES, log_step_failure
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.named import NamedRuns, requested_run_id
 from peerflow.peer.observer import counted_stream, counted_unary
+from peerflow.peer.ref_handlers import RefHandlers
 from peerflow.peer.results import (
     decode_input,
     error_response,
@@ -57,8 +54,8 @@ from peerflow.peer.results import (
 from peerflow.peer.schemas import workflow_schemas
 from peerflow.peer.security import current_principal
 from peerflow.peer.session_service import serve_session
-from peerflow.peer.status import NOT_STARTED, status_for
-from peerflow.refs import RegistryKey, SessionRefRegistry
+from peerflow.peer.status import NOT_STARTED
+from peerflow.refs import SessionRefRegistry
 from peerflow.registry import Registry
 from peerflow.runtime import DEFAULT_STREAM_BUFFER_BYTES
 from peerflow.workflow import Workflow
@@ -84,7 +81,6 @@ _NODE_IN_AGENT = re.compile(r"\(node ([^)\s]+)\)")
 
 BLAZEN = "/blazen.peer.v1.BlazenPeer/"
 EXTENSION = "/peerflow.peer.v1.PeerExtensions/"
-CHUNK = 1 << 20  # bytes per StreamDerefSessionRef message
 DEFAULT_STREAM_IDLE_TIMEOUT = 60.0
 MAX_NAME_CHARS = 256
 """The longest workflow name or step id a request may carry (INVALID_ARGUMENT beyond)."""
@@ -125,11 +121,6 @@ class ServiceLimits:
     stream_idle_timeout: float = 60.0
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: PeerflowError) -> None:
-    code, details = status_for(exc)
-    await context.abort(code, details)
-
-
 class PeerService:
     """The handlers of both services, bound to one registry and one ref registry."""
 
@@ -150,7 +141,7 @@ class PeerService:
         self.active_runs = 0
         self.lingering_runs = 0  # ended runs whose sync step's thread still runs (in active)
         self.runs_started = 0
-        self._derefs: dict[RegistryKey, _SharedDump] = {}
+        self.ref_handlers = RefHandlers(refs, limits, self._decode)
         self._runs: set[HostedRun] = set()
         self._assembled: dict[tuple[str, tuple[str, ...]], Workflow] = {}
         self._drained: asyncio.Event | None = None  # set when active_runs drops to 0
@@ -161,29 +152,29 @@ class PeerService:
         """The method handlers by full method name (raw bytes in and out)."""
         unary = grpc.unary_unary_rpc_method_handler
         stream = grpc.unary_stream_rpc_method_handler
+        idle = self.limits.stream_idle_timeout
         unaries = {
             BLAZEN + "InvokeSubWorkflow": self.invoke,
-            BLAZEN + "DerefSessionRef": self.deref,
-            BLAZEN + "ReleaseSessionRef": self.release,
+            BLAZEN + "DerefSessionRef": self.ref_handlers.deref,
+            BLAZEN + "ReleaseSessionRef": self.ref_handlers.release,
             EXTENSION + "DescribePeer": self.describe,
         }
         streams = {
             BLAZEN + "StreamSubWorkflowEvents": self.stream_events,
-            EXTENSION + "StreamDerefSessionRef": self.stream_deref,
+            EXTENSION + "StreamDerefSessionRef": self.ref_handlers.stream_deref,
         }
         table = {
-            name: unary(self._guard(name, counted_unary(self, name, fn)))
-            for name, fn in unaries.items()
+            name: unary(guard(name, counted_unary(self, name, fn))) for name, fn in unaries.items()
         }
         table.update(
             {
-                name: stream(self._guard_stream(name, counted_stream(self, name, fn)))
+                name: stream(guard_stream(name, counted_stream(self, name, fn), idle))
                 for name, fn in streams.items()
             }
         )
         session = EXTENSION + "Session"
         table[session] = grpc.stream_stream_rpc_method_handler(
-            self._guard_stream(session, counted_stream(self, session, self._session))
+            guard_stream(session, counted_stream(self, session, self._session), idle)
         )
         return table
 
@@ -191,74 +182,6 @@ class PeerService:
         self, requests: Any, context: grpc.aio.ServicerContext
     ) -> AsyncGenerator[bytes, None]:
         return serve_session(self, requests, context)
-
-    # -- failure boundary (and served-RPC spans) ----------------------------------------
-    #
-    # Spans are opened here rather than by a grpc.aio server interceptor, which would cost
-    # every call ~20 µs of server CPU even when tracing is off, while telemetry.enabled()
-    # is a cached check. The span is entered in the handler's task, so
-    # a run started by the handler joins the caller's trace.
-
-    @staticmethod
-    def _guard(
-        method: str,
-        fn: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]],
-    ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
-        async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            metadata = context.invocation_metadata() if telemetry.enabled() else None
-            with tracing.served_rpc_span(method, metadata, servicer_context=context):
-                try:
-                    return await fn(request, context)
-                except PeerflowError as exc:
-                    note_refusal(method, exc, context.peer())
-                    await _abort(context, exc)
-                    raise  # unreachable: abort raises
-
-        return handler
-
-    def _guard_stream(
-        self,
-        method: str,
-        fn: Callable[[bytes, grpc.aio.ServicerContext], AsyncGenerator[bytes, None]],
-    ) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
-        idle = self.limits.stream_idle_timeout
-
-        async def handler(
-            request: bytes, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[bytes]:
-            metadata = context.invocation_metadata() if telemetry.enabled() else None
-            task = asyncio.current_task()
-            assert task is not None
-
-            def expire() -> None:
-                _end_call(
-                    task,
-                    context,
-                    TransportError(
-                        f"the caller took no message for {idle:g}s; stream stopped "
-                        "(stream_idle_timeout)"
-                    ),
-                )
-
-            loop = asyncio.get_running_loop()
-            with tracing.served_rpc_span(method, metadata, servicer_context=context):
-                try:
-                    # aclosing: an early close (caller gone, stalled) runs the handler's
-                    # cleanup now, in this task and inside the span, not at GC time.
-                    async with contextlib.aclosing(fn(request, context)) as items:
-                        async for item in items:
-                            # grpc resumes this generator once it has written the item: a
-                            # caller that takes nothing for `idle` seconds ends the call.
-                            timer = loop.call_later(idle, expire)
-                            try:
-                                yield item
-                            finally:
-                                timer.cancel()
-                except PeerflowError as exc:
-                    note_refusal(method, exc, context.peer())
-                    await _abort(context, exc)
-
-        return handler
 
     @staticmethod
     def _decode(cls: type[M], request: bytes) -> M:
@@ -570,67 +493,6 @@ class PeerService:
             except TimeoutError:
                 log.warning("%d runs did not stop within %gs of shutdown", self.active_runs, wait)
 
-    # -- refs ----------------------------------------------------------------------------
-
-    async def deref(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """``DerefSessionRef``: the ref's serialized bytes in one message."""
-        req = self._decode(wire.DerefRequest, request)
-        _tag, payload = self.refs.dump(RegistryKey(req.ref_uuid), owner=current_principal())
-        if len(payload) > self.limits.max_unary_bytes:
-            raise ResourceExhaustedError(
-                f"session ref {req.ref_uuid} holds {len(payload)} bytes, more than one "
-                f"message may carry ({self.limits.max_unary_bytes}); use StreamDerefSessionRef "
-                "(PeerClient.deref_session_ref does so automatically)"
-            )
-        return frame(wire.DerefResponse(bytes(payload)).encode())
-
-    async def stream_deref(
-        self, request: bytes, context: grpc.aio.ServicerContext
-    ) -> AsyncGenerator[bytes, None]:
-        """``StreamDerefSessionRef``: the ref's bytes as raw chunks of at most 1 MiB.
-
-        Concurrent derefs of one ref share one serialized buffer; releasing the ref ends
-        them (CANCELLED) so the buffer is freed even while their readers stall.
-        """
-        req = self._decode(wire.DerefRequest, request)
-        key = RegistryKey(req.ref_uuid)
-        owner = current_principal()
-        shared = self._derefs.get(key)
-        if shared is None:
-            tag, payload = self.refs.dump(key, owner=owner)
-            shared = self._derefs[key] = _SharedDump(tag, payload)
-        else:
-            self.refs.get(key, owner=owner)  # the same ownership check as a dump
-        task = asyncio.current_task()
-        assert task is not None
-        shared.readers[task] = context
-        try:
-            view = memoryview(shared.payload).cast("B")
-            total = len(view)
-            await context.send_initial_metadata(
-                (("blazen-type-tag", shared.tag), ("blazen-total-len", str(total)))
-            )
-            # Chunks must also fit this server's own message limit (a frame adds <= 11 B).
-            chunk = max(1, min(CHUNK, self.limits.max_unary_bytes))
-            for offset in range(0, total, chunk):
-                yield frame(view[offset : offset + chunk])
-        finally:
-            shared.readers.pop(task, None)
-            if not shared.readers and self._derefs.get(key) is shared:
-                del self._derefs[key]
-
-    async def release(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """``ReleaseSessionRef``: drop the ref; ``released=False`` when already gone."""
-        req = self._decode(wire.ReleaseRequest, request)
-        key = RegistryKey(req.ref_uuid)
-        released = self.refs.release(key, owner=current_principal())
-        shared = self._derefs.pop(key, None)
-        if released and shared is not None:
-            gone = RefNotFoundError(f"session ref {req.ref_uuid} was released during the deref")
-            for reader, reader_context in list(shared.readers.items()):
-                _end_call(reader, reader_context, gone)  # the buffer goes with them
-        return frame(wire.ReleaseResponse(released).encode())
-
     async def describe(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """``DescribePeer``: node id, implementation, workflows, step ids, extensions."""
         self._decode(wire.DescribeRequest, request)
@@ -670,17 +532,6 @@ class _Slot:
         self.run: HostedRun | None = None
 
 
-class _SharedDump:
-    """One serialized ref value shared by the deref streams reading it."""
-
-    __slots__ = ("payload", "readers", "tag")
-
-    def __init__(self, tag: str, payload: bytes | memoryview) -> None:
-        self.tag = tag
-        self.payload = payload
-        self.readers: dict[asyncio.Task[Any], grpc.aio.ServicerContext] = {}
-
-
 def _release_frames(error: BaseException) -> None:
     """Let a failed run's memory go now: clear the locals of its traceback's frames.
 
@@ -699,30 +550,6 @@ def _release_frames(error: BaseException) -> None:
         if exc.__traceback__ is not None:
             traceback.clear_frames(exc.__traceback__)
         pending.extend((exc.__cause__, exc.__context__, getattr(exc, "cause", None)))
-
-
-def _end_call(
-    task: asyncio.Task[Any], context: grpc.aio.ServicerContext, error: PeerflowError
-) -> None:
-    """End a streaming call from outside its handler: send ``error``'s status, stop the task.
-
-    A handler stuck writing to a caller that reads nothing cannot abort by itself, and
-    cancelling its task alone would send no status at all (grpc takes a cancelled handler
-    for a caller that left). So the status goes out from a task of its own (the caller
-    reads it after what was already on its way), and the handler task is cancelled so its
-    buffers are freed now.
-    """
-
-    async def abort() -> None:
-        with contextlib.suppress(Exception):  # grpc's AbortError, or the call is over
-            await _abort(context, error)
-
-    _PENDING_ABORTS.add(aborting := asyncio.ensure_future(abort()))
-    aborting.add_done_callback(_PENDING_ABORTS.discard)
-    task.cancel()
-
-
-_PENDING_ABORTS: set[asyncio.Future[None]] = set()  # strong refs until each abort is sent
 
 
 def _check_names(workflow_name: str, step_ids: Sequence[str]) -> None:

@@ -16,8 +16,10 @@ import grpc
 
 from peerflow import telemetry
 from peerflow.errors import PeerflowError, UnsupportedError
+from peerflow.events import Event
 from peerflow.peer import protocol as wire
 from peerflow.peer import tracing
+from peerflow.peer.results import item_event
 from peerflow.peer.session import Session, SessionCall
 from peerflow.peer.session_wire import CallMode, InputRequest, RunEvent
 
@@ -178,6 +180,41 @@ class SessionLink:
             return await session.start(
                 request, mode=mode, run_id=run_id, named=named, trace=self._trace(), when=when
             )
+
+    async def events(
+        self,
+        session: Session,
+        request: wire.SubWorkflowRequest,
+        deadline: float | None,
+        run_id: str | None,
+    ) -> AsyncIterator[Event | wire.SubWorkflowResponse]:
+        """A streaming call (``StreamSubWorkflowEvents``' equivalent): events, then response.
+
+        An input request arrives as an ``InputRequiredEvent`` (the call cannot answer it:
+        its run then fails as stalled).
+
+        Raises:
+            PeerflowError: as the unary stream would.
+        """
+        when = when_from(deadline)
+        call = await self.start(
+            session,
+            request,
+            mode=CallMode.EVENTS,
+            when=when,
+            run_id=run_id,
+            named=run_id is not None,
+        )
+        async for got in self.items(session, call, when):
+            if isinstance(got, wire.SubWorkflowResponse):
+                yield got
+            else:
+                yield item_event(
+                    got.event_type,
+                    got.data_json,
+                    self._address,
+                    input_request=isinstance(got, InputRequest),
+                )
 
     @staticmethod
     async def items(
