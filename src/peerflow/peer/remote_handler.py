@@ -27,21 +27,9 @@ from peerflow.peer.session import Session, SessionCall
 from peerflow.peer.session_link import SessionLink, when_from
 from peerflow.peer.session_wire import CallMode, InputRequest
 from peerflow.result import WorkflowResult
+from peerflow.runtime._handler import _SENT, _Sent  # send_event's awaitable nothing
 
 __all__ = ["RemoteWorkflowHandler"]
-
-
-class _Sent:
-    """What ``send_event`` returns: nothing to wait for, but awaitable (llama parity)."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return
-        yield  # pragma: no cover - makes this a generator
-
-
-_SENT = _Sent()
 
 
 class RemoteWorkflowHandler:
