@@ -107,7 +107,7 @@ async def test_every_rpc_rejects_a_missing_or_wrong_token_and_runs_nothing(
             assert code is grpc.StatusCode.UNAUTHENTICATED
             # Nothing ran: no step call, no run admitted, the ref is still there.
             assert registry.calls == []
-            assert server._service.runs_started == 0
+            assert server.runs_started == 0
             assert key in server.session_refs
             # The same request with the right token is served.
             good = (("authorization", f"Bearer {TOKEN}"),)
@@ -163,7 +163,7 @@ async def test_client_without_the_token_gets_auth_error_everywhere(
             # Health stays open without (or with a wrong) token.
             assert await client.health()
         assert registry.calls == []
-        assert server._service.runs_started == 0
+        assert server.runs_started == 0
         assert key in server.session_refs
         assert server.session_refs.get(key) == b"precious"
 

@@ -126,7 +126,7 @@ async def test_a_request_above_max_message_bytes_is_resource_exhausted() -> None
         assert info.value.code == "RESOURCE_EXHAUSTED"
         assert "larger than max" in str(info.value)
         assert registry.calls == []
-        assert server._service.runs_started == 0
+        assert server.runs_started == 0
         # Just under the limit is fine.
         result = await client.run_remote_workflow("record", input={"blob": "y" * (60 << 10)})
         assert len(result.result["blob"]) == 60 << 10

@@ -120,7 +120,7 @@ async def test_connect_with_a_certificate_the_server_rejects_is_a_tls_error(
         assert "closed the connection" in str(error)
         assert "certificate" in str(error)
         assert registry.calls == []
-        assert server._service.runs_started == 0
+        assert server.runs_started == 0
 
 
 @pytest.mark.parametrize("which", list(CLIENT_REJECTS))
@@ -155,7 +155,7 @@ async def test_lazily_connected_client_gets_a_tls_or_transport_error_from_a_call
             if which in CLIENT_REJECTS:
                 assert isinstance(info.value, TlsError)
         assert registry.calls == []
-        assert server._service.runs_started == 0
+        assert server.runs_started == 0
 
 
 async def test_plaintext_client_against_a_tls_server_is_a_transport_error(

@@ -244,6 +244,11 @@ class PeerServer:
         return self._service.active_runs
 
     @property
+    def runs_started(self) -> int:
+        """Runs this server has started since it was built (refused calls start none)."""
+        return self._service.runs_started
+
+    @property
     def max_concurrent_runs(self) -> int:
         """How many served runs may be in flight at once."""
         return self._limits.max_concurrent_runs
