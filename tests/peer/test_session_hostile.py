@@ -175,7 +175,9 @@ def result_of(f: Frame) -> object:
 # -- unread answers: the peer's queue and its loop stay bounded --------------------------------
 
 
-async def test_a_ping_flood_that_never_reads_its_pongs_is_bounded_and_cut() -> None:
+async def test_a_ping_flood_that_never_reads_its_pongs_is_bounded_and_cut(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     peer = PeerServer("sess-flood", registry=Registry(), stream_idle_timeout=0.5)
     await peer.start("127.0.0.1:0")
     flood = frame(encode_batch([Ping(1)] * 250_000))  # 500 kB: a quarter million Pongs owed
@@ -208,6 +210,8 @@ async def test_a_ping_flood_that_never_reads_its_pongs_is_bounded_and_cut() -> N
         await peer.stop(grace=0)
     assert peak < 24 * MIB, peak  # not a million Pongs waiting for the caller
     assert pongs < 1_000_000
+    gc.collect()  # a task's exception nobody retrieved is logged when it is collected
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
 
 
 async def test_a_batch_far_beyond_the_window_refuses_each_extra_call_and_answers_all(
@@ -287,6 +291,7 @@ async def test_answers_to_no_call_or_not_json_objects_are_dropped_and_the_sessio
         AnswerInput(1, "Poke", b'{"n": 123456789012345678901234567890}'),
         AnswerInput(1, "Poke", orjson.dumps({"blob": "b" * 5000})),  # over max_input_bytes
         AnswerInput(1, "", b"{}"),
+        *[AnswerInput(1, "Poke", b"[%d]" % i) for i in range(200)],  # a log flood
         CancelCall(12345),  # no such call either
         Ping(5),
     )
@@ -295,6 +300,7 @@ async def test_answers_to_no_call_or_not_json_objects_are_dropped_and_the_sessio
     assert result_of((await raw.finals(1))[1]) == "as written"
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "\nx" not in logged and all(len(r.getMessage()) < 1000 for r in caplog.records)
+    assert len(caplog.records) <= 2  # ignored answers are logged once a minute per caller
     assert server.active_runs == 0
 
 
