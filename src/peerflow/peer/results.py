@@ -55,6 +55,7 @@ __all__ = [
     "MAX_INPUT_DEPTH",
     "REF_MARKER",
     "ResultEncoder",
+    "decode_answer",
     "decode_input",
     "encode_input",
     "error_response",
@@ -124,6 +125,28 @@ def decode_input(
         return start_class(**fields)
     except ValidationError as exc:
         raise ValidationError(f"{INVALID_INPUT} `{workflow}`: {exc}") from None
+
+
+def decode_answer(event_type: str, data_json: bytes, *, limit: int) -> Event:
+    """An event a caller sends a running call (a session's ``AnswerInput``).
+
+    Held to the bounds of a request's input: a JSON object of at most ``limit`` bytes,
+    64-bit integers, at most :data:`MAX_INPUT_DEPTH` levels.
+
+    Raises:
+        EncodeError: not JSON, not an object, or it would not come back as sent.
+        ValidationError: larger than ``limit`` bytes, or the fields do not validate.
+    """
+    if len(data_json) > limit:
+        raise ValidationError(f"an answer of {len(data_json)} bytes exceeds the {limit}-byte limit")
+    try:
+        fields = orjson.loads(data_json)
+    except orjson.JSONDecodeError as exc:
+        raise EncodeError(f"an answer is not valid JSON: {exc}") from None
+    if not isinstance(fields, dict):
+        raise EncodeError(f"an answer must be a JSON object, got {type(fields).__name__}")
+    _check_exact(data_json, fields)
+    return event_from_data(event_type, fields)
 
 
 MAX_INPUT_DEPTH = 254

@@ -63,6 +63,7 @@ from peerflow.workflow import Workflow
 if TYPE_CHECKING:
     from peerflow.events import Event
     from peerflow.peer.observer import RunObserver
+    from peerflow.peer.session_service import ServedSession
     from peerflow.store import RunStore
 
 __all__ = [
@@ -143,6 +144,7 @@ class PeerService:
         self.runs_started = 0
         self.ref_handlers = RefHandlers(refs, limits, self._decode)
         self._runs: set[HostedRun] = set()
+        self.sessions: set[ServedSession] = set()  # the open Session streams
         self._assembled: dict[tuple[str, tuple[str, ...]], Workflow] = {}
         self._drained: asyncio.Event | None = None  # set when active_runs drops to 0
         self.closing: str | None = None  # set: new runs are refused (UNAVAILABLE) with it

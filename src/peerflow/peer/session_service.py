@@ -14,7 +14,14 @@ copy the handler's context.
 
 A caller that takes nothing for ``stream_idle_timeout`` seconds loses the session (the
 writer's guard, as for every streaming method); a caller that goes away cancels every run
-of its session.
+of its session. A caller that does not take its answers is read no further: while more
+than ``_OUT_BUDGET`` bytes wait for it (each frame counted with its overhead, so a flood of
+tiny Pongs counts), the reader waits, and the caller's own writes stall in gRPC's flow
+control. Each batch is decoded a frame at a time, letting the loop run between frames.
+
+Only a ``CONVERSATION`` call takes answers, each held to the bounds of a request's input
+(``max_input_bytes``, 64-bit integers, nesting); the others are dropped and logged once a
+minute per caller.
 """
 
 from __future__ import annotations
@@ -27,21 +34,20 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
-import orjson
 
-from peerflow._text import clip
 from peerflow.errors import (
     PeerflowError,
     ResourceExhaustedError,
     TransportError,
     ValidationError,
 )
-from peerflow.events import InputRequiredEvent, event_from_data
+from peerflow.events import InputRequiredEvent
 from peerflow.peer import protocol as wire
 from peerflow.peer import tracing
 from peerflow.peer._refusals import note_refusal
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.named import check_run_id
+from peerflow.peer.results import decode_answer
 from peerflow.peer.session import DEFAULT_RECEIVE_BYTES, MAX_BATCH_FRAMES, MAX_MESSAGE_HEADER
 from peerflow.peer.session_wire import (
     AnswerInput,
@@ -56,8 +62,8 @@ from peerflow.peer.session_wire import (
     Pong,
     RunEvent,
     StartCall,
-    decode_batch,
     encode_frame,
+    iter_batch,
     join_batch,
 )
 from peerflow.peer.status import status_for
@@ -71,14 +77,17 @@ __all__ = ["SESSION_METHOD", "ServedSession"]
 log = logging.getLogger("peerflow.server")
 
 SESSION_METHOD = "/peerflow.peer.v1.PeerExtensions/Session"
-_OUT_BUDGET = 4 << 20  # queued bytes beyond which a run's event forwarder waits for the writer
+_OUT_BUDGET = 4 << 20  # queued bytes beyond which the reader and event forwarders wait
+_FRAME_COST = 64  # bytes a queued frame costs besides its data (its bytes object, its slot)
+_TURN = 256  # frames the reader handles before letting the loop run
 
 
 class _ServedCall:
-    __slots__ = ("answered", "call_id", "run", "task")
+    __slots__ = ("answered", "call_id", "conversation", "run", "task")
 
-    def __init__(self, call_id: int) -> None:
+    def __init__(self, call_id: int, conversation: bool) -> None:
         self.call_id = call_id
+        self.conversation = conversation  # it may be answered (CallMode.CONVERSATION)
         self.task: asyncio.Task[None] | None = None
         self.run: HostedRun | None = None
         self.answered = False  # its final frame (result or error) is on its way
@@ -134,7 +143,7 @@ class ServedSession:
             if tasks:
                 await asyncio.wait(tasks)
             with contextlib.suppress(asyncio.CancelledError):
-                await reader
+                await reader  # it ends by itself on every path but cancellation
 
     def _take_batch(self) -> bytes:
         out, size = self._out, 0
@@ -147,7 +156,7 @@ class ServedSession:
             item = out.popleft()
             parts.append(item)
             size += len(item)
-        self._queued -= size
+        self._queued -= size + _FRAME_COST * len(parts)
         if self._queued <= _OUT_BUDGET:
             self._drained.set()
         return join_batch(parts)
@@ -166,7 +175,7 @@ class ServedSession:
                 )
             )
         self._out.append(data)
-        self._queued += len(data)
+        self._queued += len(data) + _FRAME_COST
         if self._queued > _OUT_BUDGET:
             self._drained.clear()
         self._ready.set()
@@ -174,11 +183,19 @@ class ServedSession:
     async def _read(self, requests: AsyncIterator[bytes]) -> None:
         try:
             async for message in requests:
-                for f in decode_batch(unframe(message)):
+                for n, f in enumerate(iter_batch(unframe(message)), 1):
                     self._on_frame(f)
+                    if not self._drained.is_set():
+                        # The caller is not taking what it asked for: read no further until
+                        # it does (or the writer's idle guard ends the session).
+                        await self._drained.wait()
+                    elif n % _TURN == 0:
+                        await asyncio.sleep(0)
         except PeerflowError as exc:
             note_refusal(SESSION_METHOD, exc, self.context.peer())
             self._failure = exc
+        except grpc.aio.AbortError:
+            pass  # the RPC was ended under the reader (the idle guard): nothing more to read
         finally:
             self._reading_done = True
             self._ready.set()
@@ -211,7 +228,7 @@ class ServedSession:
             )
             self._fail_call(call_id, error)
             return
-        call = self.calls[call_id] = _ServedCall(call_id)
+        call = self.calls[call_id] = _ServedCall(call_id, start.mode is CallMode.CONVERSATION)
         call.task = asyncio.ensure_future(self._serve_call(call, start))
         call.task.add_done_callback(lambda _: self._call_done(call))
 
@@ -232,16 +249,17 @@ class ServedSession:
 
     def _answer(self, answer: AnswerInput) -> None:
         call = self.calls.get(answer.call_id)
-        run = call.run if call is not None else None
-        if run is None:
+        if call is None or call.run is None:
             return  # the call ended (or never started): the answer comes too late
+        run = call.run
         try:
-            data = orjson.loads(answer.data_json)
-            if not isinstance(data, dict):
-                raise ValidationError("an answer's data must be a JSON object")
-            event = event_from_data(answer.event_type, data)
-        except (orjson.JSONDecodeError, ValidationError) as exc:
-            log.warning("session answer for run %s ignored: %s", run.run_id, clip(str(exc), 200))
+            if not call.conversation:  # its run was started as one nobody answers
+                raise ValidationError(f"run {run.run_id} is not a conversation")
+            limit = self.service.limits.max_input_bytes
+            event = decode_answer(answer.event_type, answer.data_json, limit=limit)
+        except PeerflowError as exc:
+            error = ValidationError(f"session answer for run {run.run_id} ignored: {exc}")
+            note_refusal(SESSION_METHOD, error, self.context.peer())
             return
         with contextlib.suppress(ValidationError):  # the run has ended: the answer is too late
             run.send_event(event)
@@ -330,9 +348,13 @@ async def serve_session(
     if service.closing is not None:
         raise TransportError(service.closing)
     session = ServedSession(service, context)
+    service.sessions.add(session)
     batches = session.serve(requests)
     try:
         async for batch in batches:
             yield batch
     finally:
-        await batches.aclose()
+        try:
+            await batches.aclose()
+        finally:
+            service.sessions.discard(session)

@@ -36,7 +36,7 @@ whenever it changes. All decoding failures raise :class:`~peerflow.errors.Encode
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -65,6 +65,7 @@ __all__ = [
     "decode_batch",
     "encode_batch",
     "encode_frame",
+    "iter_batch",
     "join_batch",
 ]
 
@@ -311,11 +312,15 @@ def encode_batch(frames: Iterable[Frame]) -> bytes:
     return join_batch([encode_frame(f) for f in frames])
 
 
-def decode_batch(data: bytes | bytearray | memoryview) -> list[Frame]:
-    """Decode one batch; trailing bytes after the last frame are ignored.
+def iter_batch(data: bytes | bytearray | memoryview) -> Iterator[Frame]:
+    """The frames of one batch, decoded one at a time as they are taken.
+
+    A reader can act on each frame (and let others run) before the next is decoded, so a
+    batch of a million tiny frames never exists as a million objects at once.
 
     Raises:
-        EncodeError: the bytes are not a batch (``"postcard decode failed: ..."``).
+        EncodeError: the bytes are not a batch (``"postcard decode failed: ..."``), raised
+            when the bad frame is reached (the frames before it were yielded).
         EnvelopeVersionError: the batch is of a newer envelope version.
     """
     r = Reader(data)
@@ -323,4 +328,15 @@ def decode_batch(data: bytes | bytearray | memoryview) -> list[Frame]:
     count = r.read_len()
     if count > r.remaining:  # every frame takes at least one byte
         raise r.fail(f"batch of {count} frames in {r.remaining} bytes")
-    return [_read_frame(r) for _ in range(count)]
+    for _ in range(count):
+        yield _read_frame(r)
+
+
+def decode_batch(data: bytes | bytearray | memoryview) -> list[Frame]:
+    """Decode one batch; trailing bytes after the last frame are ignored.
+
+    Raises:
+        EncodeError: the bytes are not a batch (``"postcard decode failed: ..."``).
+        EnvelopeVersionError: the batch is of a newer envelope version.
+    """
+    return list(iter_batch(data))
