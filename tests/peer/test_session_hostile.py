@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import traceback
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 
@@ -165,6 +166,12 @@ async def until(check: Callable[[], bool], what: str) -> None:
         await asyncio.sleep(0.01)
 
 
+def _ours(record: logging.LogRecord) -> bool:
+    """A traceback from peerflow's code (not grpc's poller of an earlier test's closed loop)."""
+    text = record.getMessage() + "".join(traceback.format_exception(*record.exc_info or ()))
+    return "peerflow" in text and "PollerCompletionQueue" not in text
+
+
 def result_of(f: Frame) -> object:
     assert isinstance(f, CallResult), f
     assert f.response.error is None, f.response.error
@@ -211,7 +218,7 @@ async def test_a_ping_flood_that_never_reads_its_pongs_is_bounded_and_cut(
     assert peak < 24 * MIB, peak  # not a million Pongs waiting for the caller
     assert pongs < 1_000_000
     gc.collect()  # a task's exception nobody retrieved is logged when it is collected
-    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    assert not [r for r in caplog.records if r.exc_info and _ours(r)], "a traceback was logged"
 
 
 async def test_a_batch_far_beyond_the_window_refuses_each_extra_call_and_answers_all(
