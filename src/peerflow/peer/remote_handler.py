@@ -161,7 +161,7 @@ class RemoteWorkflowHandler:
                 input_request=isinstance(item, InputRequest),
             )
         result = await self._task
-        yield StopEvent(result=result.result)
+        yield result.event  # the remote run's StopEvent (a custom subclass with its fields)
 
     stream_events_blocking = blocking_iter_twin(stream_events)
 
