@@ -84,7 +84,7 @@ class Registry:
                     raise ValidationError(
                         f"workflow `{workflow.name}` is already registered with other steps"
                     )
-                return existing  # type: ignore[return-value]  # an equal workflow
+                return existing  # an equal workflow
             for spec in workflow.steps:
                 taken = self._steps.get(spec.id)
                 if taken is not None and not taken.same_step(spec):
@@ -168,7 +168,8 @@ def register_workflow(workflow: Any, *, name: str | None = None) -> Engine:
         ValidationError: not a workflow, or the name or a step id is taken by something
             else.
     """
-    return _DEFAULT.register_workflow(workflow, name=name)
+    engine: Engine = _DEFAULT.register_workflow(workflow, name=name)
+    return engine
 
 
 def servable(value: object) -> bool:

@@ -3,9 +3,9 @@
 A llama-index event becomes a peerflow event of the same type name with the same fields
 (declared fields and the dict-like extras alike). The built-ins map onto peerflow's
 (``StartEvent``, ``StopEvent``, ``InputRequiredEvent``, ``HumanResponseEvent``, the names
-peerflow puts on the wire); a subclass of one (a custom ``StopEvent``, an ``InputRequiredEvent`` subclass) keeps
-its own name and fields and is still an instance of peerflow's, so hosts relay it as a
-question or send it as the result. An event sent
+peerflow puts on the wire); a subclass of one (a custom ``StopEvent``, an
+``InputRequiredEvent`` subclass) keeps its own name and fields and is still an instance
+of peerflow's, so hosts relay it as a question or send it as the result. An event sent
 into the run (an answer) is rebuilt as the workflow's own class of that name.
 """
 
@@ -15,6 +15,7 @@ import functools
 from typing import Any
 
 import pydantic
+import pydantic_core
 from workflows import Workflow as LlamaWorkflow
 from workflows import events as llama
 from workflows.context.state_store import DictState
@@ -108,7 +109,7 @@ def start_class_for(start: type[llama.StartEvent]) -> type[StartEvent]:
     fields: dict[str, Any] = {
         name: (info.annotation, info) for name, info in start.model_fields.items()
     }
-    model: type[StartEvent] = pydantic.create_model(  # type: ignore[call-overload]
+    model: type[StartEvent] = pydantic.create_model(
         start.__name__, __base__=StartEvent, __module__=start.__module__, **fields
     )
     model.__doc__ = start.__doc__
@@ -125,5 +126,5 @@ def state_of(state: pydantic.BaseModel) -> dict[str, Any]:
         return dict(state.items())
     try:
         return state.model_dump(mode="json")
-    except (pydantic.PydanticSerializationError, ValueError, TypeError):
+    except (pydantic_core.PydanticSerializationError, ValueError, TypeError):
         return state.model_dump()

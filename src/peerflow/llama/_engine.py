@@ -49,8 +49,10 @@ __all__ = ["LlamaEngine", "LlamaRun", "default_name"]
 
 
 def default_name(workflow: LlamaWorkflow) -> str:
-    """What a llama-index workflow is served as without ``name=``: its explicit
-    ``workflow_name``, else its class name."""
+    """What a llama-index workflow is served as without ``name=``.
+
+    Its explicit ``workflow_name``, else its class name.
+    """
     cls = type(workflow)
     qualified = f"{cls.__module__}.{cls.__qualname__}"
     return cls.__name__ if workflow.workflow_name == qualified else workflow.workflow_name
@@ -93,8 +95,10 @@ class LlamaEngine:
 
     @property
     def start_event_class(self) -> type[StartEvent]:
-        """The peerflow ``StartEvent`` its input is validated against (typed when its
-        llama-index start event declares fields)."""
+        """The peerflow ``StartEvent`` its input is validated against.
+
+        Typed (the same fields) when its llama-index start event declares fields.
+        """
         return self._start_class
 
     def input_schema(self) -> dict[str, Any]:
@@ -103,7 +107,7 @@ class LlamaEngine:
 
     def output_schema(self) -> dict[str, Any] | None:
         """The JSON Schema of its custom ``StopEvent`` subclass, or None."""
-        stop = self.workflow.stop_event_class
+        stop: type[llama.Event] = self.workflow.stop_event_class
         if stop is llama.StopEvent or not issubclass(stop, llama.StopEvent):
             return None
         try:
@@ -195,7 +199,7 @@ class LlamaRun:
         self._outcome: RunOutcome | None = None
         self._values: dict[str, Any] = {}
         self._usage = Usage()
-        self._handler: LlamaHandler[Any] | None = None
+        self._handler: LlamaHandler | None = None
         self._pending: list[tuple[llama.Event, str | None]] = []
         self._queue: asyncio.Queue[Event | None] | None = asyncio.Queue() if streaming else None
         self._taken = False
@@ -302,7 +306,7 @@ class LlamaRun:
         except asyncio.CancelledError:
             self._decide(Cancelled(cancelled_error(self.workflow_name, self._run_id)))
             cancelled = True
-        except Exception:  # noqa: S110  # the run's error: read off the waiter below
+        except Exception:  # the run's error: read off the waiter below
             pass
         finally:
             if not handler.is_done():
@@ -323,7 +327,7 @@ class LlamaRun:
         if cancelled:
             raise asyncio.CancelledError
 
-    async def _pump(self, handler: LlamaHandler[Any]) -> None:
+    async def _pump(self, handler: LlamaHandler) -> None:
         """Read its stream: publish each event, note input requests and a failing step."""
         async for event in handler.stream_events():
             if isinstance(event, llama.StopEvent):
@@ -353,7 +357,9 @@ class LlamaRun:
         self._taken = True
         return self._events(self._queue, terminal)
 
-    async def _events(self, queue: asyncio.Queue[Event | None], terminal: bool) -> AsyncIterator[Event]:
+    async def _events(
+        self, queue: asyncio.Queue[Event | None], terminal: bool
+    ) -> AsyncIterator[Event]:
         while (event := await queue.get()) is not None:
             yield event
         if terminal and isinstance(self._outcome, Completed):

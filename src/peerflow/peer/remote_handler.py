@@ -20,7 +20,7 @@ import orjson
 
 from peerflow.blocking import blocking_iter_twin, blocking_twin, portal_loop
 from peerflow.errors import EncodeError, ValidationError
-from peerflow.events import Event, InputRequiredEvent, StopEvent, event_from_data
+from peerflow.events import Event, InputRequiredEvent, event_from_data
 from peerflow.peer import protocol as wire
 from peerflow.peer.session import Session, SessionCall
 from peerflow.peer.session_wire import InputRequest
