@@ -108,6 +108,7 @@ async def test_cancel_stops_the_llama_run_and_its_step_cleans_up(
     first = await anext(events)
     assert first.event_type == "Progress" and first.to_dict()["note"] == "started"
     await handler.cancel()  # returns once the peer confirmed the run stopped
+    await events.aclose()
     with pytest.raises(WorkflowCancelledError) as info:
         await handler
     assert info.value.remote
