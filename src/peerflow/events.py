@@ -17,7 +17,8 @@ Blazen uses). Extra fields are allowed on every event and read as attributes.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import types
+from typing import Any, ClassVar, TypeVar
 
 import orjson
 import pydantic
@@ -36,6 +37,7 @@ __all__ = [
     "StartEvent",
     "StopEvent",
     "event_from_data",
+    "stand_in_class",
 ]
 
 START_EVENT_TYPE = "blazen::StartEvent"
@@ -172,6 +174,23 @@ def event_from_data(event_type: str, data: dict[str, Any]) -> Event:
     if cls is None:
         return Event(event_type, **data)
     return cls(**data)
+
+
+E = TypeVar("E", bound=Event)
+
+
+def stand_in_class(base: type[E], event_type: str) -> type[E]:
+    """A subclass of ``base`` of type ``event_type``, standing in for another library's class.
+
+    An adapter's events keep their own type names and are still instances of the peerflow
+    built-in they mean (an ``InputRequiredEvent`` subclass stays one). The stand-in is not
+    registered by name, so :func:`event_from_data` keeps resolving ``event_type`` to this
+    process's own class, if it has one.
+    """
+    cls = types.new_class(event_type, (base,), {"event_type": event_type})
+    if _CLASSES.get(event_type) is cls:
+        del _CLASSES[event_type]
+    return cls
 
 
 def _label(cls: type[Event]) -> str:

@@ -12,6 +12,7 @@ with a different step is an error; re-registering the same step is a no-op.
 from __future__ import annotations
 
 import threading
+from typing import Any, overload
 
 from peerflow.engine import Engine, EngineT
 from peerflow.errors import ValidationError
@@ -22,6 +23,7 @@ __all__ = [
     "default_registry",
     "register_step",
     "register_workflow",
+    "servable",
 ]
 
 
@@ -46,13 +48,33 @@ class Registry:
             self._add_step(spec)
         return spec
 
-    def register_workflow(self, workflow: EngineT) -> EngineT:
+    @overload
+    def register_workflow(self, workflow: EngineT, *, name: str | None = None) -> EngineT: ...
+
+    @overload
+    def register_workflow(self, workflow: Any, *, name: str | None = None) -> Engine: ...
+
+    def register_workflow(self, workflow: Any, *, name: str | None = None) -> Engine:
         """Register ``workflow`` by name and each of its steps by id.
 
+        ``workflow`` is an :class:`~peerflow.engine.Engine` (a peerflow ``Workflow``), or a
+        llama-index ``Workflow`` instance: it is served unchanged, wrapped in a
+        :class:`~peerflow.llama.LlamaEngine` named ``name`` (default: its explicit
+        ``workflow_name``, else its class name), which is what this returns.
+
         Raises:
-            ValidationError: not a workflow, or the name or a step id is taken by
-                something else.
+            ValidationError: not a workflow, ``name=`` that is not the Engine's own name,
+                or the name or a step id is taken by something else.
         """
+        if _is_llama_workflow(workflow):
+            from peerflow.llama import LlamaEngine
+
+            workflow = LlamaEngine(workflow, name=name)
+        elif name is not None and getattr(workflow, "name", None) != name:
+            raise ValidationError(
+                f"register_workflow(name={name!r}): a peerflow Workflow is named when it is "
+                f"built (Workflow(name=...)); this one is {getattr(workflow, 'name', None)!r}"
+            )
         if not isinstance(workflow, Engine):
             raise ValidationError(f"register_workflow takes a Workflow, got {workflow!r}")
         with self._lock:
@@ -62,7 +84,7 @@ class Registry:
                     raise ValidationError(
                         f"workflow `{workflow.name}` is already registered with other steps"
                     )
-                return existing  # type: ignore[return-value]  # an equal workflow
+                return existing  # an equal workflow
             for spec in workflow.steps:
                 taken = self._steps.get(spec.id)
                 if taken is not None and not taken.same_step(spec):
@@ -129,10 +151,37 @@ def register_step(step_id: str, fn_or_step: StepSpec | StepFn) -> StepSpec:
     return _DEFAULT.register_step(step_id, fn_or_step)
 
 
-def register_workflow(workflow: EngineT) -> EngineT:
+@overload
+def register_workflow(workflow: EngineT, *, name: str | None = None) -> EngineT: ...
+
+
+@overload
+def register_workflow(workflow: Any, *, name: str | None = None) -> Engine: ...
+
+
+def register_workflow(workflow: Any, *, name: str | None = None) -> Engine:
     """Register a workflow and its steps in the process-wide registry.
 
+    See :meth:`Registry.register_workflow` (a llama-index ``Workflow`` is served unchanged).
+
     Raises:
-        ValidationError: the name or a step id is taken by something else.
+        ValidationError: not a workflow, or the name or a step id is taken by something
+            else.
     """
-    return _DEFAULT.register_workflow(workflow)
+    engine: Engine = _DEFAULT.register_workflow(workflow, name=name)
+    return engine
+
+
+def servable(value: object) -> bool:
+    """True for what ``register_workflow`` takes: an Engine or a llama-index ``Workflow``."""
+    if isinstance(value, type):  # a class is not a workflow, even one shaped like an Engine
+        return False
+    return isinstance(value, Engine) or _is_llama_workflow(value)
+
+
+def _is_llama_workflow(value: object) -> bool:
+    """True for a llama-index ``Workflow`` instance, without importing llama-index."""
+    return any(
+        cls.__name__ == "Workflow" and cls.__module__ == "workflows.workflow"
+        for cls in type(value).__mro__
+    )

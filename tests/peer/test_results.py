@@ -27,8 +27,10 @@ from peerflow.peer.results import (
     encode_input,
     event_json,
     response_to_result,
+    result_response,
 )
 from peerflow.refs import RefLifetime, RegistryKey, SessionRefRegistry
+from peerflow.result import WorkflowResult
 
 U1 = uuid.UUID("00112233-4455-6677-8899-aabbccddeeff")
 U2 = uuid.UUID("123e4567-e89b-12d3-a456-426614174000")
@@ -139,6 +141,66 @@ def test_custom_terminal_event_type() -> None:
     assert result.event_type == "MyStop"
     assert result.event.event_type == "MyStop"
     assert result.result == 7
+
+
+class Graded(StopEvent):
+    grade: str
+    blob: Any = None
+
+
+def _graded_result(**fields: Any) -> WorkflowResult:
+    event = Graded(**fields)
+    return WorkflowResult(
+        result=event.result,
+        event=event,
+        event_type=event.event_type,
+        state={},
+        total_input_tokens=0,
+        total_output_tokens=0,
+        total_cost_usd=0.0,
+        remote_refs={},
+        run_id="r1",
+        workflow="w",
+    )
+
+
+def test_a_custom_stop_events_fields_travel_beside_an_unchanged_result_json() -> None:
+    refs = SessionRefRegistry(node_id="n")
+    result = _graded_result(grade="A", result=[1, 2], blob=object())
+    response = result_response(result, refs=refs, owner="o", usage=Usage())
+    # What a Blazen caller reads is what it read before: the result alone.
+    assert response.result_json == b"[1,2]"
+    blazen_prefix = SubWorkflowResponse(
+        response.state_json, response.result_json, response.remote_refs, response.error
+    ).encode()
+    assert response.encode().startswith(blazen_prefix)
+    decoded = SubWorkflowResponse.decode(response.encode())
+    assert decoded == response and decoded.event_fields_json is not None
+    back = _result(decoded)
+    assert isinstance(back.event, Graded)  # the class is known here: rebuilt as it
+    assert (back.event.grade, back.result, back.event.result) == ("A", [1, 2], [1, 2])
+    assert back.event.blob[0] == "ref"  # what JSON cannot carry stays a ref on the peer
+
+
+def test_an_unknown_custom_stop_event_is_a_stand_in_stop_event() -> None:
+    response = SubWorkflowResponse(
+        result_json=b"null", event_type="Elsewhere", event_fields_json=b'{"k":1}', run_id="r"
+    )
+    event = _result(response).event
+    assert isinstance(event, StopEvent) and event.event_type == "Elsewhere"
+    assert event.to_dict() == {"result": None, "k": 1}
+    # a plain StopEvent sends no fields
+    plain = _graded_result(grade="x")
+    assert plain.event_data["grade"] == "x"
+    refs = SessionRefRegistry(node_id="n")
+    plain_stop = WorkflowResult(**{**_fields(plain), "event": StopEvent(result=1)})
+    assert (
+        result_response(plain_stop, refs=refs, owner="o", usage=Usage()).event_fields_json is None
+    )
+
+
+def _fields(result: WorkflowResult) -> dict[str, Any]:
+    return {f: getattr(result, f) for f in result.__dataclass_fields__}
 
 
 @pytest.mark.parametrize(

@@ -292,8 +292,12 @@ async def _ask(event: Event) -> str:
 
 
 def result_dict(result: WorkflowResult) -> dict[str, Any]:
-    """``WorkflowResult.to_dict()`` with the remote refs' keys listed for the user."""
-    return result.to_dict()
+    """``WorkflowResult.to_dict()``, and a custom ``StopEvent``'s other fields as ``event``."""
+    out = result.to_dict()
+    fields = {k: v for k, v in result.event_data.items() if k != "result"}
+    if fields:
+        out["event"] = fields
+    return out
 
 
 # -- describe / health -------------------------------------------------------------------

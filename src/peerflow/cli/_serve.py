@@ -47,7 +47,8 @@ def load_app(spec: str) -> list[str]:
 
     Importing registers the steps and workflows the module registers. ``module:attr``
     also registers ``attr`` when it is a Workflow (or a list of them); a bare module that
-    registers no workflow itself gets its module-level Workflow objects registered.
+    registers no workflow itself gets its module-level Workflow objects registered. A
+    llama-index ``Workflow`` instance counts as a Workflow here (served unchanged).
 
     Returns:
         The names of the workflows registered by this call.
@@ -55,26 +56,25 @@ def load_app(spec: str) -> list[str]:
     Raises:
         CliError: the app cannot be imported, or ``attr`` is missing or not a workflow.
     """
-    from peerflow.registry import default_registry, register_workflow
-    from peerflow.workflow import Workflow
+    from peerflow.registry import default_registry, register_workflow, servable
 
     target, _, attr = spec.partition(":")
     if len(target) == 1 and attr and (attr.startswith(("\\", "/"))):  # C:\path on Windows
         target, _, attr = spec.rpartition(":") if spec.count(":") > 1 else (spec, "", "")
     before = set(default_registry().workflows())
     module = _import_app(target)
-    added: list[Workflow] = []
+    added: list[object] = []
     if attr:
         try:
             value = getattr(module, attr)
         except AttributeError:
             raise CliError(f"APP {spec!r}: module {module.__name__!r} has no {attr!r}") from None
         values = value if isinstance(value, list | tuple) else [value]
-        if not values or not all(isinstance(v, Workflow) for v in values):
+        if not values or not all(servable(v) for v in values):
             raise CliError(f"APP {spec!r}: {attr!r} is not a Workflow (or a list of them)")
         added = list(values)
     elif not set(default_registry().workflows()) - before:
-        added = [v for v in vars(module).values() if isinstance(v, Workflow)]
+        added = [v for v in vars(module).values() if servable(v)]
     for workflow in added:
         try:
             register_workflow(workflow)

@@ -143,7 +143,9 @@ def remote_step(
         if merge_state:
             for key, value in result.state.items():
                 ctx.state[key] = value  # as the remote run exported it (JSON, or a ref)
-        if emits is None:
+        if emits is None:  # the remote run's StopEvent ends this run (a custom one as is)
+            if isinstance(result.event, StopEvent):
+                return result.event
             return StopEvent(result=result.result)
         return _as_event(emits, result.result, workflow_name)
 

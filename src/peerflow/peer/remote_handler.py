@@ -20,7 +20,7 @@ import orjson
 
 from peerflow.blocking import blocking_iter_twin, blocking_twin, portal_loop
 from peerflow.errors import ValidationError
-from peerflow.events import Event, StopEvent
+from peerflow.events import Event
 from peerflow.peer import protocol as wire
 from peerflow.peer.results import item_event
 from peerflow.peer.session import Session, SessionCall
@@ -156,7 +156,7 @@ class RemoteWorkflowHandler:
                 input_request=isinstance(item, InputRequest),
             )
         result = await self._task
-        yield StopEvent(result=result.result)
+        yield result.event  # the remote run's StopEvent (a custom subclass with its fields)
 
     stream_events_blocking = blocking_iter_twin(stream_events)
 

@@ -11,6 +11,8 @@ remote-ref handle.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import re
 import traceback
@@ -39,6 +41,7 @@ from peerflow.events import (
     StartEvent,
     StopEvent,
     event_from_data,
+    stand_in_class,
 )
 from peerflow.peer.protocol import (
     ErrorDetail,
@@ -332,6 +335,7 @@ def result_response(
     encoder = ResultEncoder(refs, owner=owner, run_id=result.run_id, spill_over=spill_over)
     state_json = {k: encoder.dumps(v) for k, v in result.state.items()}
     result_json = encoder.dumps(result.result)
+    fields_json = _event_fields_json(result.event, encoder)
     if encoder.created:
         survivors = refs.end_run(result.run_id)  # starts the new refs' leases
     else:
@@ -345,7 +349,20 @@ def result_response(
         event_type=result.event_type,
         run_id=result.run_id,
         explicit_refs=_explicit(refs, survivors),
+        event_fields_json=fields_json,
     )
+
+
+def _event_fields_json(event: Event, encoder: ResultEncoder) -> bytes | None:
+    """A custom terminal event's fields but ``result``, as one JSON object (None: none).
+
+    Each value is encoded on its own, like a state entry, so one large field spills alone.
+    """
+    fields = {k: v for k, v in event.to_dict().items() if k != "result"}
+    if not fields:
+        return None
+    encoded = {str(k): orjson.Fragment(encoder.dumps(v)) for k, v in fields.items()}
+    return orjson.dumps(encoded)
 
 
 def error_response(
@@ -430,6 +447,28 @@ def _loads(data: bytes, what: str, address: str) -> Any:
         raise EncodeError(f"{what} from peer {address} is not valid JSON: {exc}") from None
 
 
+def _terminal_event(event_type: str, result: Any, fields: dict[str, Any]) -> StopEvent:
+    """The remote run's terminal event: its class when known here, else a stand-in.
+
+    A type this process does not know (or whose class here refuses the fields: another
+    process's class of the same name) becomes a stand-in ``StopEvent`` subclass of that
+    type name carrying every field, so ``isinstance(event, StopEvent)`` still holds.
+    """
+    if event_type == STOP_EVENT_TYPE and not fields:
+        return StopEvent(result=result)
+    data = {**fields, "result": result}
+    with contextlib.suppress(ValidationError):
+        event = event_from_data(event_type, data)
+        if isinstance(event, StopEvent):
+            return event
+    return _stop_stand_in(event_type)(**data)
+
+
+@functools.lru_cache(maxsize=256)  # bounded: the names come from peers
+def _stop_stand_in(event_type: str) -> type[StopEvent]:
+    return stand_in_class(StopEvent, event_type)
+
+
 def response_to_result(
     response: SubWorkflowResponse,
     *,
@@ -489,11 +528,12 @@ def response_to_result(
         for k, v in response.state_json.items()
     }
     event_type = response.event_type or STOP_EVENT_TYPE
-    event: Event = (
-        StopEvent(result=result)
-        if event_type == STOP_EVENT_TYPE
-        else event_from_data(event_type, {"result": result})
-    )
+    fields: dict[str, Any] = {}
+    if response.event_fields_json is not None:
+        decoded = _loads(response.event_fields_json, "event_fields_json", address)
+        if isinstance(decoded, dict):
+            fields = _replace_markers(decoded, handle)
+    event = _terminal_event(event_type, result, fields)
     usage = response.usage or Usage()
     return WorkflowResult(
         result=result,

@@ -184,7 +184,14 @@ class SubWorkflowResponse(Message):
     ``usage: Option<Usage>, error_kind: Option<String>, event_type: Option<String>,
     run_id: Option<String>, explicit_refs: Option<Vec<Uuid>>,
     failed_step: Option<FailedStep { step_id: String, attempts: u32 }>,
-    error_detail: Option<ErrorDetail { type_name: String, traceback: String }>``.
+    error_detail: Option<ErrorDetail { type_name: String, traceback: String }>,
+    event_fields_json: Option<bytes>``.
+
+    A custom ``StopEvent`` subclass travels as its type (``event_type``) and its fields:
+    ``result_json`` keeps carrying only its ``result`` (what a Blazen caller reads as the
+    result, unchanged), and ``event_fields_json`` carries its other fields as one JSON
+    object (each value encoded like a ``state_json`` entry: session-ref markers, spilled
+    values as refs). A plain ``StopEvent`` sends no ``event_fields_json``.
 
     Attributes:
         state_json: JSON of each ``ctx.state`` entry (Blazen sends it empty).
@@ -201,6 +208,8 @@ class SubWorkflowResponse(Message):
         failed_step: the step that failed and its attempts, when a step failed
             (extension).
         error_detail: the failing step's exception type and traceback (extension).
+        event_fields_json: the terminal event's fields other than ``result``, a JSON
+            object; None for a plain ``StopEvent`` (extension).
         envelope_version: the protocol version (keyword-only).
     """
 
@@ -215,6 +224,7 @@ class SubWorkflowResponse(Message):
     explicit_refs: tuple[uuid.UUID, ...] | None = None
     failed_step: FailedStep | None = None
     error_detail: ErrorDetail | None = None
+    event_fields_json: bytes | None = None
     envelope_version: int = field(default=ENVELOPE_VERSION, kw_only=True)
 
     def result_value(self) -> Any:
@@ -255,7 +265,9 @@ class SubWorkflowResponse(Message):
             descriptor._write(w)
         write_opt_str(w, self.error)
         # Extensions: only when one is set; unset earlier ones hold their place as 00.
-        if self.error_detail is not None:
+        if self.event_fields_json is not None:
+            count = 8
+        elif self.error_detail is not None:
             count = 7
         elif self.failed_step is not None:
             count = 6
@@ -302,10 +314,16 @@ class SubWorkflowResponse(Message):
                 w.write_str(self.failed_step.step_id)
                 w.write_u32(self.failed_step.attempts)
         if count > 6:
+            if self.error_detail is None:
+                w.write_option(False)
+            else:
+                w.write_option(True)
+                w.write_str(self.error_detail.type_name)
+                w.write_str(self.error_detail.traceback)
+        if count > 7:
             w.write_option(True)
-            assert self.error_detail is not None
-            w.write_str(self.error_detail.type_name)
-            w.write_str(self.error_detail.traceback)
+            assert self.event_fields_json is not None
+            w.write_bytes(self.event_fields_json)
 
     @classmethod
     def _read(cls, r: Reader) -> Self:
@@ -327,6 +345,7 @@ class SubWorkflowResponse(Message):
         explicit: tuple[uuid.UUID, ...] | None = None
         failed: FailedStep | None = None
         detail: ErrorDetail | None = None
+        fields: bytes | None = None
         try:
             if r.read_option():
                 usage = Usage._read(r)
@@ -343,6 +362,8 @@ class SubWorkflowResponse(Message):
                                 failed = FailedStep(r.read_str(), r.read_u32())
                             if r.remaining and r.read_option():
                                 detail = ErrorDetail(r.read_str(), r.read_str())
+                            if r.remaining and r.read_option():
+                                fields = r.read_bytes()
         except EncodeError:
             pass  # trailing bytes that are not extensions: ignored, as Blazen ignores them
         return cls(
@@ -357,6 +378,7 @@ class SubWorkflowResponse(Message):
             explicit,
             failed,
             detail,
+            fields,
             envelope_version=version,
         )
 
