@@ -157,6 +157,19 @@ async def test_a_pool_starts_a_conversation_on_one_of_its_peers(peer: PeerProces
         assert (await handler).result == {"hello": "pooled"}
 
 
+@pytest.mark.parametrize("session", [True, False])
+async def test_a_pools_clients_use_a_session_unless_told_not_to(
+    peer: PeerProcess, session: bool
+) -> None:
+    async with await PeerPool.connect([peer.url], node_id="sess-p", session=session) as pool:
+        result = await pool.run_remote_workflow("blob", input={"n": 16})
+        (ref,) = result.remote_refs.values()
+        member = ref.client  # the member's own PeerClient
+        assert (member.session is not None) is session
+        assert member.config.session is session
+        await pool.release_session_ref(ref.key)
+
+
 def test_the_blocking_handler_answers_from_plain_code(peer: PeerProcess) -> None:
     with PeerClient.connect_blocking(peer.url, "sess-sync") as c:
         handler = c.start_remote_workflow_blocking("ask", input={"q": "q"}, timeout_secs=60)

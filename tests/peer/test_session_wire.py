@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -23,6 +23,7 @@ from peerflow import Context, PeerServer, StartEvent, StopEvent, Workflow, step
 from peerflow.errors import EncodeError, EnvelopeVersionError
 from peerflow.peer import protocol as wire
 from peerflow.peer.framing import frame, unframe
+from peerflow.peer.session import MAX_BATCH_FRAMES
 from peerflow.peer.session_wire import (
     AnswerInput,
     CallError,
@@ -122,10 +123,20 @@ async def echo(ctx: Context, ev: StartEvent) -> StopEvent:
     return StopEvent(result={"keys": sorted(ev.to_dict())})
 
 
+GATE: dict[str, asyncio.Event] = {}
+
+
+@step(name="fuzz::gated")
+async def gated(ctx: Context, ev: StartEvent) -> StopEvent:
+    await GATE["open"].wait()  # every run waits here until the test opens the gate
+    return StopEvent(result=ev.to_dict())
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[PeerServer]:
     registry = Registry()
     registry.register_workflow(Workflow("echo", [echo]))
+    registry.register_workflow(Workflow("gated", [gated]))
     peer = PeerServer("fuzz-node", registry=registry)
     await peer.start("127.0.0.1:0")
     try:
@@ -194,3 +205,44 @@ async def test_mutated_and_random_batches_on_a_real_session(server: PeerServer) 
         assert wire.SubWorkflowResponse.decode(unframe(reply)).error is None
     assert C.INVALID_ARGUMENT in tally and C.OK in tally, tally
     assert server.active_runs == 0
+
+
+async def test_a_burst_of_results_is_sent_in_messages_of_at_most_32_frames(
+    server: PeerServer,
+) -> None:
+    GATE["open"] = asyncio.Event()
+    n = 100
+    request = wire.SubWorkflowRequest("gated", (), b'{"x":1}', None)
+    starts = [StartCall(i, CallMode.RESULT, request) for i in range(1, n + 1)]
+    sent = asyncio.Event()
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield frame(encode_batch(starts))  # all 100 in one message
+        await sent.wait()  # keep the stream open until every result came back
+
+    sizes: list[int] = []
+    results = 0
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = channel.stream_stream(SESSION)(requests(), timeout=30)
+        async for reply in call:
+            frames = decode_batch(unframe(reply))
+            if isinstance(frames[0], Credits):
+                await until(lambda: server.active_runs == n)
+                GATE["open"].set()  # all 100 results become ready together
+                continue
+            sizes.append(len(frames))
+            results += sum(isinstance(f, CallResult) for f in frames)
+            if results == n:
+                sent.set()
+        assert results == n
+    assert MAX_BATCH_FRAMES == 32  # the documented cut
+    assert max(sizes) <= 32  # the burst was cut, so the peer pipelines it
+    assert len(sizes) >= 4  # 100 results: at least four messages
+
+
+async def until(check: Callable[[], bool]) -> None:
+    """Poll the in-process server's state until ``check`` holds (bounded)."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "never happened"
+        await asyncio.sleep(0.01)

@@ -111,6 +111,8 @@ class PeerPool(Caller):
         flow_control_window: each client's HTTP/2 window per call (see
             ``PeerClient.connect``).
         max_value_bytes: the largest session-ref value a deref accepts.
+        session: carry each member's calls on a session with it (the default with
+            peerflow peers; see ``PeerClient.connect``); False: unary calls.
         config: ``token`` to ``max_value_bytes`` as one
             :class:`~peerflow.peer.config.ClientConfig` (not with those keywords), handed
             to every member's client.
@@ -137,6 +139,7 @@ class PeerPool(Caller):
         flow_control_window: int | None = DEFAULT_FLOW_CONTROL_WINDOW,
         max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
         config: ClientConfig | None = None,
+        session: bool = True,
     ) -> None:
         cleaned = check_addresses(addresses)
         self.node_id = resolve_node_id(client_node_id, node_id)
@@ -148,6 +151,7 @@ class PeerPool(Caller):
             max_message_bytes,
             flow_control_window,
             max_value_bytes,
+            session,
         )
         if self.config.connect_timeout is None:
             raise ValidationError(
@@ -180,6 +184,7 @@ class PeerPool(Caller):
         flow_control_window: int | None = DEFAULT_FLOW_CONTROL_WINDOW,
         max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
         config: ClientConfig | None = None,
+        session: bool = True,
     ) -> PeerPool:
         """Build a pool and :meth:`start` it.
 
@@ -199,6 +204,7 @@ class PeerPool(Caller):
             flow_control_window=flow_control_window,
             max_value_bytes=max_value_bytes,
             config=config,
+            session=session,
         )
         await pool.start()
         return pool
@@ -218,6 +224,7 @@ class PeerPool(Caller):
         flow_control_window: int | None = DEFAULT_FLOW_CONTROL_WINDOW,
         max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
         config: ClientConfig | None = None,
+        session: bool = True,
     ) -> PeerPool:
         """:meth:`connect` for code without an event loop (the pool lives on the portal).
 
@@ -237,6 +244,7 @@ class PeerPool(Caller):
             flow_control_window=flow_control_window,
             max_value_bytes=max_value_bytes,
             config=config,
+            session=session,
         )
         call_blocking(pool.start)
         return pool

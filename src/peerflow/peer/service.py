@@ -53,6 +53,7 @@ from peerflow.peer.results import (
 )
 from peerflow.peer.schemas import workflow_schemas
 from peerflow.peer.security import current_principal
+from peerflow.peer.session import SESSION_METHOD
 from peerflow.peer.session_service import serve_session
 from peerflow.peer.status import NOT_STARTED
 from peerflow.refs import SessionRefRegistry
@@ -174,7 +175,7 @@ class PeerService:
                 for name, fn in streams.items()
             }
         )
-        session = EXTENSION + "Session"
+        session = SESSION_METHOD
         table[session] = grpc.stream_stream_rpc_method_handler(
             guard_stream(session, counted_stream(self, session, self._session), idle)
         )

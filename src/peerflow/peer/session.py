@@ -88,11 +88,11 @@ class _Status(grpc.RpcError):  # type: ignore[misc]
         return self._details
 
 
+_STATUS_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}
+
+
 def _status_code(value: int) -> grpc.StatusCode:
-    for status in grpc.StatusCode:
-        if status.value[0] == value:
-            return status
-    return grpc.StatusCode.UNKNOWN
+    return _STATUS_BY_NUMBER.get(value, grpc.StatusCode.UNKNOWN)
 
 
 Item = RunEvent | InputRequest

@@ -59,7 +59,6 @@ class SessionLink:
         self._metadata = metadata
         self._error = error
         self.enabled = enabled
-        self.was_disabled = not enabled  # by its owner (session=False), not by the peer
         self._buffer = stream_buffer_bytes
         self._max_message = max_message_bytes
         self._queue = queue

@@ -48,7 +48,12 @@ from peerflow.peer._refusals import note_refusal
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.named import check_run_id
 from peerflow.peer.results import decode_answer
-from peerflow.peer.session import DEFAULT_RECEIVE_BYTES, MAX_BATCH_FRAMES, MAX_MESSAGE_HEADER
+from peerflow.peer.session import (
+    DEFAULT_RECEIVE_BYTES,
+    MAX_BATCH_FRAMES,
+    MAX_MESSAGE_HEADER,
+    SESSION_METHOD,
+)
 from peerflow.peer.session_wire import (
     AnswerInput,
     CallError,
@@ -76,7 +81,6 @@ __all__ = ["SESSION_METHOD", "ServedSession"]
 
 log = logging.getLogger("peerflow.server")
 
-SESSION_METHOD = "/peerflow.peer.v1.PeerExtensions/Session"
 _OUT_BUDGET = 4 << 20  # queued bytes beyond which the reader and event forwarders wait
 _FRAME_COST = 64  # bytes a queued frame costs besides its data (its bytes object, its slot)
 _TURN = 256  # frames the reader handles before letting the loop run
