@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Context", "RunRefs", "Usage", "current_context"]
 
+_WAIT_LOCK = threading.Lock()  # makes a context's cancellation event once, for wait_cancelled
+
 _CURRENT: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
     "peerflow_step_context", default=None
 )
@@ -164,6 +166,7 @@ class Context(Generic[S]):
     """
 
     __slots__ = (
+        "_cancel_flag",
         "_cancelled",
         "_collected",
         "_run",
@@ -179,7 +182,8 @@ class Context(Generic[S]):
         self, run: _RunHooks, run_id: str, refs: RunRefs, state: dict[str, Any] | None = None
     ) -> None:
         self._run = run
-        self._cancelled = threading.Event()
+        self._cancel_flag = False
+        self._cancelled: threading.Event | None = None  # made by the first wait_cancelled
         self.run_id = run_id
         self.refs = refs
         self.state: dict[str, Any] = state if state is not None else {}
@@ -355,7 +359,7 @@ class Context(Generic[S]):
     @property
     def cancelled(self) -> bool:
         """True once the run was cancelled or timed out; sync steps should poll it."""
-        return self._cancelled.is_set()
+        return self._cancel_flag
 
     def wait_cancelled(self, timeout: float | None = None) -> bool:
         """Block a sync step until the run is cancelled (or ``timeout``); True if cancelled.
@@ -367,7 +371,17 @@ class Context(Generic[S]):
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
         ):
             raise ValidationError(f"timeout must be a number >= 0 or None, got {timeout!r}")
-        return self._cancelled.wait(timeout)
+        if self._cancel_flag:
+            return True
+        event = self._cancelled
+        if event is None:
+            with _WAIT_LOCK:
+                event = self._cancelled
+                if event is None:
+                    event = self._cancelled = threading.Event()
+        if self._cancel_flag:  # marked before the event existed: _mark_cancelled missed it
+            event.set()
+        return event.wait(timeout)
 
     def on_run_end(self, finalizer: Callable[[], Awaitable[None]]) -> None:
         """Await ``finalizer()`` when the run ends, after its steps stopped (any outcome).
@@ -403,7 +417,8 @@ class Context(Generic[S]):
         """
         view = Context.__new__(Context)
         view._run = gate
-        view._cancelled = threading.Event()
+        view._cancel_flag = False
+        view._cancelled = None
         view.run_id = self.run_id
         view.refs = self.refs
         view.state = self.state
@@ -414,7 +429,12 @@ class Context(Generic[S]):
         return view
 
     def _mark_cancelled(self) -> None:
-        self._cancelled.set()
+        # The flag first, then the event if a waiter made one: a waiter makes the event
+        # first, then reads the flag, so one of the two always sees the other.
+        self._cancel_flag = True
+        event = self._cancelled
+        if event is not None:
+            event.set()
 
 
 def _event_type_name(item: type[Event] | str) -> str:

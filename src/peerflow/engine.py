@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
@@ -50,8 +51,22 @@ __all__ = [
     "RunState",
     "TimedOut",
     "cancelled_error",
+    "new_run_id",
     "outcome_of",
 ]
+
+
+def new_run_id() -> str:
+    """A new run id: a random (version 4) UUID in its canonical text form.
+
+    What ``str(uuid.uuid4())`` gives, built straight from the random bytes (a run id is
+    made per run, on the path every remote call takes).
+    """
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class RunState(enum.Enum):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from peerflow.engine import (
     RunState,
     TimedOut,
     cancelled_error,
+    new_run_id,
 )
 from peerflow.errors import ValidationError, WorkflowError, WorkflowTimeoutError
 from peerflow.events import Event, HumanResponseEvent, StartEvent
@@ -166,7 +166,7 @@ class LlamaEngine:
             loop=loop,
             streaming=streaming,
             timeout=timeout,
-            run_id=run_id or str(uuid.uuid4()),
+            run_id=run_id or new_run_id(),
             answerable=streaming if answerable is None else answerable,
         )
 

@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2
 
 from peerflow.blocking import blocking_iter_twin, blocking_twin, call_blocking, portal_loop
 from peerflow.context import current_context
+from peerflow.engine import new_run_id
 from peerflow.errors import EncodeError, UnsupportedError, ValidationError
 from peerflow.events import Event
 from peerflow.peer import protocol as wire
@@ -384,7 +385,7 @@ class PeerClient(Caller):
             TransportError: the peer is unreachable.
         """
         request, deadline = build_request(workflow_name, step_ids, input, input_json, timeout_secs)
-        run_id = check_run_id(run_id) or str(uuid.uuid4())
+        run_id = check_run_id(run_id) or new_run_id()
         self._calls.channel.check_open()
         session = await self._calls.session_for(request)
         if session is None:

@@ -24,8 +24,12 @@ from __future__ import annotations
 
 import struct
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 from peerflow.errors import EncodeError
+
+T = TypeVar("T")
 
 __all__ = [
     "MAX_U32",
@@ -211,6 +215,26 @@ class Writer:
     def write_raw(self, data: bytes | bytearray | memoryview) -> None:
         """Append already-encoded postcard bytes as they are."""
         self._buf += data
+
+    def write_nested(self, write: Callable[[Writer], None]) -> None:
+        """Write a nested message as a byte string (varint length + its encoding).
+
+        ``write(self)`` encodes it in place; its length goes in front afterwards, so the
+        message is not first encoded on its own and then copied in.
+
+        Raises:
+            EncodeError: ``write`` raised it.
+        """
+        buf = self._buf
+        start = len(buf)
+        write(self)
+        n = len(buf) - start
+        if n < 0x80:
+            buf.insert(start, n)
+        else:
+            head = Writer()
+            head._varint(n)
+            buf[start:start] = head._buf
 
 
 class Reader:
@@ -400,6 +424,25 @@ class Reader:
             pos = self._pos
         self._pos = pos + n
         return bytes(buf[pos : pos + n])
+
+    def read_nested(self, read: Callable[[Reader], T]) -> T:
+        """Read a nested message written as a byte string, decoding it in place.
+
+        ``read(self)`` sees only the message's own bytes (what follows it is out of its
+        reach); bytes it leaves unread (a newer sender's extensions) are skipped.
+
+        Raises:
+            EncodeError: end of buffer, a bad length, or ``read`` raised it.
+        """
+        n = self._len()
+        end = self._end
+        stop = self._end = self._pos + n
+        try:
+            value = read(self)
+        finally:
+            self._end = end
+        self._pos = stop
+        return value
 
     def read_str(self) -> str:
         """Read a UTF-8 string (varint byte length + bytes).

@@ -301,14 +301,22 @@ def wire_descriptors(
     }
 
 
+_NO_USAGE = Usage(0, 0, 0.0)
+
+
 def _usage(ctx_usage: Any) -> Usage:
-    return Usage(ctx_usage.input_tokens, ctx_usage.output_tokens, ctx_usage.cost_usd)
+    inputs, outputs, cost = ctx_usage.input_tokens, ctx_usage.output_tokens, ctx_usage.cost_usd
+    if not (inputs or outputs or cost):
+        return _NO_USAGE  # most runs use no model: one shared (frozen) zero
+    return Usage(inputs, outputs, cost)
 
 
 def _explicit(
     refs: SessionRefRegistry, survivors: list[RefDescriptor]
 ) -> tuple[uuid.UUID, ...] | None:
     """The survivors a caller must never release on its own (``UNTIL_EXPLICIT_DROP``)."""
+    if not survivors:
+        return None
     explicit = []
     for descriptor in survivors:
         try:
@@ -358,6 +366,8 @@ def _event_fields_json(event: Event, encoder: ResultEncoder) -> bytes | None:
 
     Each value is encoded on its own, like a state entry, so one large field spills alone.
     """
+    if type(event) is StopEvent and not event.__pydantic_extra__:
+        return None  # the plain StopEvent: nothing but ``result``
     fields = {k: v for k, v in event.to_dict().items() if k != "result"}
     if not fields:
         return None

@@ -9,7 +9,6 @@ inside is turned into a status by the one table in :mod:`peerflow.peer.status`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import re
@@ -18,7 +17,6 @@ import traceback
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
-    Iterator,
     Sequence,
 )
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -195,8 +193,13 @@ class PeerService:
 
     # -- runs ----------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _admit(self) -> Iterator[_Slot]:
+    def _admit(self) -> _Slot:
+        """A run slot for one call (``with service._admit() as slot``).
+
+        Raises:
+            TransportError: the peer is shutting down.
+            ResourceExhaustedError: the peer runs its maximum of concurrent runs.
+        """
         if self.closing is not None:
             raise TransportError(self.closing)
         if self.active_runs >= self.limits.max_concurrent_runs:
@@ -205,18 +208,17 @@ class PeerService:
                 f"{self.limits.max_concurrent_runs} concurrent runs; {NOT_STARTED}, retry later"
             )
         self.active_runs += 1
-        slot = _Slot()
-        try:
-            yield slot
-        finally:
-            run = slot.run
-            if run is not None and run.threads:
-                # A sync step still runs in its thread (Python cannot stop it): the slot
-                # stays taken until it returns, so the run cap counts what really runs.
-                self.lingering_runs += 1
-                run.when_threads_done(self._free_lingering)
-            else:
-                self._free_slot()
+        return _Slot(self)
+
+    def _release(self, slot: _Slot) -> None:
+        run = slot.run
+        if run is not None and run.threads:
+            # A sync step still runs in its thread (Python cannot stop it): the slot
+            # stays taken until it returns, so the run cap counts what really runs.
+            self.lingering_runs += 1
+            run.when_threads_done(self._free_lingering)
+        else:
+            self._free_slot()
 
     def _free_lingering(self) -> None:
         self.lingering_runs -= 1
@@ -527,12 +529,23 @@ def _caller_node(context: grpc.aio.ServicerContext) -> str:
 
 
 class _Slot:
-    """A run slot taken by :meth:`PeerService._admit`; ``run`` once the run exists."""
+    """A run slot taken by :meth:`PeerService._admit`; ``run`` once the run exists.
 
-    __slots__ = ("run",)
+    A context manager: leaving it gives the slot back (once the run's threads are done).
+    A class rather than a generator-based one: it is entered on every call.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("run", "service")
+
+    def __init__(self, service: PeerService) -> None:
+        self.service = service
         self.run: HostedRun | None = None
+
+    def __enter__(self) -> _Slot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.service._release(self)
 
 
 def _release_frames(error: BaseException) -> None:

@@ -219,7 +219,7 @@ def _write_frame(w: Writer, f: Frame) -> None:
         w.write_variant(0)
         w.write_u64(f.call_id)
         w.write_u32(int(f.mode))
-        w.write_bytes(f.request.encode())
+        w.write_nested(f.request._write)
         w.write_option(f.run_id is not None)
         if f.run_id is not None:
             w.write_str(f.run_id)
@@ -231,7 +231,7 @@ def _write_frame(w: Writer, f: Frame) -> None:
     elif isinstance(f, CallResult):
         w.write_variant(7)
         w.write_u64(f.call_id)
-        w.write_bytes(f.response.encode())
+        w.write_nested(f.response._write)
     elif isinstance(f, CallError):
         w.write_variant(8)
         w.write_u64(f.call_id)
@@ -263,7 +263,7 @@ def _read_frame(r: Reader) -> Frame:
             mode = CallMode(mode_value)
         except ValueError:
             raise r.fail(f"unknown call mode {mode_value}") from None
-        request = SubWorkflowRequest.decode(r.read_bytes())
+        request = r.read_nested(SubWorkflowRequest._read)
         run_id = r.read_str() if r.read_option() else None
         named = r.read_bool()
         count = r.read_len()
@@ -272,7 +272,7 @@ def _read_frame(r: Reader) -> Frame:
         trace = tuple((r.read_str(), r.read_str()) for _ in range(count))
         return StartCall(call_id, mode, request, run_id, named, trace)
     if variant == 7:
-        return CallResult(r.read_u64(), SubWorkflowResponse.decode(r.read_bytes()))
+        return CallResult(r.read_u64(), r.read_nested(SubWorkflowResponse._read))
     if variant == 8:
         return CallError(r.read_u64(), r.read_u32(), r.read_str())
     if variant == 2:

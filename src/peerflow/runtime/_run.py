@@ -12,14 +12,20 @@ import asyncio
 import contextlib
 import logging
 import threading
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pydantic
 
 from peerflow.context import Context, RunRefs, Usage
-from peerflow.engine import Journal, RunOutcome, RunState, cancelled_error, outcome_of
+from peerflow.engine import (
+    Journal,
+    RunOutcome,
+    RunState,
+    cancelled_error,
+    new_run_id,
+    outcome_of,
+)
 from peerflow.errors import (
     PeerflowError,
     ValidationError,
@@ -91,7 +97,7 @@ class Run:
         self.journal = journal
         self.thread_id = threading.get_ident()
         self.workflow_name = workflow_name
-        self.run_id = run_id or str(uuid.uuid4())
+        self.run_id = run_id or new_run_id()
         self.timeout = timeout
         self.start_event = start_event
         self.ctx = Context(self, self.run_id, RunRefs(session_refs, self.run_id, principal))

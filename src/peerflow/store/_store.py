@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Generator, Mapping
 from typing import Any
 
 from peerflow.blocking import blocking_twin
+from peerflow.engine import new_run_id
 from peerflow.errors import (
     PeerflowError,
     RunNotFoundError,
@@ -385,7 +386,7 @@ class SqlRunStore:
             raise ValidationError(f"a store runs a Workflow, got {workflow!r}")
         if input is not None and not isinstance(input, Mapping):
             raise ValidationError(f"input must be a dict of the StartEvent's fields, got {input!r}")
-        run_id = str(uuid.uuid4()) if run_id is None else _check_id(run_id)
+        run_id = new_run_id() if run_id is None else _check_id(run_id)
         live = self._live.get(run_id)
         if live is not None:
             return live
