@@ -337,3 +337,42 @@ async def test_run_outcome_is_set_before_the_run_end_finalizers() -> None:
 
     result = await Workflow("outcome", [only]).run()
     assert seen == [result.event]
+
+
+async def test_cancellation_flag_and_wait_before_and_after_the_run_ends() -> None:
+    seen: dict[str, Any] = {}
+
+    @step(accepts=[StartEvent])
+    def probe(ctx: Context, ev: StartEvent) -> StopEvent:  # sync: runs in a thread
+        seen["ctx"] = ctx
+        seen["live"] = (ctx.cancelled, ctx.wait_cancelled(0))
+        return StopEvent(result=None)
+
+    await Workflow("probe", [probe]).run()
+    ctx = seen["ctx"]
+    assert seen["live"] == (False, False)  # a running run: not cancelled, no wait
+    # Ended: the flag is set, and a first wait (no event made yet) returns at once.
+    assert ctx.cancelled is True
+    assert ctx.wait_cancelled(None) is True
+
+
+async def test_a_thread_waiting_for_cancellation_wakes_when_the_run_is_cancelled() -> None:
+    waiting = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    woke: list[bool] = []
+    returned = asyncio.Event()
+
+    @step(accepts=[StartEvent])
+    def sleeper(ctx: Context, ev: StartEvent) -> StopEvent:
+        loop.call_soon_threadsafe(waiting.set)
+        woke.append(ctx.wait_cancelled(30))  # made the event: the cancel must set it
+        loop.call_soon_threadsafe(returned.set)
+        return StopEvent(result=None)
+
+    handler = Workflow("sleeper", [sleeper]).start()
+    await waiting.wait()
+    await handler.cancel()
+    with pytest.raises(WorkflowError):
+        await handler
+    await asyncio.wait_for(returned.wait(), 30)  # the thread returns once woken
+    assert woke == [True]  # woken by the cancel, not by its 30 s timeout

@@ -190,3 +190,17 @@ def test_the_registry_does_not_import_the_workflow_module() -> None:
         elif isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
     assert "peerflow.workflow" not in imported
+
+
+def test_new_run_ids_are_canonical_random_uuids() -> None:
+    import uuid
+
+    from peerflow.engine import new_run_id
+
+    ids = {new_run_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for run_id in list(ids)[:200]:
+        parsed = uuid.UUID(run_id)
+        assert str(parsed) == run_id  # canonical lower-case 8-4-4-4-12 text
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122

@@ -137,3 +137,31 @@ def test_data_json_is_the_seeds_json_accessor() -> None:
         "result": {"n": 1, "matrix": {"__blazen_session_ref__": str(key)}, "odd": "{1, 2}"}
     }
     assert orjson.loads(Event("Chunk", i=3).data_json) == {"i": 3}
+
+
+def test_dynamic_type_is_kept_by_copies_equality_and_pickling() -> None:
+    import copy
+    import pickle
+
+    a = Event("Greeting", name="Ada")
+    assert a.event_type == "Greeting"
+    assert a == Event("Greeting", name="Ada")
+    assert a != Event("Farewell", name="Ada")  # same fields, another type
+    assert a.model_copy().event_type == "Greeting"
+    assert copy.deepcopy(a).event_type == "Greeting"
+    assert pickle.loads(pickle.dumps(a)).event_type == "Greeting"
+    assert a.model_dump() == {"name": "Ada"}  # the type is not a field
+    assert Event(name="x").event_type == "Event"
+    assert StopEvent(result=1).event_type == STOP_EVENT_TYPE
+
+
+def test_a_subclass_with_private_attributes_keeps_them() -> None:
+    from pydantic import PrivateAttr
+
+    class Tagged(Event):
+        label: str = ""
+        _seen: int = PrivateAttr(default=3)
+
+    ev = Tagged(label="a")
+    assert ev._seen == 3
+    assert ev.event_type == "Tagged"

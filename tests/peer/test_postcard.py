@@ -241,3 +241,59 @@ def test_random_bytes_raise_only_encode_error(data: bytes) -> None:
             getattr(Reader(data), read)()
         except EncodeError as exc:
             assert str(exc).startswith("postcard decode failed: ")
+
+
+def _write_pair(w: Writer, text: str) -> None:
+    w.write_str(text)
+    w.write_u64(7)
+
+
+@pytest.mark.parametrize("text", ["", "a", "x" * 200, "é" * 100_000])
+def test_nested_message_round_trip_with_one_and_multi_byte_lengths(text: str) -> None:
+    w = Writer()
+    w.write_u32(1)
+    w.write_nested(lambda inner: _write_pair(inner, text))
+    w.write_u32(9)  # what follows the nested message
+    data = w.getvalue()
+    # The same bytes as encoding the message on its own and writing it as a byte string.
+    alone = Writer()
+    _write_pair(alone, text)
+    reference = Writer()
+    reference.write_u32(1)
+    reference.write_bytes(alone.getvalue())
+    reference.write_u32(9)
+    assert data == reference.getvalue()
+    r = Reader(data)
+    assert r.read_u32() == 1
+    assert r.read_nested(lambda inner: (inner.read_str(), inner.read_u64())) == (text, 7)
+    assert r.read_u32() == 9
+
+
+def test_nested_reader_cannot_read_past_its_message_and_skips_what_it_left() -> None:
+    w = Writer()
+    w.write_bytes(b"\x05")  # a one-byte nested message...
+    w.write_str("next frame")  # ...followed by bytes that are not its own
+    r = Reader(w.getvalue())
+
+    def greedy(inner: Reader) -> tuple[int, str]:
+        return inner.read_u32(), inner.read_str()  # reads beyond its one byte
+
+    with pytest.raises(EncodeError, match="postcard decode failed"):
+        r.read_nested(greedy)
+    r = Reader(w.getvalue())
+    assert r.read_nested(lambda inner: inner.remaining) == 1  # sees its own byte only
+    assert r.read_str() == "next frame"  # what it left unread was skipped
+    r = Reader(b"\x09\x01")  # announces 9 bytes, holds 1
+    with pytest.raises(EncodeError, match="postcard decode failed"):
+        r.read_nested(lambda inner: inner.read_u32())
+
+
+def test_one_byte_fast_paths_refuse_what_the_slow_path_refuses() -> None:
+    for method in ("write_u32", "write_u64", "write_len", "write_variant"):
+        w = Writer()
+        getattr(w, method)(0x7F)
+        getattr(w, method)(True)  # a bool is an int, as before the fast path
+        assert w.getvalue() == b"\x7f\x01"
+        for bad in (-1, 1.0, "1", None):
+            with pytest.raises(EncodeError, match="postcard encode failed"):
+                getattr(Writer(), method)(bad)

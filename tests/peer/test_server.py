@@ -297,3 +297,20 @@ def _registry(*workflows: Workflow) -> Registry:
     for wf in workflows:
         registry.register_workflow(wf)
     return registry
+
+
+def test_freeze_heap_moves_the_start_up_heap_out_of_the_collector() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import gc\n"
+        "from peerflow.peer.server import freeze_heap\n"
+        "assert gc.get_freeze_count() == 0\n"
+        "freeze_heap()\n"
+        "print(gc.get_freeze_count() > 1000, gc.isenabled())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["True", "True"]  # frozen, and the collector still runs

@@ -98,6 +98,9 @@ class Writer:
         Raises:
             EncodeError: ``value`` is not an int in ``[0, 2**32)``.
         """
+        if type(value) is int and 0 <= value < 0x80:  # the common one-byte case, inline
+            self._buf.append(value)
+            return
         self._write_uint(value, MAX_U32, "u32 must be an int in [0, 2**32)")
 
     def write_u64(self, value: int) -> None:
@@ -106,6 +109,9 @@ class Writer:
         Raises:
             EncodeError: ``value`` is not an int in ``[0, 2**64)``.
         """
+        if type(value) is int and 0 <= value < 0x80:  # the common one-byte case, inline
+            self._buf.append(value)
+            return
         self._write_uint(value, MAX_U64, "u64 must be an int in [0, 2**64)")
 
     def _write_uint(self, value: int, maximum: int, what: str) -> None:
@@ -122,7 +128,10 @@ class Writer:
         Raises:
             EncodeError: ``count`` is negative or too large.
         """
-        self.write_u64(count)
+        if type(count) is int and 0 <= count < 0x80:
+            self._buf.append(count)
+            return
+        self._write_uint(count, MAX_U64, "u64 must be an int in [0, 2**64)")
 
     def write_variant(self, index: int) -> None:
         """Write an enum variant index.
@@ -130,7 +139,10 @@ class Writer:
         Raises:
             EncodeError: ``index`` does not fit a u32.
         """
-        self.write_u32(index)
+        if type(index) is int and 0 <= index < 0x80:
+            self._buf.append(index)
+            return
+        self._write_uint(index, MAX_U32, "u32 must be an int in [0, 2**32)")
 
     def write_f64(self, value: float) -> None:
         """Write a 64-bit float, 8 bytes little-endian.

@@ -207,6 +207,7 @@ Frame: TypeAlias = (
 )
 
 _MAX_TRACE_PAIRS = 8
+_MODES = {int(mode): mode for mode in CallMode}  # an enum call costs more than the lookup
 
 
 def _write_frame(w: Writer, f: Frame) -> None:
@@ -259,10 +260,9 @@ def _read_frame(r: Reader) -> Frame:
     if variant == 0:
         call_id = r.read_u64()
         mode_value = r.read_u32()
-        try:
-            mode = CallMode(mode_value)
-        except ValueError:
-            raise r.fail(f"unknown call mode {mode_value}") from None
+        mode = _MODES.get(mode_value)
+        if mode is None:
+            raise r.fail(f"unknown call mode {mode_value}")
         request = r.read_nested(SubWorkflowRequest._read)
         run_id = r.read_str() if r.read_option() else None
         named = r.read_bool()

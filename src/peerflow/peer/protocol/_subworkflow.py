@@ -90,7 +90,8 @@ class SubWorkflowRequest(Message):
     def _read(cls, r: Reader) -> Self:
         version = r.read_u32()
         name = r.read_str()
-        step_ids = tuple([r.read_str() for _ in range(r.read_len())])
+        count = r.read_len()
+        step_ids = tuple([r.read_str() for _ in range(count)]) if count else ()
         input_json = r.read_bytes()
         timeout = r.read_u64() if r.read_option() else None
         return cls(name, step_ids, input_json, timeout, envelope_version=version)
