@@ -11,6 +11,7 @@ import pytest
 
 from peerflow import (
     Context,
+    EncodeError,
     PeerClient,
     ResourceExhaustedError,
     StartEvent,
@@ -26,14 +27,17 @@ from peerflow.testing import serve_in_process
 STREAM_DEREF = "/peerflow.peer.v1.PeerExtensions/StreamDerefSessionRef"
 
 
-async def _lying_peer(announced: int) -> tuple[grpc.aio.Server, int]:
-    """A peer that announces ``announced`` bytes and sends one."""
+async def _lying_peer(
+    announced: int, chunks: tuple[bytes, ...] = (b"x",)
+) -> tuple[grpc.aio.Server, int]:
+    """A peer that announces ``announced`` bytes and sends ``chunks``."""
 
     async def deref(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         await context.send_initial_metadata(
             (("blazen-type-tag", "bytes"), ("blazen-total-len", str(announced)))
         )
-        yield frame(b"x")
+        for chunk in chunks:
+            yield frame(chunk)
 
     server = grpc.aio.server()
     handler = grpc.unary_stream_rpc_method_handler(deref)
@@ -59,6 +63,38 @@ async def test_an_announced_size_beyond_the_limit_or_memory_is_refused(
         ) as client:
             with pytest.raises(ResourceExhaustedError, match=str(announced)):
                 await client.deref_session_ref(uuid.uuid4())
+    finally:
+        await server.stop(0)
+
+
+@pytest.mark.parametrize(
+    ("announced", "chunks", "message"),
+    [
+        (5, (b"abc", b"def"), "sent more than the announced 5 bytes"),
+        (7, (b"abc", b"def"), "sent 6 of 7 announced bytes"),
+        (3, (), "sent 0 of 3 announced bytes"),
+    ],
+)
+async def test_chunks_that_disagree_with_the_announced_size_are_refused(
+    announced: int, chunks: tuple[bytes, ...], message: str
+) -> None:
+    server, port = await _lying_peer(announced, chunks)
+    try:
+        async with await PeerClient.connect(f"127.0.0.1:{port}", "a") as client:
+            with pytest.raises(EncodeError, match=message):
+                await client.deref_session_ref(uuid.uuid4())
+    finally:
+        await server.stop(0)
+
+
+async def test_chunks_are_assembled_in_order_into_one_bytearray() -> None:
+    parts = tuple(bytes([i]) * (1000 + i) for i in range(5))
+    server, port = await _lying_peer(sum(map(len, parts)), parts)
+    try:
+        async with await PeerClient.connect(f"127.0.0.1:{port}", "a") as client:
+            data = await client.deref_session_ref(uuid.uuid4())
+        assert isinstance(data, bytearray)
+        assert data == b"".join(parts)
     finally:
         await server.stop(0)
 

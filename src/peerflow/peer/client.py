@@ -421,7 +421,7 @@ class PeerClient(Caller):
     ) -> bytes | bytearray:
         """The serialized bytes of a ref on the peer, of any size.
 
-        Uses ``StreamDerefSessionRef`` (chunks received into one preallocated buffer) and
+        Uses ``StreamDerefSessionRef`` (chunks received into one buffer that grows in place) and
         falls back to Blazen's unary ``DerefSessionRef`` on peers without it. ``timeout``
         bounds the whole transfer (seconds; None: no limit).
 

@@ -2,11 +2,13 @@
 
 ``StreamDerefSessionRef`` (peerflow's extension) announces the value's size and type tag
 in its initial metadata, then sends chunks that each fit a message. The receiver refuses a
-size beyond its ``max_value_bytes`` before allocating, preallocates the buffer once, and
-checks that exactly the announced bytes arrive.
+size beyond its ``max_value_bytes`` before allocating anything, appends the chunks to one
+buffer that grows in place, and checks that exactly the announced bytes arrive.
 """
 
 from __future__ import annotations
+
+import os
 
 import grpc
 
@@ -19,6 +21,17 @@ from peerflow.peer.service import EXTENSION
 __all__ = ["STREAM_DEREF", "stream_deref"]
 
 STREAM_DEREF = EXTENSION + "StreamDerefSessionRef"
+
+
+def _physical_memory() -> int:
+    """This machine's memory in bytes (no value larger than it can be received)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # a platform without these names
+        return 1 << 62
+
+
+_MEMORY = _physical_memory()
 
 
 async def stream_deref(
@@ -58,23 +71,21 @@ async def stream_deref(
                     f"client's max_value_bytes ({limit}); nothing was allocated",
                     address=address,
                 )
-            buffer: bytearray | None = None
-            offset = 0
+            if total > _MEMORY:
+                raise ResourceExhaustedError(
+                    f"no memory for the {total}-byte value {address} announced (this "
+                    f"machine has {_MEMORY} bytes); nothing was allocated",
+                    address=address,
+                )
+            buffer = bytearray()
             async for message in call:
                 chunk = unframe(message)
-                if buffer is None:
-                    buffer = _allocate(chunk, total, address)
-                    if len(chunk) == total:  # one message held it all: already copied
-                        offset = total
-                        continue
-                end = offset + len(chunk)
-                if end > total:
+                if len(buffer) + len(chunk) > total:
                     raise EncodeError(f"{address} sent more than the announced {total} bytes")
-                buffer[offset:end] = chunk
-                offset = end
-            if offset != total:
-                raise EncodeError(f"{address} sent {offset} of {total} announced bytes")
-            return (str(tag) if tag is not None else None), buffer or bytearray()
+                _append(buffer, chunk, total, address)
+            if len(buffer) != total:
+                raise EncodeError(f"{address} sent {len(buffer)} of {total} announced bytes")
+            return (str(tag) if tag is not None else None), buffer
         except grpc.RpcError as exc:
             raise channel.error(exc, STREAM_DEREF) from exc
         except ValueError as exc:
@@ -83,17 +94,20 @@ async def stream_deref(
             call.cancel()
 
 
-def _allocate(first: memoryview, total: int, address: str) -> bytearray:
-    """The value's buffer, allocated once (not zero-filled when one chunk is all of it).
+def _append(buffer: bytearray, chunk: memoryview, total: int, address: str) -> None:
+    """Append a chunk to the value's buffer, which grows in place.
 
-    A copy of ``first`` when it holds the whole value, else ``total`` bytes the chunks
-    are copied into as they come.
+    Growing beats allocating ``total`` bytes up front: a preallocated bytearray is
+    zero-filled, which touches every page once before the chunks are copied in (~15% of
+    a large transfer's client CPU), while a large buffer grows by remapping its pages
+    (no copy) and each page is touched once, by its chunk. Its spare capacity (at most an
+    eighth) is never written, so it takes address space, not memory.
 
     Raises:
-        ResourceExhaustedError: no memory for ``total`` bytes.
+        ResourceExhaustedError: no memory for the value.
     """
     try:
-        return bytearray(first) if len(first) == total else bytearray(total)
+        buffer += chunk
     except MemoryError:
         raise ResourceExhaustedError(
             f"no memory for the {total}-byte value {address} announced", address=address
