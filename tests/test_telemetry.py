@@ -223,3 +223,40 @@ async def test_a_started_run_has_a_run_span_over_its_steps(
     spans = {span.name: span for span in span_exporter.get_finished_spans()}
     run, step_span = spans["peerflow.run started"], spans["peerflow.step span::s"]
     assert step_span.parent is not None and step_span.parent.span_id == run.context.span_id
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_step_hooks_time_every_attempt_with_or_without_tracing(
+    traced: bool, request: pytest.FixtureRequest
+) -> None:
+    from peerflow import StartEvent, StopEvent, Workflow, step
+    from peerflow.runtime import add_step_hook, remove_step_hook
+
+    if traced:
+        exporter = request.getfixturevalue("span_exporter")
+    attempts: list[tuple[str, bool]] = []
+
+    def hook(run: object, step_id: str, seconds: float, ok: bool) -> None:
+        assert seconds >= 0
+        attempts.append((step_id, ok))
+
+    calls = 0
+
+    @step(accepts=[StartEvent], name="hooks::flaky", retries=1, retry_backoff=0)
+    async def flaky(ctx: object, ev: StartEvent) -> StopEvent:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("first attempt fails")
+        return StopEvent(result=calls)
+
+    add_step_hook(hook)
+    try:
+        assert asyncio.run(Workflow("hooks", [flaky]).run()).result == 2
+    finally:
+        remove_step_hook(hook)
+    assert attempts == [("hooks::flaky", False), ("hooks::flaky", True)]
+    if traced:
+        assert telemetry.enabled()
+        steps = [s for s in exporter.get_finished_spans() if s.name == "peerflow.step hooks::flaky"]
+        assert len(steps) == 2

@@ -17,11 +17,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from peerflow import telemetry
-from peerflow._version import __version__
 from peerflow.errors import PeerError, PeerErrorKind, PeerflowError, RpcStatus, ValidationError
 from peerflow.peer import tracing
 from peerflow.peer.address import Target
 from peerflow.peer.config import ClientConfig
+from peerflow.peer.node_agent import node_user_agent
 from peerflow.peer.security import bearer_metadata, resolve_token
 from peerflow.peer.status import error_from_rpc, kind_for_status
 
@@ -60,12 +60,6 @@ def resolve_node_id(client_node_id: str | None, node_id: str | None) -> str:
     if not isinstance(chosen, str) or not chosen.strip():
         raise ValidationError(f"node_id must be a non-empty string, got {chosen!r}")
     return chosen
-
-
-def node_user_agent(node_id: str) -> str:
-    """The gRPC user agent naming this client's node: ``peerflow/V (node ID)``."""
-    safe = "".join(c if c.isalnum() or c in "-_.:@" else "_" for c in node_id)
-    return f"peerflow/{__version__} (node {safe})"
 
 
 def _options(target: Target, node_id: str, config: ClientConfig) -> list[tuple[str, Any]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 import time
 import traceback
 from collections.abc import (
@@ -41,6 +40,7 @@ from peerflow.peer._boundary import guard, guard_stream
 from peerflow.peer._refusals import STEP_FAILURES, log_step_failure
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.named import NamedRuns, requested_run_id
+from peerflow.peer.node_agent import caller_node
 from peerflow.peer.observer import counted_stream, counted_unary
 from peerflow.peer.ref_handlers import RefHandlers
 from peerflow.peer.results import (
@@ -77,7 +77,6 @@ __all__ = [
 
 log = logging.getLogger("peerflow.server")
 
-_NODE_IN_AGENT = re.compile(r"\(node ([^)\s]+)\)")
 
 BLAZEN = "/blazen.peer.v1.BlazenPeer/"
 EXTENSION = "/peerflow.peer.v1.PeerExtensions/"
@@ -353,14 +352,14 @@ class PeerService:
         return response
 
     async def _drive(
-        self, run: HostedRun, context: grpc.aio.ServicerContext
+        self, run: HostedRun, context: grpc.aio.ServicerContext, caller: str | None = None
     ) -> wire.SubWorkflowResponse:
         started = time.perf_counter()
         self.runs_started += 1
         self._runs.add(run)
         observer = self.observer
         if observer is not None:
-            observer.run_started(run, _caller_node(context))
+            observer.run_started(run, caller if caller is not None else caller_node(context))
         outcome = "ok"
         try:
             try:
@@ -406,7 +405,7 @@ class PeerService:
                     run.run_id,
                     clip(run.workflow_name),
                     clip(current_principal()),
-                    clip(_caller_node(context)),
+                    clip(caller_node(context)),
                     outcome,
                     (time.perf_counter() - started) * 1000,
                 )
@@ -515,17 +514,6 @@ class PeerService:
             lingering_runs=self.lingering_runs,
         )
         return frame(response.encode())
-
-
-def _caller_node(context: grpc.aio.ServicerContext) -> str:
-    agent = ""
-    for key, value in context.invocation_metadata() or ():
-        if key == "blazen-node-id":
-            return str(value)
-        if key == "user-agent":
-            agent = str(value)
-    match = _NODE_IN_AGENT.search(agent)
-    return match.group(1) if match else "-"
 
 
 class _Slot:

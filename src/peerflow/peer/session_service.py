@@ -47,6 +47,7 @@ from peerflow.peer import tracing
 from peerflow.peer._refusals import note_refusal
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.named import check_run_id
+from peerflow.peer.node_agent import caller_node
 from peerflow.peer.results import decode_answer
 from peerflow.peer.session import (
     DEFAULT_RECEIVE_BYTES,
@@ -115,6 +116,14 @@ class ServedSession:
         self._reading_done = False
         self._closing = False  # the session is ending: its calls end without a frame
         self._failure: PeerflowError | None = None
+        self._caller: str | None = None
+
+    @property
+    def caller(self) -> str:
+        """The calling node's id (read from the session's metadata once)."""
+        if self._caller is None:
+            self._caller = caller_node(self.context)
+        return self._caller
 
     # -- the RPC -------------------------------------------------------------------------
 
@@ -311,8 +320,8 @@ class ServedSession:
                 run_id=run_id,
             )
             if not streaming:
-                return await service._drive(run, self.context)
-            driver = asyncio.ensure_future(service._drive(run, self.context))
+                return await service._drive(run, self.context, self.caller)
+            driver = asyncio.ensure_future(service._drive(run, self.context, self.caller))
             try:
                 async for event, payload in service._event_payloads(run, self.max_batch):
                     if isinstance(event, InputRequiredEvent):
