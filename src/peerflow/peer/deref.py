@@ -2,8 +2,10 @@
 
 ``StreamDerefSessionRef`` (peerflow's extension) announces the value's size and type tag
 in its initial metadata, then sends chunks that each fit a message. The receiver refuses a
-size beyond its ``max_value_bytes`` before allocating anything, appends the chunks to one
-buffer that grows in place, and checks that exactly the announced bytes arrive.
+size beyond its ``max_value_bytes`` before allocating anything and checks that exactly
+the announced bytes arrive. A large value (``PARALLEL_FROM`` bytes or more) is copied into
+its buffer on a copier thread while the chunks arrive (:mod:`peerflow.peer._assemble`); a
+smaller one is appended to one buffer that grows in place.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import grpc
 
 from peerflow.errors import EncodeError, ResourceExhaustedError
 from peerflow.peer import tracing
+from peerflow.peer._assemble import PARALLEL_FROM, assemble
 from peerflow.peer.calls import Calls
 from peerflow.peer.framing import unframe
 from peerflow.peer.service import EXTENSION
@@ -77,6 +80,9 @@ async def stream_deref(
                     f"machine has {_MEMORY} bytes); nothing was allocated",
                     address=address,
                 )
+            if total >= PARALLEL_FROM:
+                value = await assemble(call, total, address)
+                return (str(tag) if tag is not None else None), value
             buffer = bytearray()
             async for message in call:
                 chunk = unframe(message)
