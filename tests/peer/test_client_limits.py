@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from apps.common import lying_deref_peer
 
 from peerflow import (
     Context,
@@ -21,42 +22,16 @@ from peerflow import (
     Workflow,
     step,
 )
-from peerflow.peer.framing import frame
 from peerflow.testing import serve_in_process
 
 STREAM_DEREF = "/peerflow.peer.v1.PeerExtensions/StreamDerefSessionRef"
-
-
-async def _lying_peer(
-    announced: int, chunks: tuple[bytes, ...] = (b"x",)
-) -> tuple[grpc.aio.Server, int]:
-    """A peer that announces ``announced`` bytes and sends ``chunks``."""
-
-    async def deref(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        await context.send_initial_metadata(
-            (("blazen-type-tag", "bytes"), ("blazen-total-len", str(announced)))
-        )
-        for chunk in chunks:
-            yield frame(chunk)
-
-    server = grpc.aio.server()
-    handler = grpc.unary_stream_rpc_method_handler(deref)
-
-    class Table(grpc.GenericRpcHandler):  # type: ignore[misc]
-        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-            return handler if details.method == STREAM_DEREF else None
-
-    server.add_generic_rpc_handlers((Table(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return server, port
 
 
 @pytest.mark.parametrize(("announced", "limit"), [(1 << 40, 4 << 30), (1 << 62, None)])
 async def test_an_announced_size_beyond_the_limit_or_memory_is_refused(
     announced: int, limit: int | None
 ) -> None:
-    server, port = await _lying_peer(announced)
+    server, port = await lying_deref_peer(announced)
     try:
         async with await PeerClient.connect(
             f"127.0.0.1:{port}", "a", max_value_bytes=limit
@@ -78,7 +53,7 @@ async def test_an_announced_size_beyond_the_limit_or_memory_is_refused(
 async def test_chunks_that_disagree_with_the_announced_size_are_refused(
     announced: int, chunks: tuple[bytes, ...], message: str
 ) -> None:
-    server, port = await _lying_peer(announced, chunks)
+    server, port = await lying_deref_peer(announced, chunks)
     try:
         async with await PeerClient.connect(f"127.0.0.1:{port}", "a") as client:
             with pytest.raises(EncodeError, match=message):
@@ -89,7 +64,7 @@ async def test_chunks_that_disagree_with_the_announced_size_are_refused(
 
 async def test_chunks_are_assembled_in_order_into_one_bytearray() -> None:
     parts = tuple(bytes([i]) * (1000 + i) for i in range(5))
-    server, port = await _lying_peer(sum(map(len, parts)), parts)
+    server, port = await lying_deref_peer(sum(map(len, parts)), parts)
     try:
         async with await PeerClient.connect(f"127.0.0.1:{port}", "a") as client:
             data = await client.deref_session_ref(uuid.uuid4())

@@ -6,17 +6,14 @@ import asyncio
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator
 
-import grpc
 import pytest
+from apps.common import lying_deref_peer
 
 from peerflow import EncodeError, PeerClient, StartEvent, StopEvent, Workflow, step
 from peerflow.peer._assemble import PARALLEL_FROM
-from peerflow.peer.framing import frame
 from peerflow.testing import serve_in_process
 
-STREAM_DEREF = "/peerflow.peer.v1.PeerExtensions/StreamDerefSessionRef"
 MiB = 1 << 20
 
 
@@ -43,31 +40,6 @@ async def test_a_large_value_arrives_whole_as_a_resizable_bytearray(size: int) -
     assert _copiers() == []
 
 
-async def _peer(
-    announced: int, chunks: list[bytes], hang: asyncio.Event | None = None
-) -> tuple[grpc.aio.Server, int]:
-    async def deref(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        await context.send_initial_metadata(
-            (("blazen-type-tag", "bytes"), ("blazen-total-len", str(announced)))
-        )
-        for chunk in chunks:
-            yield frame(chunk)
-        if hang is not None:
-            await hang.wait()
-
-    handler = grpc.unary_stream_rpc_method_handler(deref)
-
-    class Table(grpc.GenericRpcHandler):  # type: ignore[misc]
-        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-            return handler if details.method == STREAM_DEREF else None
-
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((Table(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return server, port
-
-
 @pytest.mark.parametrize(
     ("extra", "message"),
     [(1, "sent more than the announced"), (-1, "announced bytes")],
@@ -78,7 +50,7 @@ async def test_large_chunks_that_disagree_with_the_announced_size_are_refused(
     chunk = b"z" * MiB
     chunks = [chunk] * 9
     announced = 9 * MiB - extra  # 1 byte short of what comes, or 1 byte more
-    server, port = await _peer(announced, chunks)
+    server, port = await lying_deref_peer(announced, chunks)
     try:
         async with await PeerClient.connect(f"127.0.0.1:{port}", "a") as client:
             with pytest.raises(EncodeError, match=message):
@@ -102,7 +74,7 @@ async def test_a_cancelled_large_deref_stops_its_copier(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(_assemble.threading, "Thread", Noticed)
     hang = asyncio.Event()
-    server, port = await _peer(64 * MiB, [b"q" * MiB] * 3, hang)
+    server, port = await lying_deref_peer(64 * MiB, [b"q" * MiB] * 3, hang)
     try:
         async with await PeerClient.connect(f"127.0.0.1:{port}", "a") as client:
             fetch = asyncio.ensure_future(client.deref_session_ref(uuid.uuid4()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -63,3 +63,35 @@ async def raw_status(address: str, method: str, request: bytes) -> tuple[grpc.St
     except grpc.aio.AioRpcError as exc:
         return exc.code(), exc.details() or ""
     raise AssertionError(f"{method} succeeded")
+
+
+STREAM_DEREF = "/peerflow.peer.v1.PeerExtensions/StreamDerefSessionRef"
+
+
+async def lying_deref_peer(
+    announced: int, chunks: Sequence[bytes] = (b"x",), hang: asyncio.Event | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """A raw peer whose deref announces ``announced`` bytes, sends ``chunks``, then (with
+    ``hang``) waits for it before ending. Returns the server (stop it) and its port."""
+    from peerflow.peer.framing import frame
+
+    async def deref(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        await context.send_initial_metadata(
+            (("blazen-type-tag", "bytes"), ("blazen-total-len", str(announced)))
+        )
+        for chunk in chunks:
+            yield frame(chunk)
+        if hang is not None:
+            await hang.wait()
+
+    handler = grpc.unary_stream_rpc_method_handler(deref)
+
+    class Table(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+            return handler if details.method == STREAM_DEREF else None
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((Table(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
