@@ -101,7 +101,7 @@ def reset_hwm(pid: int | str = "self") -> bool:
 
 async def _serve(ref_size: int, http: bool = False) -> None:
     from peerflow import RefLifetime, StartEvent, StopEvent, Workflow, step
-    from peerflow.peer.server import PeerServer, freeze_heap
+    from peerflow.peer.server import PeerServer, tune_gc
     from peerflow.registry import Registry
 
     @step(accepts=[StartEvent], name="bench::echo")
@@ -197,7 +197,7 @@ async def _serve(ref_size: int, http: bool = False) -> None:
     raw.add_generic_rpc_handlers((Table(),))
     raw_port = raw.add_insecure_port("127.0.0.1:0")
     await raw.start()
-    freeze_heap()  # as `peerflow serve` does once it serves (the raw servers share it)
+    tune_gc()  # as `peerflow serve` does once it serves (the raw servers share it)
     print(
         json.dumps(
             {

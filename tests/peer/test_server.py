@@ -299,18 +299,22 @@ def _registry(*workflows: Workflow) -> Registry:
     return registry
 
 
-def test_freeze_heap_moves_the_start_up_heap_out_of_the_collector() -> None:
+def test_tune_gc_freezes_the_start_up_heap_and_raises_the_first_threshold() -> None:
     import subprocess
     import sys
 
     code = (
         "import gc\n"
-        "from peerflow.peer.server import freeze_heap\n"
+        "from peerflow.peer.server import SERVING_GC_THRESHOLD, tune_gc\n"
         "assert gc.get_freeze_count() == 0\n"
-        "freeze_heap()\n"
-        "print(gc.get_freeze_count() > 1000, gc.isenabled())\n"
+        "before = gc.get_threshold()\n"
+        "tune_gc()\n"
+        "after = gc.get_threshold()\n"
+        "print(gc.get_freeze_count() > 1000, gc.isenabled(),\n"
+        "      after == (SERVING_GC_THRESHOLD, *before[1:]), SERVING_GC_THRESHOLD > before[0])\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
-    assert out.stdout.split() == ["True", "True"]  # frozen, and the collector still runs
+    # Frozen, the collector still on, only the youngest generation's threshold raised.
+    assert out.stdout.split() == ["True", "True", "True", "True"]

