@@ -403,28 +403,32 @@ class Run:
         early, self.early = self.early, None
         for event in early or ():
             self.send_external(event)
+        # The deadline is a timer that decides the outcome like any other, not a cancel
+        # scope around this task: half the cost of asyncio.timeout per run, and the task
+        # driving the run is never cancelled for it.
+        timer = None if self.timeout is None else self.loop.call_later(self.timeout, self._expire)
         try:
-            if self.timeout is None:
-                await self.done
-            else:
-                try:
-                    async with asyncio.timeout(self.timeout):
-                        await self.done
-                except TimeoutError:
-                    self.fail(
-                        WorkflowTimeoutError(
-                            f"workflow `{self.workflow_name}` timed out after "
-                            f"{self.timeout:g}s (run {self.run_id})",
-                            run_id=self.run_id,
-                            workflow=self.workflow_name,
-                        )
-                    )
+            await self.done
         except asyncio.CancelledError:
             self.fail(self.cancelled_error())
             await self._shutdown()
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         await self._shutdown()
         return self._result()
+
+    def _expire(self) -> None:
+        """The run's timeout has passed: it ends as timed out (unless already decided)."""
+        self.fail(
+            WorkflowTimeoutError(
+                f"workflow `{self.workflow_name}` timed out after "
+                f"{self.timeout:g}s (run {self.run_id})",
+                run_id=self.run_id,
+                workflow=self.workflow_name,
+            )
+        )
 
     def cancelled_error(self) -> WorkflowCancelledError:
         """The error a cancelled run ends with."""
