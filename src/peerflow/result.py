@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from peerflow._frozen import frozen_builder
 from peerflow.errors import ValidationError
 from peerflow.events import Event
 from peerflow.refs import RefDescriptor, RegistryKey
@@ -93,3 +94,8 @@ class WorkflowResult:
                 for key, ref in self.remote_refs.items()
             },
         }
+
+
+build_workflow_result = frozen_builder(WorkflowResult)
+"""``WorkflowResult`` from all its fields in order, without ``__init__``'s per-field calls
+(engine and client build one per run)."""

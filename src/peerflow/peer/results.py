@@ -44,14 +44,16 @@ from peerflow.events import (
     stand_in_class,
 )
 from peerflow.peer.protocol import (
+    ENVELOPE_VERSION,
     ErrorDetail,
     FailedStep,
     RemoteRefDescriptor,
     SubWorkflowResponse,
     Usage,
 )
+from peerflow.peer.protocol._subworkflow import NO_USAGE, build_response
 from peerflow.refs import RefDescriptor, RefLifetime, RegistryKey, SessionRefRegistry
-from peerflow.result import RefMap, WorkflowResult
+from peerflow.result import RefMap, WorkflowResult, build_workflow_result
 
 __all__ = [
     "INVALID_INPUT",
@@ -301,13 +303,10 @@ def wire_descriptors(
     }
 
 
-_NO_USAGE = Usage(0, 0, 0.0)
-
-
 def _usage(ctx_usage: Any) -> Usage:
     inputs, outputs, cost = ctx_usage.input_tokens, ctx_usage.output_tokens, ctx_usage.cost_usd
     if not (inputs or outputs or cost):
-        return _NO_USAGE  # most runs use no model: one shared (frozen) zero
+        return NO_USAGE  # most runs use no model: one shared (frozen) zero
     return Usage(inputs, outputs, cost)
 
 
@@ -348,16 +347,20 @@ def result_response(
         survivors = refs.end_run(result.run_id)  # starts the new refs' leases
     else:
         survivors = list(result.remote_refs.values())
-    return SubWorkflowResponse(
-        state_json=state_json,
-        result_json=result_json,
-        remote_refs=wire_descriptors(survivors),
-        error=None,
-        usage=_usage(usage),
-        event_type=result.event_type,
-        run_id=result.run_id,
-        explicit_refs=_explicit(refs, survivors),
-        event_fields_json=fields_json,
+    return build_response(  # SubWorkflowResponse's fields, in order
+        state_json,
+        result_json,
+        wire_descriptors(survivors),
+        None,  # error
+        _usage(usage),
+        None,  # error_kind
+        result.event_type,
+        result.run_id,
+        _explicit(refs, survivors),
+        None,  # failed_step
+        None,  # error_detail
+        fields_json,
+        ENVELOPE_VERSION,
     )
 
 
@@ -545,17 +548,17 @@ def response_to_result(
             fields = _replace_markers(decoded, handle)
     event = _terminal_event(event_type, result, fields)
     usage = response.usage or Usage()
-    return WorkflowResult(
-        result=result,
-        event=event,
-        event_type=event_type,
-        state=state,
-        total_input_tokens=usage.input_tokens,
-        total_output_tokens=usage.output_tokens,
-        total_cost_usd=usage.cost_usd,
-        remote_refs=RefMap((RegistryKey(k), v) for k, v in handles.items()),
-        run_id=response.run_id or "",
-        workflow=workflow,
+    return build_workflow_result(  # WorkflowResult's fields, in order
+        result,
+        event,
+        event_type,
+        state,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cost_usd,
+        RefMap((RegistryKey(k), v) for k, v in handles.items()),
+        response.run_id or "",
+        workflow,
     )
 
 

@@ -40,6 +40,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from peerflow._frozen import frozen_builder
 from peerflow.errors import EncodeError
 from peerflow.peer.postcard import Reader, Writer
 from peerflow.peer.protocol import (
@@ -207,6 +208,7 @@ Frame: TypeAlias = (
 )
 
 _MAX_TRACE_PAIRS = 8
+_build_start = frozen_builder(StartCall)  # a StartCall per remote call, decoded on the peer
 _MODES = {int(mode): mode for mode in CallMode}  # an enum call costs more than the lookup
 
 
@@ -270,7 +272,7 @@ def _read_frame(r: Reader) -> Frame:
         if count > _MAX_TRACE_PAIRS:
             raise r.fail(f"{count} trace pairs (at most {_MAX_TRACE_PAIRS})")
         trace = tuple((r.read_str(), r.read_str()) for _ in range(count))
-        return StartCall(call_id, mode, request, run_id, named, trace)
+        return _build_start(call_id, mode, request, run_id, named, trace)
     if variant == 7:
         return CallResult(r.read_u64(), r.read_nested(SubWorkflowResponse._read))
     if variant == 8:

@@ -41,7 +41,7 @@ from peerflow.events import (
     StopEvent,
 )
 from peerflow.refs import RefDescriptor, SessionRefRegistry
-from peerflow.result import RefMap, WorkflowResult
+from peerflow.result import RefMap, WorkflowResult, build_workflow_result
 from peerflow.runtime._steps import ENDED, AttemptGate, StepRunner
 from peerflow.runtime._stream import EventStream
 
@@ -491,15 +491,15 @@ class Run:
             raise outcome
         assert isinstance(outcome, Event)
         usage = self.ctx.usage
-        return WorkflowResult(
-            result=getattr(outcome, "result", None),
-            event=outcome,
-            event_type=outcome.event_type,
-            state=dict(self.ctx.state),
-            total_input_tokens=usage.input_tokens,
-            total_output_tokens=usage.output_tokens,
-            total_cost_usd=usage.cost_usd,
-            remote_refs=RefMap((d.key, d) for d in self.survivors),
-            run_id=self.run_id,
-            workflow=self.workflow_name,
+        return build_workflow_result(  # WorkflowResult's fields, in order
+            getattr(outcome, "result", None),
+            outcome,
+            outcome.event_type,
+            dict(self.ctx.state),
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cost_usd,
+            RefMap((d.key, d) for d in self.survivors),
+            self.run_id,
+            self.workflow_name,
         )

@@ -12,6 +12,7 @@ from typing import Any, Self, TypeAlias
 
 import orjson
 
+from peerflow._frozen import frozen_builder
 from peerflow.errors import EncodeError, ValidationError
 from peerflow.peer.postcard import Reader, Writer
 from peerflow.peer.protocol._envelope import (
@@ -94,7 +95,10 @@ class SubWorkflowRequest(Message):
         step_ids = tuple([r.read_str() for _ in range(count)]) if count else ()
         input_json = r.read_bytes()
         timeout = r.read_u64() if r.read_option() else None
-        return cls(name, step_ids, input_json, timeout, envelope_version=version)
+        return _build_request(name, step_ids, input_json, timeout, version)  # type: ignore[return-value]
+
+
+_build_request = frozen_builder(SubWorkflowRequest)  # decoding: step_ids already a tuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +150,14 @@ class Usage:
 
     @classmethod
     def _read(cls, r: Reader) -> Self:
-        return cls(r.read_u64(), r.read_u64(), r.read_f64())
+        inputs, outputs, cost = r.read_u64(), r.read_u64(), r.read_f64()
+        if not (inputs or outputs or cost) and cls is Usage:
+            return NO_USAGE  # type: ignore[return-value]  # most runs use no model
+        return cls(inputs, outputs, cost)
+
+
+NO_USAGE = Usage()
+"""The zero usage, shared (frozen): what a run that used no model reports."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +378,7 @@ class SubWorkflowResponse(Message):
                                 fields = r.read_bytes()
         except EncodeError:
             pass  # trailing bytes that are not extensions: ignored, as Blazen ignores them
-        return cls(
+        return build_response(  # type: ignore[return-value]  # all fields, in order (hot)
             state,
             result,
             refs,
@@ -380,8 +391,12 @@ class SubWorkflowResponse(Message):
             failed,
             detail,
             fields,
-            envelope_version=version,
+            version,
         )
+
+
+build_response = frozen_builder(SubWorkflowResponse)
+"""``SubWorkflowResponse`` from all its fields in order, ``envelope_version`` last."""
 
 
 @dataclass(frozen=True, slots=True)
