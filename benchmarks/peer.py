@@ -482,15 +482,14 @@ async def bench_deref(args: argparse.Namespace, rows: list[list[str]]) -> None:
             async def peer_fetch(client: Any = client, key: str = key) -> Any:
                 return await client.deref_session_ref(key)
 
-            reps = 3 if size <= 64 * MiB else 2
+            # Medians of several alternating reps: one transfer's bandwidth swings by 20-30%
+            # on this shared VM (a 256 MiB rep takes ~0.3 s a side).
+            reps = 15 if size <= MiB else 7 if size <= 64 * MiB else 5
             if args.quick:
-                reps = 2 if size <= MiB else 1
+                reps = 3 if size <= MiB else 1
             stats: dict[str, list[tuple[float, int, int, int]]] = {"raw": [], "peer": []}
-            # warm-up (small sizes only; a 512 MiB warm-up costs as much as a rep)
-            if size <= 64 * MiB:
-                del_ = await raw_fetch()
-                del del_
-                del_ = await peer_fetch()
+            for fetch in (raw_fetch, peer_fetch):  # warm-up: connections, first allocations
+                del_ = await fetch()
                 del del_
             for _ in range(reps):
                 for name, fetch in (("raw", raw_fetch), ("peer", peer_fetch)):
