@@ -6,12 +6,14 @@ import asyncio
 import os
 import threading
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 from apps.common import lying_deref_peer
 
 from peerflow import EncodeError, PeerClient, StartEvent, StopEvent, Workflow, step
 from peerflow.peer._assemble import PARALLEL_FROM
+from peerflow.peer.framing import frame
 from peerflow.testing import serve_in_process
 
 MiB = 1 << 20
@@ -93,3 +95,48 @@ async def test_a_cancelled_large_deref_stops_its_copier(monkeypatch: pytest.Monk
     finally:
         hang.set()
         await server.stop(0)
+
+
+async def _messages(items: list[bytes]) -> AsyncIterator[bytes]:
+    for item in items:
+        yield item
+
+
+async def test_a_payload_followed_by_unknown_fields_is_placed_from_its_own_offset() -> None:
+    from peerflow.peer._assemble import assemble
+
+    chunks = [os.urandom(MiB) for _ in range(9)]
+    # A newer sender's unknown field 2 (varint 5) after the payload, on every other message.
+    messages = [frame(c) + (b"\x10\x05" if i % 2 else b"") for i, c in enumerate(chunks)]
+    data = await assemble(_messages(messages), 9 * MiB, "peer")
+    assert data == b"".join(chunks)
+
+
+async def test_cancelling_while_the_copier_finishes_leaves_it_no_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from peerflow.peer import _assemble
+
+    release = threading.Event()
+    copying = threading.Event()
+    real_memmove = _assemble.ctypes.memmove
+    errors: list[BaseException] = []
+
+    def slow_memmove(dst: int, src: int, n: int) -> int:
+        copying.set()
+        release.wait(30)  # the copier is busy until the test lets it go
+        return real_memmove(dst, src, n)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(_assemble.ctypes, "memmove", slow_memmove)
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    messages = [frame(b"m" * MiB) for _ in range(8)]
+    fetch = asyncio.ensure_future(_assemble.assemble(_messages(messages), 8 * MiB, "peer"))
+    await asyncio.get_running_loop().run_in_executor(None, copying.wait, 30)
+    for _ in range(3):  # cancelled, and cancelled again while waiting for the copier
+        fetch.cancel()
+        await asyncio.sleep(0)
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await fetch
+    assert _copiers_end()
+    assert errors == []

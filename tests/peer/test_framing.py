@@ -188,3 +188,17 @@ def test_last_field_wins_and_missing_is_empty() -> None:
     assert bytes(unframe(b"\x0a\x01a\x0a\x01b")) == b"b"
     assert bytes(unframe(b"")) == b""
     assert bytes(unframe(b"\x10\x05")) == b""
+
+
+def test_payload_span_points_at_the_payload_wherever_it_sits() -> None:
+    from peerflow.peer.framing import frame, payload_span, unframe
+
+    for message in (
+        frame(b"abc"),
+        frame(b"abc") + b"\x10\x05",  # an unknown field after it
+        b"\x10\x05" + frame(b"abc"),  # and before it
+        frame(b"x" * 300),  # a two-byte length
+    ):
+        start, n = payload_span(message)
+        assert message[start : start + n] == bytes(unframe(message))
+    assert payload_span(b"") == (0, 0)

@@ -25,7 +25,7 @@ import threading
 from collections.abc import AsyncIterator
 
 from peerflow.errors import EncodeError, ResourceExhaustedError
-from peerflow.peer.framing import unframe
+from peerflow.peer.framing import payload_span
 
 __all__ = ["PARALLEL_FROM", "assemble"]
 
@@ -79,20 +79,35 @@ async def assemble(messages: AsyncIterator[bytes], total: int, address: str) -> 
             held.clear()  # before the result: the buffer is resizable once returned
             done.set_result(None)
 
+    def put(item: tuple[int, bytes, int, int] | None) -> None:
+        # Blocks the loop only while the copier is _QUEUED chunks behind (each ~0.5 ms);
+        # never for good: a copier that ended (it cannot, but) raises its error here.
+        while True:
+            try:
+                work.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if done.done():
+                    done.result()
+                    raise RuntimeError("the deref copier stopped") from None
+
+    # Running: a cancelled wait below cannot cancel it, so the copier's result always lands.
+    done.set_running_or_notify_cancel()
     threading.Thread(target=copier, name="peerflow-deref-copier", daemon=True).start()
     del view
     offset = 0
     try:
         async for message in messages:
-            chunk = unframe(message)
-            n = len(chunk)
+            if not isinstance(message, bytes):
+                raise EncodeError(f"{address} sent a chunk that is not bytes")
+            start, n = payload_span(message)  # the payload need not end the message
             if offset + n > total:
                 raise EncodeError(f"{address} sent more than the announced {total} bytes")
-            # The chunk's place in the message: unframe returns a view past the header.
-            work.put((offset, message, len(message) - n, n))
+            put((offset, message, start, n))
             offset += n
     finally:
-        work.put(None)
+        if not done.done():
+            put(None)
         await asyncio.wrap_future(done)
     if offset != total:
         raise EncodeError(f"{address} sent {offset} of {total} announced bytes")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from peerflow.errors import EncodeError
 
-__all__ = ["frame", "unframe"]
+__all__ = ["frame", "payload_span", "unframe"]
 
 _TAG = b"\x0a"
 
@@ -66,7 +66,21 @@ def unframe(message: bytes | memoryview) -> memoryview:
         n = data[1]
         if n < 0x80 and n + 2 == end:
             return data[2:]
-    payload = data[0:0]
+    start, n = payload_span(message)
+    return data[start : start + n]
+
+
+def payload_span(message: bytes | memoryview) -> tuple[int, int]:
+    """Where the ``postcard_payload`` of a framed message is: ``(offset, length)``.
+
+    The payload need not end the message: unknown fields may follow it (a newer sender's).
+
+    Raises:
+        EncodeError: the bytes are not a valid protobuf message of that shape.
+    """
+    data = memoryview(message)
+    end = len(data)
+    payload = (0, 0)
     pos = 0
     groups: list[int] = []  # open (deprecated) groups of unknown fields, skipped
     while pos < end:
@@ -79,7 +93,7 @@ def unframe(message: bytes | memoryview) -> memoryview:
             if length > end - pos:
                 raise EncodeError("postcard decode failed: protobuf length past the end")
             if field == 1 and not groups:
-                payload = data[pos : pos + length]
+                payload = (pos, length)
             pos += length
         elif wire_type == 0:
             _, pos = _read_varint(data, pos)
