@@ -251,3 +251,16 @@ def test_lifetime_of_encoded_refs() -> None:
     refs.end_run("r")
     assert refs.ttl_remaining(key) is not None
     assert RefLifetime.UNTIL_PARENT_FINISH  # documented lifetime of result refs
+
+
+def test_a_marker_whose_key_is_spelled_with_escapes_is_still_a_ref() -> None:
+    escaped = REF_MARKER.replace("_", "\\u005f").encode()  # the same key, as JSON may spell it
+    response = SubWorkflowResponse(
+        result_json=b'{"a":{"' + escaped + b'":"' + str(U1).encode() + b'"},"b":[1,"\\u00e9"]}',
+        state_json={"plain": b'{"k":[1,2,{"n":null}]}'},
+        event_type="blazen::StopEvent",
+        run_id="r",
+    )
+    result = _result(response)
+    assert result.result == {"a": ("ref", U1, None), "b": [1, "é"]}
+    assert result.state == {"plain": {"k": [1, 2, {"n": None}]}}  # no marker: as decoded

@@ -453,6 +453,21 @@ def _replace_markers(value: Any, make_ref: Callable[[uuid.UUID], Any]) -> Any:
     return value
 
 
+_MARKER_BYTES = REF_MARKER.encode()
+
+
+def _loads_refs(data: bytes, what: str, address: str, make_ref: Callable[[uuid.UUID], Any]) -> Any:
+    """JSON from a peer, its ref markers turned into handles.
+
+    Walked (and rebuilt) only when it may hold a marker: its key spelled out, or any
+    backslash-u escape (which could spell it); most results are taken as decoded.
+    """
+    value = _loads(data, what, address)
+    if _MARKER_BYTES in data or b"\\u" in data:
+        return _replace_markers(value, make_ref)
+    return value
+
+
 def _loads(data: bytes, what: str, address: str) -> Any:
     try:
         return orjson.loads(data)
@@ -535,9 +550,9 @@ def response_to_result(
         )
     result = None
     if response.result_json is not None:
-        result = _replace_markers(_loads(response.result_json, "result_json", address), handle)
+        result = _loads_refs(response.result_json, "result_json", address, handle)
     state = {
-        k: _replace_markers(_loads(v, f"state_json[{k!r}]", address), handle)
+        k: _loads_refs(v, f"state_json[{k!r}]", address, handle)
         for k, v in response.state_json.items()
     }
     event_type = response.event_type or STOP_EVENT_TYPE
