@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from peerflow.errors import EncodeError, ResourceExhaustedError
 from peerflow.peer.framing import payload_span
 
-__all__ = ["PARALLEL_FROM", "assemble"]
+__all__ = ["PARALLEL_FROM", "assemble", "no_memory"]
 
 PARALLEL_FROM = 8 << 20
 """Values at least this large are copied on a copier thread (smaller: not worth a thread)."""
@@ -37,6 +37,13 @@ _QUEUED = 16  # chunks received but not yet copied, at most (bounds the extra me
 _resize = ctypes.pythonapi.PyByteArray_Resize
 _resize.argtypes = [ctypes.py_object, ctypes.c_ssize_t]
 _resize.restype = ctypes.c_int
+
+
+def no_memory(total: int, address: str, why: str = "") -> ResourceExhaustedError:
+    """The error of a value announced by ``address`` that this process cannot hold."""
+    return ResourceExhaustedError(
+        f"no memory for the {total}-byte value {address} announced{why}", address=address
+    )
 
 
 def _address(data: bytes) -> int:
@@ -58,9 +65,7 @@ async def assemble(messages: AsyncIterator[bytes], total: int, address: str) -> 
         if _resize(buffer, total) != 0:
             raise MemoryError
     except MemoryError:
-        raise ResourceExhaustedError(
-            f"no memory for the {total}-byte value {address} announced", address=address
-        ) from None
+        raise no_memory(total, address) from None
     view = (ctypes.c_char * total).from_buffer(buffer)
     work: queue.Queue[tuple[int, bytes, int, int] | None] = queue.Queue(_QUEUED)
     done: concurrent.futures.Future[None] = concurrent.futures.Future()

@@ -16,7 +16,7 @@ import grpc
 
 from peerflow.errors import EncodeError, ResourceExhaustedError
 from peerflow.peer import tracing
-from peerflow.peer._assemble import PARALLEL_FROM, assemble
+from peerflow.peer._assemble import PARALLEL_FROM, assemble, no_memory
 from peerflow.peer.calls import Calls
 from peerflow.peer.framing import unframe
 from peerflow.peer.service import EXTENSION
@@ -75,11 +75,8 @@ async def stream_deref(
                     address=address,
                 )
             if total > _MEMORY:
-                raise ResourceExhaustedError(
-                    f"no memory for the {total}-byte value {address} announced (this "
-                    f"machine has {_MEMORY} bytes); nothing was allocated",
-                    address=address,
-                )
+                why = f" (this machine has {_MEMORY} bytes); nothing was allocated"
+                raise no_memory(total, address, why)
             if total >= PARALLEL_FROM:
                 value = await assemble(call, total, address)
                 return (str(tag) if tag is not None else None), value
@@ -115,6 +112,4 @@ def _append(buffer: bytearray, chunk: memoryview, total: int, address: str) -> N
     try:
         buffer += chunk
     except MemoryError:
-        raise ResourceExhaustedError(
-            f"no memory for the {total}-byte value {address} announced", address=address
-        ) from None
+        raise no_memory(total, address) from None

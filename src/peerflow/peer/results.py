@@ -562,7 +562,7 @@ def response_to_result(
         if isinstance(decoded, dict):
             fields = _replace_markers(decoded, handle)
     event = _terminal_event(event_type, result, fields)
-    usage = response.usage or Usage()
+    usage = response.usage or NO_USAGE
     return build_workflow_result(  # WorkflowResult's fields, in order
         result,
         event,

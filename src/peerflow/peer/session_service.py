@@ -118,14 +118,7 @@ class ServedSession:
         self._reading_done = False
         self._closing = False  # the session is ending: its calls end without a frame
         self._failure: PeerflowError | None = None
-        self._caller: str | None = None
-
-    @property
-    def caller(self) -> str:
-        """The calling node's id (read from the session's metadata once)."""
-        if self._caller is None:
-            self._caller = caller_node(self.context)
-        return self._caller
+        self.caller = caller_node(context)  # every call's caller: read from metadata once
 
     # -- the RPC -------------------------------------------------------------------------
 
