@@ -225,8 +225,13 @@ class HostedRun(Protocol):
         """Call ``callback()`` on the run's loop once :attr:`threads` is 0 (now if it is)."""
         ...
 
-    async def drive(self) -> WorkflowResult:
+    async def drive(self, *, inline: bool = False) -> WorkflowResult:
         """Run it to its end and return its result.
+
+        ``inline=True`` is the host's promise to cancel the awaiting task at most once (it
+        stops the run any other time with :meth:`cancel`). The engine may then run the
+        first step in that task instead of a task of its own (cheaper; the host's cancel
+        reaches that step directly rather than through the run). Engines may ignore it.
 
         Raises:
             WorkflowError: it failed (``WorkflowCancelledError``, ``WorkflowTimeoutError``

@@ -407,3 +407,45 @@ async def test_a_session_ended_by_the_idle_timeout_leaves_no_traceback(
     gc.collect()  # a task's exception nobody retrieved is logged when it is collected
     text = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
     assert "Traceback" not in text and not any(r.exc_info for r in caplog.records), text[-3000:]
+
+
+async def test_a_call_cancelled_twice_lets_its_run_finish_cleaning_up() -> None:
+    # The session drives a call's run in the call's own task and promises to cancel that
+    # task once: a second CancelCall (or the caller leaving) must not cut the cleanup.
+    entered, in_cleanup, gate = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    cleanup: list[str] = []
+
+    @step(name="tidy::slow")
+    async def slow(ctx: Context, ev: StartEvent) -> StopEvent:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            in_cleanup.set()
+            await gate.wait()
+            cleanup.append("finished")
+        return StopEvent()
+
+    registry = Registry()
+    registry.register_workflow(Workflow("tidy", [slow]))
+    peer = PeerServer("sess-tidy", registry=registry)
+    await peer.start("127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{peer.port}") as ch:
+            raw = Raw(ch)
+            await raw.next_frame()  # the credits
+            raw.send(start(1, "tidy"))
+            await entered.wait()
+            raw.send(CancelCall(1))
+            await in_cleanup.wait()
+            raw.send(CancelCall(1), CancelCall(1), Ping(7))
+            seen = await raw.until(nonce=7)  # both cancels were handled before the Pong
+            assert not any(isinstance(f, CallResult | CallError) for f in seen)
+            gate.set()
+            final = await raw.next_frame()
+            assert isinstance(final, CallError) and final.code == C.CANCELLED.value[0]
+            assert cleanup == ["finished"]
+            raw.half_close()
+            assert await raw.call.code() is C.OK
+    finally:
+        await peer.stop(grace=0)

@@ -218,3 +218,25 @@ async def test_cross_origin_writes_are_refused(peer: Peer) -> None:
     same = await client.post("/api/workflows/echo/runs", json={}, headers={"Origin": peer.url})
     assert same.status_code == 202, host
     assert (await client.get("/api/runs", headers=evil)).status_code == 200  # reads pass
+
+
+async def test_a_change_right_after_a_reader_looked_is_not_missed() -> None:
+    # A reader checks the record, then waits for its next change; the run may end in
+    # between (before a task made of the wait would first run). The waiter exists from
+    # the call on, so the end still wakes it.
+    from peerflow import StartEvent, StopEvent, Workflow, step
+    from peerflow.http.board import RunBoard
+
+    @step
+    async def one(ctx: object, ev: StartEvent) -> StopEvent:
+        return StopEvent(result=1)
+
+    run = Workflow("one", [one]).open_run(StartEvent(), streaming=False)
+    board = RunBoard()
+    board.run_started(run, "caller")
+    record = board.get(run.run_id)
+    assert record is not None and not record.ended
+    changed = asyncio.wait_for(record.wait_change(), 5)
+    board.run_ended(run, 0.01)  # before the wait_for above has run at all
+    await changed
+    assert record.ended

@@ -182,11 +182,16 @@ class RunRecord:
             if not changed.done():
                 changed.set_result(None)
 
-    async def wait_change(self) -> None:
-        """Wait until an event is added or the run ends."""
+    def wait_change(self) -> asyncio.Future[None]:
+        """What completes once an event is added or the run ends, from this call on.
+
+        The waiter exists when this returns (not when the caller's task first runs), so a
+        change right after a caller looked cannot be missed: ``wait_for`` wraps a
+        coroutine in a task that starts a loop turn later, and the run may end meanwhile.
+        """
         if self._changed is None:
             self._changed = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._changed)
+        return asyncio.shield(self._changed)
 
 
 class RunBoard:

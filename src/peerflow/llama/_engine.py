@@ -261,8 +261,10 @@ class LlamaRun:
 
     # -- what a host does ----------------------------------------------------------------
 
-    async def drive(self) -> WorkflowResult:
+    async def drive(self, *, inline: bool = False) -> WorkflowResult:
         """Run it with llama-index's runtime to its end (see ``HostedRun.drive``).
+
+        ``inline`` is accepted and ignored: llama-index's runtime starts its own tasks.
 
         Raises:
             WorkflowError: it failed, timed out (``WorkflowTimeoutError``) or was

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -37,13 +37,20 @@ async def abort(context: grpc.aio.ServicerContext, exc: PeerflowError) -> None:
     await context.abort(code, details)
 
 
+Q = TypeVar("Q")
+R = TypeVar("R")
+
+
 def guard(
     method: str,
-    fn: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]],
-) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
-    """A unary handler inside the failure boundary (its span, errors as statuses)."""
+    fn: Callable[[Q, grpc.aio.ServicerContext], Awaitable[R]],
+) -> Callable[[Q, grpc.aio.ServicerContext], Awaitable[R]]:
+    """A coroutine handler inside the failure boundary (its span, errors as statuses).
 
-    async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    Unary handlers, and the session's (which writes with ``context.write``).
+    """
+
+    async def handler(request: Q, context: grpc.aio.ServicerContext) -> R:
         metadata = context.invocation_metadata() if telemetry.enabled() else None
         with tracing.served_rpc_span(method, metadata, servicer_context=context):
             try:

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 import grpc
 
@@ -99,11 +99,15 @@ def _counting(owner: _HasObserver, method: str) -> Scope:
     return scope
 
 
+Q = TypeVar("Q")
+R = TypeVar("R")
+
+
 def counted_unary(
     owner: _HasObserver,
     method: str,
-    fn: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]],
-) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+    fn: Callable[[Q, grpc.aio.ServicerContext], Awaitable[R]],
+) -> Callable[[Q, grpc.aio.ServicerContext], Awaitable[R]]:
     """``fn``, reporting its final status to ``owner.observer`` when one is set.
 
     Wrap the handler inside the failure boundary (``peer._boundary.guard``): the status is

@@ -172,16 +172,15 @@ class PeerService:
                 for name, fn in streams.items()
             }
         )
+        # The session writes with context.write (its own idle guard): a coroutine handler.
         session = SESSION_METHOD
         table[session] = grpc.stream_stream_rpc_method_handler(
-            guard_stream(session, counted_stream(self, session, self._session), idle)
+            guard(session, counted_unary(self, session, self._session))
         )
         return table
 
-    def _session(
-        self, requests: Any, context: grpc.aio.ServicerContext
-    ) -> AsyncGenerator[bytes, None]:
-        return serve_session(self, requests, context)
+    async def _session(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+        await serve_session(self, requests, context)
 
     @staticmethod
     def _decode(cls: type[M], request: bytes) -> M:
@@ -352,8 +351,17 @@ class PeerService:
         return response
 
     async def _drive(
-        self, run: HostedRun, context: grpc.aio.ServicerContext, caller: str | None = None
+        self,
+        run: HostedRun,
+        context: grpc.aio.ServicerContext,
+        caller: str | None = None,
+        *,
+        inline: bool = False,
     ) -> wire.SubWorkflowResponse:
+        """Drive ``run`` in this task; its response (or its error as one).
+
+        ``inline``: this task is cancelled at most once (``HostedRun.drive``).
+        """
         started = time.perf_counter()
         self.runs_started += 1
         self._runs.add(run)
@@ -367,9 +375,9 @@ class PeerService:
                     # Opened here, not by Workflow.run: this task's current span is the
                     # served RPC's, so the run (and its steps) join the caller's trace.
                     with telemetry.run_span(run.workflow_name, run.run_id):
-                        result = await run.drive()
+                        result = await run.drive(inline=inline)
                 else:
-                    result = await run.drive()
+                    result = await run.drive(inline=inline)
                 error = None
             except WorkflowError as exc:
                 result, error, outcome = None, exc, exc.kind

@@ -30,7 +30,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -45,6 +45,7 @@ from peerflow.errors import (
 from peerflow.events import InputRequiredEvent
 from peerflow.peer import protocol as wire
 from peerflow.peer import tracing
+from peerflow.peer._boundary import end_call
 from peerflow.peer._refusals import note_refusal
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.named import check_run_id
@@ -86,10 +87,11 @@ log = logging.getLogger("peerflow.server")
 _OUT_BUDGET = 4 << 20  # queued bytes beyond which the reader and event forwarders wait
 _FRAME_COST = 64  # bytes a queued frame costs besides its data (its bytes object, its slot)
 _TURN = 256  # frames the reader handles before letting the loop run
+_IDLE_CHECKS = 4  # the writer's guard looks this many times per stream_idle_timeout
 
 
 class _ServedCall:
-    __slots__ = ("answered", "call_id", "conversation", "run", "task")
+    __slots__ = ("answered", "call_id", "cancelled", "conversation", "run", "task")
 
     def __init__(self, call_id: int, conversation: bool) -> None:
         self.call_id = call_id
@@ -97,6 +99,13 @@ class _ServedCall:
         self.task: asyncio.Task[None] | None = None
         self.run: HostedRun | None = None
         self.answered = False  # its final frame (result or error) is on its way
+        self.cancelled = False  # its task was cancelled (once: its run may be driven inline)
+
+    def cancel(self) -> None:
+        """Stop the call's task: once, and not while it writes its outcome."""
+        if self.task is not None and not self.cancelled and not self.answered:
+            self.cancelled = True
+            self.task.cancel()
 
 
 class ServedSession:
@@ -118,40 +127,93 @@ class ServedSession:
         self._reading_done = False
         self._closing = False  # the session is ending: its calls end without a frame
         self._failure: PeerflowError | None = None
+        self._writing = False  # a write is in flight (gRPC takes one at a time)
+        self._write_began: float | None = None  # loop time the write in flight began
+        self._idle = service.limits.stream_idle_timeout
+        self._guard: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None  # the RPC's task (serve)
         self.caller = caller_node(context)  # every call's caller: read from metadata once
 
     # -- the RPC -------------------------------------------------------------------------
 
-    async def serve(self, requests: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
-        """The response stream: batches of frames until the caller is done and calls end.
+    async def serve(self, requests: AsyncIterator[bytes]) -> None:
+        """Serve the session until the caller is done and its calls end (the RPC's task).
+
+        Frames are written by whichever task queued them when no write is in flight (a
+        call's task writes its own result: no hand-off to another task); this task writes
+        what others queued without writing (credits, pongs, a cancelled call's error).
 
         Raises:
             PeerflowError: the caller sent something that is not a session batch (the
                 session ends with its status; its runs are cancelled).
         """
+        self._task = asyncio.current_task()
         reader = asyncio.ensure_future(self._read(requests))
+        self._guard = self._loop.call_later(self._idle / _IDLE_CHECKS, self._check_idle)
         self._send(Credits(self.window))
         try:
             while True:
-                if not self._out:
-                    if self._failure is not None:
-                        raise self._failure
-                    if self._reading_done and not self.calls:
-                        return
-                    self._ready.clear()
-                    await self._ready.wait()
+                if self._out and not self._writing:
+                    await self._flush()
                     continue
-                yield frame(self._take_batch())
+                if self._failure is not None:
+                    raise self._failure
+                if self._reading_done and not self.calls and not self._writing:
+                    return
+                self._ready.clear()
+                await self._ready.wait()
         finally:
             self._closing = True
+            if self._guard is not None:
+                self._guard.cancel()
             reader.cancel()
             tasks = [c.task for c in self.calls.values() if c.task is not None]
-            for task in tasks:
-                task.cancel()
+            for call in self.calls.values():
+                if call.task is not None and (call.answered or not call.cancelled):
+                    call.task.cancel()  # a run past its end (answered) may be stopped again
             if tasks:
                 await asyncio.wait(tasks)
             with contextlib.suppress(asyncio.CancelledError):
                 await reader  # it ends by itself on every path but cancellation
+
+    async def _flush(self) -> None:
+        """Write every queued frame, a batch per message, from the calling task.
+
+        Only one write is in flight on a gRPC call: a task that finds one going leaves its
+        frames to the writer, which takes them before it returns.
+        """
+        self._writing = True
+        try:
+            while self._out and not self._closing:
+                batch = frame(self._take_batch())
+                self._write_began = self._loop.time()
+                await self.context.write(batch)
+        finally:
+            self._writing = False
+            self._write_began = None
+            if self._reading_done or self._out:
+                self._ready.set()  # the session's task decides what comes next
+
+    def _check_idle(self) -> None:
+        """The writer's guard: a write not taken for ``idle`` seconds ends the session.
+
+        Checked a few times per ``idle`` rather than armed around every write.
+        """
+        began = self._write_began
+        if began is not None and self._loop.time() - began >= self._idle:
+            task = self._task
+            if task is not None:
+                self._guard = None
+                end_call(
+                    task,
+                    self.context,
+                    TransportError(
+                        f"the caller took no message for {self._idle:g}s; stream stopped "
+                        "(stream_idle_timeout)"
+                    ),
+                )
+                return
+        self._guard = self._loop.call_later(self._idle / _IDLE_CHECKS, self._check_idle)
 
     def _take_batch(self) -> bytes:
         out, size = self._out, 0
@@ -169,7 +231,8 @@ class ServedSession:
             self._drained.set()
         return join_batch(parts)
 
-    def _send(self, f: Frame) -> None:
+    def _send(self, f: Frame, wake: bool = True) -> None:
+        """Queue a frame; ``wake=False``: the caller flushes it (``_flush``) itself."""
         data = encode_frame(f)
         if len(data) > self.max_batch and isinstance(f, CallResult):
             # More than the caller's channel takes in one message: refused like the unary
@@ -186,7 +249,8 @@ class ServedSession:
         self._queued += len(data) + _FRAME_COST
         if self._queued > _OUT_BUDGET:
             self._drained.clear()
-        self._ready.set()
+        if wake:
+            self._ready.set()
 
     async def _read(self, requests: AsyncIterator[bytes]) -> None:
         try:
@@ -215,8 +279,8 @@ class ServedSession:
             self._answer(f)
         elif isinstance(f, CancelCall):
             call = self.calls.get(f.call_id)
-            if call is not None and call.task is not None:
-                call.task.cancel()
+            if call is not None:
+                call.cancel()
         elif isinstance(f, Ping):
             self._send(Pong(f.nonce))
         elif isinstance(f, Pong):
@@ -272,9 +336,9 @@ class ServedSession:
         with contextlib.suppress(ValidationError):  # the run has ended: the answer is too late
             run.send_event(event)
 
-    def _fail_call(self, call_id: int, exc: PeerflowError) -> None:
+    def _fail_call(self, call_id: int, exc: PeerflowError, wake: bool = True) -> None:
         code, details = status_for(exc)
-        self._send(CallError(call_id, code.value[0], details))
+        self._send(CallError(call_id, code.value[0], details), wake)
 
     async def _serve_call(self, call: _ServedCall, start: StartCall) -> None:
         try:
@@ -286,16 +350,18 @@ class ServedSession:
             else:  # no span to open (a cached check)
                 response = await self._run_call(call, start)
             call.answered = True
-            self._send(CallResult(call.call_id, response))
+            self._send(CallResult(call.call_id, response), wake=False)
             self._count(start, "OK")
         except PeerflowError as exc:
             note_refusal(SESSION_METHOD, exc, self.context.peer())
             call.answered = True
-            self._fail_call(call.call_id, exc)
+            self._fail_call(call.call_id, exc, wake=False)
             self._count(start, status_for(exc)[0].name)
         except asyncio.CancelledError:
             self._count(start, "CANCELLED")
             raise
+        if not self._writing:
+            await self._flush()  # this task writes its outcome: no hand-off to the writer
 
     def _count(self, start: StartCall, code: str) -> None:
         """Report a call's status as the RPC it stands for (metrics read the same)."""
@@ -317,8 +383,8 @@ class ServedSession:
                 answerable=start.mode is CallMode.CONVERSATION,
                 run_id=run_id,
             )
-            if not streaming:
-                return await service._drive(run, self.context, self.caller)
+            if not streaming:  # this task drives the run (cancelled once: _ServedCall.cancel)
+                return await service._drive(run, self.context, self.caller, inline=True)
             driver = asyncio.ensure_future(service._drive(run, self.context, self.caller))
             try:
                 async for event, payload in service._event_payloads(run, self.max_batch):
@@ -350,8 +416,8 @@ def _caller_limit(context: grpc.aio.ServicerContext) -> int:
 
 async def serve_session(
     service: PeerService, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-) -> AsyncGenerator[bytes, None]:
-    """``PeerExtensions/Session``: the handler (raw batches in and out).
+) -> None:
+    """``PeerExtensions/Session``: the handler (raw batches in, written with ``context``).
 
     Raises:
         TransportError: the peer is shutting down (no new session opens).
@@ -360,12 +426,7 @@ async def serve_session(
         raise TransportError(service.closing)
     session = ServedSession(service, context)
     service.sessions.add(session)
-    batches = session.serve(requests)
     try:
-        async for batch in batches:
-            yield batch
+        await session.serve(requests)
     finally:
-        try:
-            await batches.aclose()
-        finally:
-            service.sessions.discard(session)
+        service.sessions.discard(session)

@@ -57,6 +57,16 @@ Finalizer = Callable[[], Awaitable[None]]
 _MISSING = object()
 
 
+def _resume_after_interrupt() -> bool:
+    """After the run stopped its inline step: whether this task goes on (not cancelled).
+
+    Withdraws the run's own cancel request; True unless someone else cancelled the task
+    too. A function, so no frame of the caller holds its task (see ``_being_cancelled``).
+    """
+    task = asyncio.current_task()
+    return task is not None and task.uncancel() == 0
+
+
 class Run:
     """One run: built by :meth:`Workflow.open_run <peerflow.workflow.Workflow.open_run>`.
 
@@ -119,6 +129,8 @@ class Run:
         self.threads = 0  # sync-step calls whose thread has not returned (may outlive the run)
         self.waiters: list[tuple[str, dict[str, Any], asyncio.Future[Event]]] = []
         self._on_threads_done: list[Callable[[], None]] = []
+        self._inline: asyncio.Task[Any] | None = None  # drive()'s task, running a step itself
+        self._interrupted = False  # the outcome was decided while that step ran: it was stopped
         self._runners: dict[str, StepRunner] = {}
         self._routes: dict[str, list[StepRunner]] = {}
         for event_type, specs in routes.items():
@@ -385,6 +397,13 @@ class Run:
                 self.stream.put_last(last)
             if not self.done.done():
                 self.done.set_result(None)
+            if self._inline is not None:
+                # A step this run's driving task runs itself stops as a worker would: at its
+                # next await (asked from the loop, never from inside that task's own step).
+                if asyncio.current_task() is self._inline:
+                    self.loop.call_soon(self._interrupt_inline)
+                else:
+                    self._interrupt_inline()
 
     @property
     def outcome(self) -> RunOutcome | None:
@@ -392,11 +411,18 @@ class Run:
         ended_with = self.ended_with
         return None if ended_with is None else outcome_of(ended_with)
 
-    async def drive(self) -> WorkflowResult:
-        """Start the run, wait for its outcome, stop every step, return or raise."""
+    async def drive(self, *, inline: bool = False) -> WorkflowResult:
+        """Start the run, wait for its outcome, stop every step, return or raise.
+
+        ``inline``: the host cancels this task at most once (see ``HostedRun.drive``);
+        the first step may then run in it (``_inline_runner``).
+        """
         if self.ended_with is None:
             self.state = RunState.RUNNING
-        if self.journal is None:
+        first = self._inline_runner() if inline else None
+        if first is not None:
+            self.pending += 1  # the start event, taken by this task below (see _run_inline)
+        elif self.journal is None:
             self.dispatch(self.start_event)
         else:
             self.journal.begin(self)
@@ -408,8 +434,16 @@ class Run:
         # driving the run is never cancelled for it.
         timer = None if self.timeout is None else self.loop.call_later(self.timeout, self._expire)
         try:
+            if first is not None:
+                await self._run_inline(first)
             await self.done
         except asyncio.CancelledError:
+            interrupted, self._interrupted = self._interrupted, False
+            if interrupted and _resume_after_interrupt():
+                # The inline step was stopped because the outcome was decided: carry on as
+                # a driver woken by that outcome would.
+                await self._shutdown()
+                return self._result()
             self.fail(self.cancelled_error())
             await self._shutdown()
             raise
@@ -418,6 +452,48 @@ class Run:
                 timer.cancel()
         await self._shutdown()
         return self._result()
+
+    def _inline_runner(self) -> StepRunner | None:
+        """The step the driving task runs the start event in itself, when it may.
+
+        A run's first step normally gets a worker task while the driving task waits for
+        the outcome. When the host allows it (``drive(inline=True)``) and the start event
+        goes to exactly one step, the driving task runs that step itself: one task and two
+        loop turns less per run. The step is stopped as a worker would be once the outcome
+        is decided elsewhere (timeout, cancel(), another step), after the context says
+        so; the host's one cancel of the driving task reaches the step directly.
+        """
+        if self.journal is not None or self.ended_with is not None or self.waiters or self.early:
+            return None
+        runners = self._routes.get(self.start_event.event_type)
+        if runners is None or len(runners) != 1 or runners[0].workers:
+            return None
+        return runners[0]
+
+    async def _run_inline(self, runner: StepRunner) -> None:
+        """Run ``runner``'s step on the start event in this task (see ``_inline_runner``)."""
+        self._inline = asyncio.current_task()
+        runner.inline = 1  # the step's worker slot is taken by this task
+        try:
+            await runner.take(self.start_event)
+        finally:
+            self._inline = None
+            runner.inline = 0
+        if self._interrupted:  # the step returned although it was stopped: withdraw the stop
+            self._interrupted = False
+            if not _resume_after_interrupt():
+                raise asyncio.CancelledError  # the host cancelled it too
+        if self.ended_with is None:
+            runner.continue_queue()  # what the step sent itself meanwhile: a worker takes it
+            if self.pending == 0:
+                self.check_stalled()
+
+    def _interrupt_inline(self) -> None:
+        task = self._inline
+        if task is not None and not self._interrupted:
+            self._interrupted = True
+            self.ctx._mark_cancelled()  # as _shutdown does before it stops a worker
+            task.cancel()
 
     def _expire(self) -> None:
         """The run's timeout has passed: it ends as timed out (unless already decided)."""

@@ -99,7 +99,7 @@ class AttemptGate:
 class StepRunner:
     """One step's queue and its lazily started workers."""
 
-    __slots__ = ("idle", "queue", "run", "spec", "workers")
+    __slots__ = ("idle", "inline", "queue", "run", "spec", "workers")
 
     def __init__(self, spec: StepSpec, run: Run) -> None:
         self.spec = spec
@@ -107,6 +107,7 @@ class StepRunner:
         self.queue: deque[Event] = deque()
         self.workers: list[asyncio.Task[None]] = []
         self.idle: deque[asyncio.Future[None]] = deque()
+        self.inline = 0  # 1 while the run's driving task runs this step itself
 
     def submit(self, event: Event) -> None:
         self.queue.append(event)
@@ -116,8 +117,35 @@ class StepRunner:
             if not waiter.done():
                 waiter.set_result(None)
                 return
-        if len(self.workers) < self.spec.num_workers:
+        if len(self.workers) + self.inline < self.spec.num_workers:
             self.workers.append(self.run.loop.create_task(self._work()))
+
+    def continue_queue(self) -> None:
+        """After the run's driving task ran this step itself: a worker takes the queue.
+
+        What the step sent itself meanwhile waits for it, as it would for a worker.
+        """
+        if self.queue and len(self.workers) < self.spec.num_workers:
+            self.workers.append(self.run.loop.create_task(self._work()))
+
+    async def take(self, event: Event) -> None:
+        """Run the step on one event taken from the queue (or the start event, inline)."""
+        run = self.run
+        try:
+            await execute(run, self.spec, event)
+        except Exception as exc:  # routing what the step returned failed: end the run
+            run.fail(
+                WorkflowError(
+                    f"step `{self.spec.id}` of workflow `{run.workflow_name}` could not be "
+                    f"completed: {type(exc).__name__}: {describe(exc)} (run {run.run_id})",
+                    step_id=self.spec.id,
+                    cause=exc,
+                    run_id=run.run_id,
+                    workflow=run.workflow_name,
+                )
+            )
+        finally:
+            run.pending -= 1
 
     async def _work(self) -> None:
         run = self.run
@@ -127,22 +155,7 @@ class StepRunner:
                 waiter = run.loop.create_future()
                 self.idle.append(waiter)
                 await waiter
-            event = queue.popleft()
-            try:
-                await execute(run, self.spec, event)
-            except Exception as exc:  # routing what the step returned failed: end the run
-                run.fail(
-                    WorkflowError(
-                        f"step `{self.spec.id}` of workflow `{run.workflow_name}` could not be "
-                        f"completed: {type(exc).__name__}: {describe(exc)} (run {run.run_id})",
-                        step_id=self.spec.id,
-                        cause=exc,
-                        run_id=run.run_id,
-                        workflow=run.workflow_name,
-                    )
-                )
-            finally:
-                run.pending -= 1
+            await self.take(queue.popleft())
             if queue and run.ended_with is None:
                 # More work for this step at once (a step that feeds itself, a burst): yield
                 # to the loop first, or a step that never awaits would starve it — the run's
