@@ -515,16 +515,16 @@ def response_to_result(
         EncodeError: the response's JSON is malformed.
     """
     known = response.run_id is not None  # peerflow peers send the extensions
-    explicit = set(response.explicit_refs or ())
 
     def lifetime(ref_uuid: uuid.UUID) -> RefLifetime | None:
         if not known:
             return None
-        if ref_uuid in explicit:
+        if ref_uuid in (response.explicit_refs or ()):
             return RefLifetime.UNTIL_EXPLICIT_DROP
         return RefLifetime.UNTIL_PARENT_FINISH
 
-    handles = {k: make_ref(k, d, lifetime(k)) for k, d in response.remote_refs.items()}
+    refs = response.remote_refs
+    handles = {k: make_ref(k, d, lifetime(k)) for k, d in refs.items()} if refs else {}
 
     def handle(ref_uuid: uuid.UUID) -> Any:
         found = handles.get(ref_uuid)
@@ -551,10 +551,14 @@ def response_to_result(
     result = None
     if response.result_json is not None:
         result = _loads_refs(response.result_json, "result_json", address, handle)
-    state = {
-        k: _loads_refs(v, f"state_json[{k!r}]", address, handle)
-        for k, v in response.state_json.items()
-    }
+    state = (
+        {
+            k: _loads_refs(v, f"state_json[{k!r}]", address, handle)
+            for k, v in response.state_json.items()
+        }
+        if response.state_json
+        else {}
+    )
     event_type = response.event_type or STOP_EVENT_TYPE
     fields: dict[str, Any] = {}
     if response.event_fields_json is not None:
@@ -571,7 +575,7 @@ def response_to_result(
         usage.input_tokens,
         usage.output_tokens,
         usage.cost_usd,
-        RefMap((RegistryKey(k), v) for k, v in handles.items()),
+        RefMap((RegistryKey(k), v) for k, v in handles.items()) if handles else RefMap(),
         response.run_id or "",
         workflow,
     )

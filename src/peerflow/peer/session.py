@@ -25,6 +25,7 @@ import grpc
 
 from peerflow.errors import PeerflowError, RemoteWorkflowError, ValidationError
 from peerflow.peer import protocol as wire
+from peerflow.peer._signal import Signal
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.session_wire import (
     AnswerInput,
@@ -253,7 +254,7 @@ class Session:
         self._in_flight = 0
         self._credit_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._out: collections.deque[bytes] = collections.deque()
-        self._ready = asyncio.Event()
+        self._ready = Signal()
         self._opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._call = channel.stream_stream(SESSION_METHOD)(
             self._requests(), metadata=(*(metadata or ()), (MAX_MESSAGE_HEADER, str(receive)))
@@ -305,7 +306,6 @@ class Session:
             if not out:
                 if self.state is not SessionState.OPEN:
                     return
-                self._ready.clear()
                 await self._ready.wait()
                 continue
             parts: list[bytes] = []

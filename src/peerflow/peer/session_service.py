@@ -47,6 +47,7 @@ from peerflow.peer import protocol as wire
 from peerflow.peer import tracing
 from peerflow.peer._boundary import end_call
 from peerflow.peer._refusals import note_refusal
+from peerflow.peer._signal import Signal
 from peerflow.peer.framing import frame, unframe
 from peerflow.peer.named import check_run_id
 from peerflow.peer.node_agent import caller_node
@@ -121,7 +122,7 @@ class ServedSession:
         self._loop = asyncio.get_running_loop()
         self._out: collections.deque[bytes] = collections.deque()
         self._queued = 0
-        self._ready = asyncio.Event()
+        self._ready = Signal()
         self._drained = asyncio.Event()
         self._drained.set()
         self._reading_done = False
@@ -160,7 +161,6 @@ class ServedSession:
                     raise self._failure
                 if self._reading_done and not self.calls and not self._writing:
                     return
-                self._ready.clear()
                 await self._ready.wait()
         finally:
             self._closing = True
@@ -317,7 +317,8 @@ class ServedSession:
                     f"{what} was cancelled by its caller",
                 )
             )
-        self._ready.set()
+        elif self._reading_done:
+            self._ready.set()  # the session's task ends once the last call has
 
     def _answer(self, answer: AnswerInput) -> None:
         call = self.calls.get(answer.call_id)

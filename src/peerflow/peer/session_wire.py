@@ -299,10 +299,20 @@ def encode_frame(f: Frame) -> bytes:
 
 def join_batch(encoded: list[bytes]) -> bytes:
     """The batch of frames already encoded by :func:`encode_frame`."""
+    if len(encoded) == 1:
+        return _ONE_FRAME_HEAD + encoded[0]  # one call in flight: every message
+    return _head(len(encoded)) + b"".join(encoded)
+
+
+def _head(count: int) -> bytes:
+    """A batch's header: the envelope version, then the frame count."""
     w = Writer()
     w.write_u32(ENVELOPE_VERSION)
-    w.write_len(len(encoded))
-    return w.getvalue() + b"".join(encoded)
+    w.write_len(count)
+    return w.getvalue()
+
+
+_ONE_FRAME_HEAD = _head(1)
 
 
 def encode_batch(frames: Iterable[Frame]) -> bytes:
