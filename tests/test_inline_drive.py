@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -232,3 +234,58 @@ async def test_a_step_that_ends_without_a_stop_event_stalls_the_run() -> None:
 
     with pytest.raises(WorkflowError, match="cannot progress"):
         await _drive(Workflow("stall", [nothing]))
+
+
+@pytest.mark.parametrize("inline", [False, True])
+async def test_a_cancel_of_the_driving_task_swallowed_by_the_step_still_cancels_the_run(
+    inline: bool,
+) -> None:
+    started = asyncio.Event()
+
+    @step
+    async def first(ctx: Context, ev: StartEvent) -> Side:
+        started.set()
+        with contextlib.suppress(asyncio.CancelledError):  # e.g. awaiting a child it cancels
+            await asyncio.Event().wait()
+        return Side()
+
+    @step
+    async def second(ctx: Context, ev: Side) -> StopEvent:
+        await asyncio.Event().wait()
+        return StopEvent(result="finished")
+
+    run = Workflow("swallow", [first, second]).open_run(StartEvent(), streaming=False)
+    driving = asyncio.ensure_future(run.drive(inline=inline))
+    await started.wait()
+    driving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await driving
+    assert isinstance(run.ended_with, WorkflowCancelledError)
+
+
+@pytest.mark.parametrize("inline", [False, True])
+async def test_a_timed_out_steps_locals_are_not_kept_by_the_runs_error(inline: bool) -> None:
+    class Big:
+        pass
+
+    refs: list[weakref.ref[Big]] = []
+
+    @step
+    async def slow(ctx: Context, ev: StartEvent) -> StopEvent:
+        big = Big()
+        refs.append(weakref.ref(big))
+        await asyncio.Event().wait()
+        return StopEvent()
+
+    gc.collect()
+    gc.disable()  # only refcounting frees it: nothing may hold the step's frame
+    try:
+        run = Workflow("frames", [slow]).open_run(StartEvent(), streaming=False, timeout=0.02)
+        with pytest.raises(WorkflowTimeoutError) as caught:
+            await run.drive(inline=inline)
+        error = caught.value
+        await asyncio.sleep(0)  # callbacks already scheduled (the stopped wait's) run first
+        assert refs[0]() is None  # while the caller still holds the run's error
+        assert error.run_id == run.run_id
+    finally:
+        gc.enable()

@@ -228,10 +228,11 @@ class HostedRun(Protocol):
     async def drive(self, *, inline: bool = False) -> WorkflowResult:
         """Run it to its end and return its result.
 
-        ``inline=True`` is the host's promise to cancel the awaiting task at most once (it
-        stops the run any other time with :meth:`cancel`). The engine may then run the
-        first step in that task instead of a task of its own (cheaper; the host's cancel
-        reaches that step directly rather than through the run). Engines may ignore it.
+        ``inline=True``: the host stops the run with :meth:`cancel`, not by cancelling the
+        awaiting task. The engine may then run the first step in that task instead of a
+        task of its own (cheaper). Should the task be cancelled anyway, that cancel reaches
+        the step before the run is decided (the run still ends cancelled). Engines may
+        ignore it.
 
         Raises:
             WorkflowError: it failed (``WorkflowCancelledError``, ``WorkflowTimeoutError``

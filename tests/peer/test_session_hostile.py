@@ -449,3 +449,163 @@ async def test_a_call_cancelled_twice_lets_its_run_finish_cleaning_up() -> None:
             assert await raw.call.code() is C.OK
     finally:
         await peer.stop(grace=0)
+
+
+async def test_cancel_call_stops_a_run_whose_step_swallows_it_and_the_session_ends() -> None:
+    entered = asyncio.Event()
+
+    class Next(Event):
+        pass
+
+    @step(name="sw::first")
+    async def first(ctx: Context, ev: StartEvent) -> Next:
+        entered.set()
+        with contextlib.suppress(asyncio.CancelledError):  # e.g. awaiting a child it cancelled
+            await asyncio.Event().wait()
+        return Next()
+
+    @step(name="sw::second")
+    async def second(ctx: Context, ev: Next) -> StopEvent:
+        await asyncio.Event().wait()
+        return StopEvent()
+
+    registry = Registry()
+    registry.register_workflow(Workflow("sw", [first, second]))
+    peer = PeerServer("sess-sw", registry=registry)
+    await peer.start("127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{peer.port}") as ch:
+            raw = Raw(ch)
+            await raw.next_frame()
+            raw.send(start(1, "sw"))
+            await entered.wait()
+            raw.send(CancelCall(1))
+            raw.half_close()
+            final = await raw.next_frame()
+            assert isinstance(final, CallError) and final.code == C.CANCELLED.value[0]
+            assert await raw.call.code() is C.OK  # the session ended: nothing left running
+            assert peer.active_runs == 0
+    finally:
+        await peer.stop(grace=0)
+
+
+async def test_a_cancelled_calls_cleanup_survives_the_peer_stopping() -> None:
+    entered, in_cleanup, gate = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    log: list[object] = []
+
+    @step(name="cc::slow")
+    async def slow(ctx: Context, ev: StartEvent) -> StopEvent:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            log.append(("cancelled", ctx.cancelled))
+            in_cleanup.set()
+            try:
+                await gate.wait()
+                log.append("cleanup finished")
+            except asyncio.CancelledError:
+                log.append("cleanup cut")
+                raise
+        return StopEvent()
+
+    registry = Registry()
+    registry.register_workflow(Workflow("cc", [slow]))
+    peer = PeerServer("sess-cc", registry=registry)
+    await peer.start("127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{peer.port}") as ch:
+            raw = Raw(ch)
+            await raw.next_frame()
+            raw.send(start(1, "cc"))
+            await entered.wait()
+            raw.send(CancelCall(1))
+            await in_cleanup.wait()
+            stopping = asyncio.ensure_future(peer.stop(grace=0))  # stops every run again
+            await until(lambda: peer._service.closing is not None, "the peer is stopping")
+            gate.set()
+            await stopping
+    finally:
+        await peer.stop(grace=0)
+    assert log == [("cancelled", True), "cleanup finished"]
+
+
+async def test_a_call_task_still_writing_frees_its_slot_for_the_callers_next_call() -> None:
+    # The task of a finished call may go on writing other calls' frames (a chatty
+    # stream's events); the caller has its credit back with the result and starts its
+    # next call at once: that call must not be refused as beyond the window.
+    @step(name="w::chatty")
+    async def chatty(ctx: Context, ev: StartEvent) -> StopEvent:
+        for i in range(40_000):
+            ctx.write_event_to_stream(Event("Chatter", i=i, pad="p" * 2000))
+            if i % 5 == 0:
+                await asyncio.sleep(0.0005)  # paced: the writer is rarely idle
+        return StopEvent(result="chatty done")
+
+    @step(name="w::quick")
+    async def quick(ctx: Context, ev: StartEvent) -> StopEvent:
+        return StopEvent(result="quick")
+
+    registry = Registry()
+    registry.register_workflow(Workflow("chatty", [chatty]))
+    registry.register_workflow(Workflow("quick", [quick]))
+    peer = PeerServer("win", registry=registry, max_concurrent_runs=2)
+    await peer.start("127.0.0.1:0")
+    refused: list[Frame] = []
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{peer.port}") as ch:
+            raw = Raw(ch)
+            assert await raw.next_frame() == Credits(2)
+            raw.send(start(1, "chatty", CallMode.EVENTS), start(2, "quick"))
+            next_id, ended = 3, 0
+            while ended < 300:
+                f = await raw.next_frame()
+                if isinstance(f, CallResult | CallError):
+                    ended += 1
+                    if isinstance(f, CallError) and "beyond" in f.details:
+                        refused.append(f)
+                    if f.call_id != 1:  # its credit is back: the next call at once
+                        raw.send(start(next_id, "quick"))
+                        next_id += 1
+            raw.call.cancel()
+    finally:
+        await peer.stop(grace=0)
+    assert not refused
+
+
+async def test_a_caller_leaving_while_a_call_task_writes_leaves_no_task_error() -> None:
+    loop = asyncio.get_running_loop()
+    errors: list[str] = []
+    loop.set_exception_handler(lambda _, c: errors.append(f"{c.get('message')}"))
+
+    @step(name="big::one")
+    async def one(ctx: Context, ev: StartEvent) -> StopEvent:
+        await asyncio.sleep(0)
+        return StopEvent(result="y" * 1_000_000)
+
+    registry = Registry()
+    registry.register_workflow(Workflow("big", [one]))
+    try:
+        for _ in range(5):
+            peer = PeerServer("cw", registry=registry, max_concurrent_runs=32)
+            await peer.start("127.0.0.1:0")
+            try:
+                options = [("grpc.http2.bdp_probe", 0)]
+                async with grpc.aio.insecure_channel(
+                    f"127.0.0.1:{peer.port}", options=options
+                ) as ch:
+                    raw = Raw(ch)
+                    await raw.next_frame()
+                    raw.send(*(start(i, "big") for i in range(8)))  # ~8 MB nobody reads
+                    service = peer._service
+                    await until(lambda s=service: len(s.sessions) == 1, "the session opened")
+                    (session,) = service.sessions
+                    await until(lambda s=session: s._writing, "a write in flight")
+                    raw.call.cancel()
+                    await until(lambda s=service: not s.sessions, "the session ended")
+            finally:
+                await peer.stop(grace=0)
+            gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert not errors, errors

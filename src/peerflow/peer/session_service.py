@@ -31,7 +31,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -76,6 +76,7 @@ from peerflow.peer.session_wire import (
     join_batch,
 )
 from peerflow.peer.status import status_for
+from peerflow.runtime import Run
 
 if TYPE_CHECKING:
     from peerflow.engine import HostedRun
@@ -92,20 +93,30 @@ _IDLE_CHECKS = 4  # the writer's guard looks this many times per stream_idle_tim
 
 
 class _ServedCall:
-    __slots__ = ("answered", "call_id", "cancelled", "conversation", "run", "task")
+    __slots__ = ("answered", "call_id", "cancelled", "conversation", "driving", "run", "task")
 
     def __init__(self, call_id: int, conversation: bool) -> None:
         self.call_id = call_id
         self.conversation = conversation  # it may be answered (CallMode.CONVERSATION)
         self.task: asyncio.Task[None] | None = None
         self.run: HostedRun | None = None
+        self.driving = False  # its task drives its run (drive(inline=True)): stop the run
         self.answered = False  # its final frame (result or error) is on its way
-        self.cancelled = False  # its task was cancelled (once: its run may be driven inline)
+        self.cancelled = False  # its caller (or the session's end) stopped it
 
     def cancel(self) -> None:
-        """Stop the call's task: once, and not while it writes its outcome."""
-        if self.task is not None and not self.cancelled and not self.answered:
-            self.cancelled = True
+        """Stop the call (once): its run through the run, else its task.
+
+        A run its task drives inline is stopped with ``run.cancel()``, never by cancelling
+        that task (``HostedRun.drive``): its step is stopped as a worker would be and its
+        cleanup is never cut by a second stop. The call then ends as cancelled.
+        """
+        if self.cancelled or self.answered or self.task is None:
+            return
+        self.cancelled = True
+        if self.driving and self.run is not None:
+            self.run.cancel()
+        else:
             self.task.cancel()
 
 
@@ -133,6 +144,7 @@ class ServedSession:
         self._idle = service.limits.stream_idle_timeout
         self._guard: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None  # the RPC's task (serve)
+        self._flusher: asyncio.Task[Any] | None = None  # the task whose write is in flight
         self.caller = caller_node(context)  # every call's caller: read from metadata once
 
     # -- the RPC -------------------------------------------------------------------------
@@ -168,9 +180,12 @@ class ServedSession:
                 self._guard.cancel()
             reader.cancel()
             tasks = [c.task for c in self.calls.values() if c.task is not None]
-            for call in self.calls.values():
-                if call.task is not None and (call.answered or not call.cancelled):
-                    call.task.cancel()  # a run past its end (answered) may be stopped again
+            for call in list(self.calls.values()):
+                call.cancel()
+            flusher = self._flusher
+            if flusher is not None and flusher is not self._task:
+                flusher.cancel()  # an answered call's task, writing: the session is over
+                tasks.append(flusher)
             if tasks:
                 await asyncio.wait(tasks)
             with contextlib.suppress(asyncio.CancelledError):
@@ -183,13 +198,24 @@ class ServedSession:
         frames to the writer, which takes them before it returns.
         """
         self._writing = True
+        self._flusher = writer = asyncio.current_task()
         try:
             while self._out and not self._closing:
                 batch = frame(self._take_batch())
                 self._write_began = self._loop.time()
-                await self.context.write(batch)
+                try:
+                    await self.context.write(batch)
+                except grpc.aio.BaseError as exc:
+                    # The RPC ended under the write (the caller left, the stream was cut:
+                    # grpc's ExecuteBatchError, AbortError, ...): the session's task ends
+                    # the session. A call's task has nobody to raise this to.
+                    if writer is self._task:
+                        raise
+                    self._closing = True
+                    log.debug("session write failed, the session ends: %r", exc)
         finally:
             self._writing = False
+            self._flusher = None
             self._write_began = None
             if self._reading_done or self._out:
                 self._ready.set()  # the session's task decides what comes next
@@ -350,12 +376,15 @@ class ServedSession:
                     response = await self._run_call(call, start)
             else:  # no span to open (a cached check)
                 response = await self._run_call(call, start)
-            call.answered = True
+            if call.cancelled:  # stopped through its run: answered as cancelled (_call_done)
+                self._count(start, "CANCELLED")
+                return
+            self._answered(call)
             self._send(CallResult(call.call_id, response), wake=False)
             self._count(start, "OK")
         except PeerflowError as exc:
             note_refusal(SESSION_METHOD, exc, self.context.peer())
-            call.answered = True
+            self._answered(call)
             self._fail_call(call.call_id, exc, wake=False)
             self._count(start, status_for(exc)[0].name)
         except asyncio.CancelledError:
@@ -363,6 +392,15 @@ class ServedSession:
             raise
         if not self._writing:
             await self._flush()  # this task writes its outcome: no hand-off to the writer
+
+    def _answered(self, call: _ServedCall) -> None:
+        """The call's final frame is queued: its slot is free.
+
+        The caller's credit comes back with that frame; the call's task may still go on
+        writing other calls' frames, but no longer counts against the window.
+        """
+        call.answered = True
+        self.calls.pop(call.call_id, None)
 
     def _count(self, start: StartCall, code: str) -> None:
         """Report a call's status as the RPC it stands for (metrics read the same)."""
@@ -384,8 +422,12 @@ class ServedSession:
                 answerable=start.mode is CallMode.CONVERSATION,
                 run_id=run_id,
             )
-            if not streaming:  # this task drives the run (cancelled once: _ServedCall.cancel)
-                return await service._drive(run, self.context, self.caller, inline=True)
+            if not streaming:  # this task drives the run: stopped through it (_ServedCall)
+                call.driving = isinstance(run, Run)
+                try:
+                    return await service._drive(run, self.context, self.caller, inline=call.driving)
+                finally:
+                    call.driving = False
             driver = asyncio.ensure_future(service._drive(run, self.context, self.caller))
             try:
                 async for event, payload in service._event_payloads(run, self.max_batch):

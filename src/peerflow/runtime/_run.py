@@ -42,7 +42,7 @@ from peerflow.events import (
 )
 from peerflow.refs import RefDescriptor, SessionRefRegistry
 from peerflow.result import RefMap, WorkflowResult, build_workflow_result
-from peerflow.runtime._steps import ENDED, AttemptGate, StepRunner
+from peerflow.runtime._steps import ENDED, AttemptGate, StepRunner, being_cancelled
 from peerflow.runtime._stream import EventStream
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def _resume_after_interrupt() -> bool:
     """After the run stopped its inline step: whether this task goes on (not cancelled).
 
     Withdraws the run's own cancel request; True unless someone else cancelled the task
-    too. A function, so no frame of the caller holds its task (see ``_being_cancelled``).
+    too. A function, so no frame of the caller holds its task (see ``being_cancelled``).
     """
     task = asyncio.current_task()
     return task is not None and task.uncancel() == 0
@@ -439,14 +439,13 @@ class Run:
             await self.done
         except asyncio.CancelledError:
             interrupted, self._interrupted = self._interrupted, False
-            if interrupted and _resume_after_interrupt():
-                # The inline step was stopped because the outcome was decided: carry on as
-                # a driver woken by that outcome would.
+            if not (interrupted and _resume_after_interrupt()):
+                self.fail(self.cancelled_error())
                 await self._shutdown()
-                return self._result()
-            self.fail(self.cancelled_error())
-            await self._shutdown()
-            raise
+                raise
+            # The inline step was stopped because the outcome was decided: go on as a
+            # driver woken by that outcome would (outside this block, so the run's error
+            # does not keep the stopped step's frames as its context).
         finally:
             if timer is not None:
                 timer.cancel()
@@ -460,8 +459,9 @@ class Run:
         the outcome. When the host allows it (``drive(inline=True)``) and the start event
         goes to exactly one step, the driving task runs that step itself: one task and two
         loop turns less per run. The step is stopped as a worker would be once the outcome
-        is decided elsewhere (timeout, cancel(), another step), after the context says
-        so; the host's one cancel of the driving task reaches the step directly.
+        is decided (timeout, ``cancel()``, another step), after the context says so. A
+        cancel of the driving task itself reaches the step before the run is decided; the
+        run still ends cancelled, even if the step swallows it.
         """
         if self.journal is not None or self.ended_with is not None or self.waiters or self.early:
             return None
@@ -483,6 +483,8 @@ class Run:
             self._interrupted = False
             if not _resume_after_interrupt():
                 raise asyncio.CancelledError  # the host cancelled it too
+        elif being_cancelled():
+            raise asyncio.CancelledError  # the step swallowed the host's cancel: still a cancel
         if self.ended_with is None:
             runner.continue_queue()  # what the step sent itself meanwhile: a worker takes it
             if self.pending == 0:

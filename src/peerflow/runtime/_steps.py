@@ -171,7 +171,7 @@ class StepRunner:
                 run.check_stalled()
 
 
-def _being_cancelled() -> bool:
+def being_cancelled() -> bool:
     """Whether the current task has been asked to cancel (not: something it awaited was).
 
     A function, so the caller's frame holds no reference to its task: a CancelledError's
@@ -219,7 +219,7 @@ async def execute(run: Run, spec: StepSpec, event: Event) -> None:
                     _report(run, spec, time.perf_counter() - began, ok)
             break
         except asyncio.CancelledError as exc:
-            if _being_cancelled():
+            if being_cancelled():
                 raise  # this worker is being cancelled: the run is ending
             # The step raised CancelledError of its own (an awaited future was
             # cancelled): a failure, or the run would be left without an outcome.
