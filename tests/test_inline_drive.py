@@ -289,3 +289,22 @@ async def test_a_timed_out_steps_locals_are_not_kept_by_the_runs_error(inline: b
         assert error.run_id == run.run_id
     finally:
         gc.enable()
+
+
+async def test_a_run_its_inline_step_ended_is_freed_as_soon_as_it_is_dropped() -> None:
+    # Ending by what the step returned schedules nothing: no callback keeps the run (and
+    # all it holds) alive until the next loop turn.
+    @step
+    async def only(ctx: Context, ev: StartEvent) -> StopEvent:
+        return StopEvent(result="ok")
+
+    gc.collect()
+    gc.disable()
+    try:
+        run = Workflow("freed", [only]).open_run(StartEvent(), streaming=False)
+        assert (await run.drive(inline=True)).result == "ok"
+        alive = weakref.ref(run)
+        del run
+        assert alive() is None
+    finally:
+        gc.enable()

@@ -390,8 +390,15 @@ class ServedSession:
         except asyncio.CancelledError:
             self._count(start, "CANCELLED")
             raise
-        if not self._writing:
-            await self._flush()  # this task writes its outcome: no hand-off to the writer
+        if self._writing:
+            return  # the write in flight takes this frame with the next batch
+        if self.calls:
+            # Other calls will answer soon: the session's task writes what is ready after
+            # this loop turn, many answers in one message (a write costs as much as tens
+            # of calls' Python at 64 in flight).
+            self._ready.set()
+        else:
+            await self._flush()  # the only call: written now, no hand-off (its latency)
 
     def _answered(self, call: _ServedCall) -> None:
         """The call's final frame is queued: its slot is free.
@@ -423,7 +430,11 @@ class ServedSession:
                 run_id=run_id,
             )
             if not streaming:  # this task drives the run: stopped through it (_ServedCall)
-                call.driving = isinstance(run, Run)
+                # Its first step runs in this task when the call is alone on the session
+                # (one call at a time: two loop turns less on its round trip). With many
+                # in flight it measured ~8 µs a call dearer on the peer (64 in flight),
+                # so there each run keeps a task per step.
+                call.driving = isinstance(run, Run) and len(self.calls) == 1
                 try:
                     return await service._drive(run, self.context, self.caller, inline=call.driving)
                 finally:

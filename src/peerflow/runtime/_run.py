@@ -490,6 +490,17 @@ class Run:
             if self.pending == 0:
                 self.check_stalled()
 
+    def step_returned(self) -> None:
+        """A step's function has returned (its outputs are routed next).
+
+        When it is the step the driving task runs itself, an outcome decided from here on
+        (by routing what it returned) has no step left to stop: no interrupt is scheduled.
+        That is the common end of a run, and the one-callback-per-run it saves also kept
+        the run alive a loop turn longer than needed.
+        """
+        if self._inline is not None and self._inline is asyncio.current_task():
+            self._inline = None
+
     def _interrupt_inline(self) -> None:
         task = self._inline
         if task is not None and not self._interrupted:

@@ -256,6 +256,7 @@ async def execute(run: Run, spec: StepSpec, event: Event) -> None:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             return
+    run.step_returned()
     if run.journal is not None and not await _persist(run, spec, event, output, attempt):
         return
     if output is None:
