@@ -609,3 +609,119 @@ async def test_a_caller_leaving_while_a_call_task_writes_leaves_no_task_error() 
     finally:
         loop.set_exception_handler(None)
     assert not errors, errors
+
+
+async def test_a_call_id_reused_while_its_old_answer_is_written_stays_tracked() -> None:
+    # A call's id is free once its answer is queued (the caller may start another call
+    # with it) though the old call's task may still be writing that answer: the old task's
+    # end must not untrack the new call (it could then never be cancelled).
+    entered = asyncio.Event()
+    cancelled: list[bool] = []
+
+    @step(name="ru::big")
+    async def big(ctx: Context, ev: StartEvent) -> StopEvent:
+        return StopEvent(result="y" * 3_000_000)
+
+    @step(name="ru::gated")
+    async def gated(ctx: Context, ev: StartEvent) -> StopEvent:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        return StopEvent()
+
+    registry = Registry()
+    registry.register_workflow(Workflow("big", [big]))
+    registry.register_workflow(Workflow("gated", [gated]))
+    peer = PeerServer("reuse", registry=registry, max_concurrent_runs=4)
+    await peer.start("127.0.0.1:0")
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.http2.bdp_probe", 0)]
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{peer.port}", options=options) as ch:
+            raw = Raw(ch)
+            assert await raw.next_frame() == Credits(4)
+            (session,) = peer._service.sessions
+            raw.send(start(1, "big"))  # alone: its task writes its own 3 MB answer, unread
+            await until(
+                lambda: session._flusher not in (None, session._task) and 1 not in session.calls,
+                "call 1 answered, its task still writing",
+            )
+            old = session._flusher
+            assert old is not None
+            raw.send(start(1, "gated"))  # the same id again
+            await entered.wait()
+            answer = await raw.next_frame()  # the big answer: the old task's write ends
+            assert isinstance(answer, CallResult) and answer.call_id == 1
+            await until(old.done, "the old call's task ended")
+            assert 1 in session.calls  # the new call 1 is still tracked
+            raw.send(CancelCall(1))
+            final = await raw.next_frame()
+            assert isinstance(final, CallError) and final.code == C.CANCELLED.value[0]
+            assert cancelled == [True]
+            raw.half_close()
+            assert await raw.call.code() is C.OK
+    finally:
+        await peer.stop(grace=0)
+
+
+class _WritesFailForCalls:
+    """A servicer context whose writes from a call's task fail (the RPC ended under them)."""
+
+    def __init__(self, inner: grpc.aio.ServicerContext, session: object) -> None:
+        self._inner = inner
+        self._session = session
+        self.writing = asyncio.Event()  # a call's task is in its write
+        self.fail = asyncio.Event()  # ... which fails once this is set
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def write(self, data: bytes) -> None:
+        if asyncio.current_task() is not getattr(self._session, "_task", None):
+            self.writing.set()
+            await self.fail.wait()
+            raise grpc.aio.AbortError("the RPC ended under the write")
+        await self._inner.write(data)
+
+
+@pytest.mark.timeout(30)  # a session task that spins holds the loop until this fires
+async def test_a_failed_write_from_a_calls_task_ends_the_session_with_frames_left() -> None:
+    registry = Registry()
+
+    @step(name="fw::echo")
+    async def echo(ctx: Context, ev: StartEvent) -> StopEvent:
+        return StopEvent(result="x")
+
+    registry.register_workflow(Workflow("echo", [echo]))
+    peer = PeerServer("fw", registry=registry, max_concurrent_runs=8)
+    await peer.start("127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{peer.port}") as ch:
+            raw = Raw(ch)
+            assert await raw.next_frame() == Credits(8)
+            service = peer._service
+            (session,) = service.sessions
+            writes = _WritesFailForCalls(session.context, session)
+            session.context = writes  # type: ignore[assignment]
+            flushes = 0
+            flush = session._flush
+
+            async def counted() -> None:
+                nonlocal flushes
+                flushes += 1
+                await flush()
+
+            session._flush = counted  # type: ignore[method-assign]
+            raw.send(start(1))  # alone: its task writes its own result
+            await writes.writing.wait()
+            raw.send(Ping(7))  # a Pong queued behind that write
+            await until(lambda: bool(session._out), "the Pong queued")
+            writes.fail.set()  # the write fails: the RPC ended under it
+            # The session's task ends the session (it neither spins nor writes again).
+            await until(lambda: not service.sessions, "the session ended")
+            assert peer.active_runs == 0
+            assert flushes < 10, flushes  # not a loop around a write that cannot happen
+    finally:
+        await peer.stop(grace=0)

@@ -166,6 +166,8 @@ class ServedSession:
         self._send(Credits(self.window))
         try:
             while True:
+                if self._closing:
+                    return  # a call's task found the RPC over when it wrote
                 if self._out and not self._writing:
                     await self._flush()
                     continue
@@ -213,11 +215,12 @@ class ServedSession:
                         raise
                     self._closing = True
                     log.debug("session write failed, the session ends: %r", exc)
+                    self._ready.set()  # the session's task ends the session
         finally:
             self._writing = False
             self._flusher = None
             self._write_began = None
-            if self._reading_done or self._out:
+            if self._reading_done or (self._out and not self._closing):
                 self._ready.set()  # the session's task decides what comes next
 
     def _check_idle(self) -> None:
@@ -332,7 +335,8 @@ class ServedSession:
 
     def _call_done(self, call: _ServedCall) -> None:
         """A call's task ended (even one cancelled before it began): answer if still owed."""
-        self.calls.pop(call.call_id, None)
+        if self.calls.get(call.call_id) is call:  # not a newer call that reuses its id
+            del self.calls[call.call_id]
         if not call.answered and not self._closing:  # the caller cancelled it
             run = call.run
             what = f"run {run.run_id}" if run is not None else f"call {call.call_id}"
