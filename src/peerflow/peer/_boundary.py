@@ -28,7 +28,7 @@ from peerflow.peer import tracing
 from peerflow.peer._refusals import note_refusal
 from peerflow.peer.status import status_for
 
-__all__ = ["abort", "end_call", "guard", "guard_stream"]
+__all__ = ["abort", "end_call", "guard", "guard_stream", "idle_error"]
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: PeerflowError) -> None:
@@ -80,14 +80,7 @@ def guard_stream(
         assert task is not None
 
         def expire() -> None:
-            end_call(
-                task,
-                context,
-                TransportError(
-                    f"the caller took no message for {idle:g}s; stream stopped "
-                    "(stream_idle_timeout)"
-                ),
-            )
+            end_call(task, context, idle_error(idle))
 
         loop = asyncio.get_running_loop()
         with tracing.served_rpc_span(method, metadata, servicer_context=context):
@@ -108,6 +101,13 @@ def guard_stream(
                 await abort(context, exc)
 
     return handler
+
+
+def idle_error(idle: float) -> TransportError:
+    """What a streaming caller that took nothing for ``idle`` seconds is told."""
+    return TransportError(
+        f"the caller took no message for {idle:g}s; stream stopped (stream_idle_timeout)"
+    )
 
 
 def end_call(

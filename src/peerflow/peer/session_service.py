@@ -45,7 +45,7 @@ from peerflow.errors import (
 from peerflow.events import InputRequiredEvent
 from peerflow.peer import protocol as wire
 from peerflow.peer import tracing
-from peerflow.peer._boundary import end_call
+from peerflow.peer._boundary import end_call, idle_error
 from peerflow.peer._refusals import note_refusal
 from peerflow.peer._signal import Signal
 from peerflow.peer.framing import frame, unframe
@@ -139,7 +139,6 @@ class ServedSession:
         self._reading_done = False
         self._closing = False  # the session is ending: its calls end without a frame
         self._failure: PeerflowError | None = None
-        self._writing = False  # a write is in flight (gRPC takes one at a time)
         self._write_began: float | None = None  # loop time the write in flight began
         self._idle = service.limits.stream_idle_timeout
         self._guard: asyncio.TimerHandle | None = None
@@ -199,7 +198,6 @@ class ServedSession:
         Only one write is in flight on a gRPC call: a task that finds one going leaves its
         frames to the writer, which takes them before it returns.
         """
-        self._writing = True
         self._flusher = writer = asyncio.current_task()
         try:
             while self._out and not self._closing:
@@ -217,11 +215,15 @@ class ServedSession:
                     log.debug("session write failed, the session ends: %r", exc)
                     self._ready.set()  # the session's task ends the session
         finally:
-            self._writing = False
             self._flusher = None
             self._write_began = None
             if self._reading_done or (self._out and not self._closing):
                 self._ready.set()  # the session's task decides what comes next
+
+    @property
+    def _writing(self) -> bool:
+        """Whether a write is in flight (gRPC takes one at a time per call)."""
+        return self._flusher is not None
 
     def _check_idle(self) -> None:
         """The writer's guard: a write not taken for ``idle`` seconds ends the session.
@@ -233,14 +235,7 @@ class ServedSession:
             task = self._task
             if task is not None:
                 self._guard = None
-                end_call(
-                    task,
-                    self.context,
-                    TransportError(
-                        f"the caller took no message for {self._idle:g}s; stream stopped "
-                        "(stream_idle_timeout)"
-                    ),
-                )
+                end_call(task, self.context, idle_error(self._idle))
                 return
         self._guard = self._loop.call_later(self._idle / _IDLE_CHECKS, self._check_idle)
 
@@ -335,8 +330,7 @@ class ServedSession:
 
     def _call_done(self, call: _ServedCall) -> None:
         """A call's task ended (even one cancelled before it began): answer if still owed."""
-        if self.calls.get(call.call_id) is call:  # not a newer call that reuses its id
-            del self.calls[call.call_id]
+        self._untrack(call)
         if not call.answered and not self._closing:  # the caller cancelled it
             run = call.run
             what = f"run {run.run_id}" if run is not None else f"call {call.call_id}"
@@ -411,7 +405,12 @@ class ServedSession:
         writing other calls' frames, but no longer counts against the window.
         """
         call.answered = True
-        self.calls.pop(call.call_id, None)
+        self._untrack(call)
+
+    def _untrack(self, call: _ServedCall) -> None:
+        """Forget ``call`` (not a newer call that reuses its id once it was answered)."""
+        if self.calls.get(call.call_id) is call:
+            del self.calls[call.call_id]
 
     def _count(self, start: StartCall, code: str) -> None:
         """Report a call's status as the RPC it stands for (metrics read the same)."""
