@@ -354,6 +354,49 @@ async def test_a_caller_that_disconnects_mid_run_cancels_its_runs_and_frees_the_
     assert not server._service.sessions
 
 
+async def test_frames_after_a_lone_call_in_its_batch_are_handled_while_it_runs(
+    server: PeerServer, channel: grpc.aio.Channel, gates: Gates
+) -> None:
+    # A result call alone on the session is served by the task that read it (no hand-off
+    # to a task of its own): reading must go on from the very next frame of its batch.
+    raw = Raw(channel)
+    await raw.next_frame()
+    raw.send(start(1, "gated"), start(2, input_json=b'{"i":2}'), Ping(9))
+    seen: list[Frame] = []
+    while Pong(9) not in seen or not any(isinstance(f, CallResult | CallError) for f in seen):
+        seen.append(await raw.next_frame())
+    await gates.entered.wait()
+    assert [f.call_id for f in seen if isinstance(f, CallResult | CallError)] == [2]
+    assert result_of(next(f for f in seen if isinstance(f, CallResult))) == {"i": 2}
+    assert server.active_runs == 1  # call 1 still runs
+    raw.send(start(3, input_json=b'{"i":3}'))  # a later batch, still while it runs
+    assert result_of((await raw.finals(1))[3]) == {"i": 3}
+    assert server.active_runs == 1
+    gates.release.set()
+    assert result_of((await raw.finals(1))[1]) == "as written"
+    raw.half_close()
+    assert await raw.call.code() is C.OK
+    assert server.active_runs == 0
+
+
+async def test_a_lone_call_cancelled_while_served_by_the_reader_answers_cancelled(
+    server: PeerServer, channel: grpc.aio.Channel, gates: Gates
+) -> None:
+    raw = Raw(channel)
+    await raw.next_frame()
+    raw.send(start(1, "gated"))
+    await gates.entered.wait()
+    raw.send(CancelCall(1))
+    final = (await raw.finals(1))[1]
+    assert isinstance(final, CallError) and final.code == C.CANCELLED.value[0]
+    assert gates.cancelled == 1
+    raw.send(start(2, input_json=b'{"i":2}'))  # the session goes on: the next lone call
+    assert result_of((await raw.finals(1))[2]) == {"i": 2}
+    raw.half_close()
+    assert await raw.call.code() is C.OK
+    assert server.active_runs == 0
+
+
 async def test_a_caller_that_half_closes_with_runs_in_flight_gets_every_answer(
     server: PeerServer, channel: grpc.aio.Channel, gates: Gates
 ) -> None:

@@ -1,8 +1,9 @@
 """The peer's side of a ``Session``: many calls on one bidi stream (frames: session_wire).
 
 One :class:`ServedSession` per ``PeerExtensions/Session`` RPC. A reader task decodes the
-caller's batches; each started call runs in a task of its own, admitted like a unary call;
-the RPC's response generator writes every frame that is ready as one batch.
+caller's batches; each started call runs in a task of its own, admitted like a unary call
+(a result call alone on the session runs in the task that read it, and a new task reads
+on); whichever task finds no write in flight writes every frame that is ready as one batch.
 
 Flow control: the session grants the caller credits for ``max_concurrent_runs`` calls in
 flight, so one caller's excess calls wait on its side instead of being refused. The run
@@ -30,7 +31,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -144,6 +145,7 @@ class ServedSession:
         self._guard: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None  # the RPC's task (serve)
         self._flusher: asyncio.Task[Any] | None = None  # the task whose write is in flight
+        self._reader: asyncio.Future[None]  # the task reading the caller's batches (serve)
         self.caller = caller_node(context)  # every call's caller: read from metadata once
 
     # -- the RPC -------------------------------------------------------------------------
@@ -160,7 +162,7 @@ class ServedSession:
                 session ends with its status; its runs are cancelled).
         """
         self._task = asyncio.current_task()
-        reader = asyncio.ensure_future(self._read(requests))
+        self._reader = asyncio.ensure_future(self._read(aiter(requests)))
         self._guard = self._loop.call_later(self._idle / _IDLE_CHECKS, self._check_idle)
         self._send(Credits(self.window))
         try:
@@ -179,6 +181,7 @@ class ServedSession:
             self._closing = True
             if self._guard is not None:
                 self._guard.cancel()
+            reader = self._reader
             reader.cancel()
             tasks = [c.task for c in self.calls.values() if c.task is not None]
             for call in list(self.calls.values()):
@@ -276,10 +279,40 @@ class ServedSession:
         if wake:
             self._ready.set()
 
-    async def _read(self, requests: AsyncIterator[bytes]) -> None:
+    async def _read(
+        self, requests: AsyncIterator[bytes], frames: Iterator[Frame] | None = None
+    ) -> None:
+        """Read the caller's batches (``frames``: the rest of one already begun).
+
+        A call that starts alone on the session is served in this task, with no hand-off
+        to a task of its own (a loop turn on its round trip): reading goes on in a new
+        task, from the next frame.
+        """
+        handed = await self._read_frames(requests, frames)
+        if handed is not None:
+            await self._serve_call(*handed)
+
+    async def _read_frames(
+        self, requests: AsyncIterator[bytes], frames: Iterator[Frame] | None
+    ) -> tuple[_ServedCall, StartCall] | None:
+        """Act on frames until reading ends, or return a lone call this task serves."""
+        reading = True
         try:
-            async for message in requests:
-                for n, f in enumerate(iter_batch(unframe(message)), 1):
+            while True:
+                if frames is None:
+                    try:
+                        message = await anext(requests)
+                    except StopAsyncIteration:
+                        return None
+                    frames = iter_batch(unframe(message))
+                for n, f in enumerate(frames, 1):
+                    if isinstance(f, StartCall) and self._served_here(f):
+                        call = self._track(f, asyncio.current_task())
+                        if call is not None:
+                            self._reader = self._loop.create_task(self._read(requests, frames))
+                            reading = False
+                            return call, f
+                        continue
                     self._on_frame(f)
                     if not self._drained.is_set():
                         # The caller is not taking what it asked for: read no further until
@@ -287,14 +320,17 @@ class ServedSession:
                         await self._drained.wait()
                     elif n % _TURN == 0:
                         await asyncio.sleep(0)
+                frames = None
         except PeerflowError as exc:
             note_refusal(SESSION_METHOD, exc, self.context.peer())
             self._failure = exc
         except grpc.aio.AbortError:
             pass  # the RPC was ended under the reader (the idle guard): nothing more to read
         finally:
-            self._reading_done = True
-            self._ready.set()
+            if reading:
+                self._reading_done = True
+                self._ready.set()
+        return None
 
     def _on_frame(self, f: Frame) -> None:
         if isinstance(f, StartCall):
@@ -314,7 +350,18 @@ class ServedSession:
 
     # -- calls ---------------------------------------------------------------------------
 
+    def _served_here(self, start: StartCall) -> bool:
+        """Whether the reader serves ``start`` itself: a result call alone on the session."""
+        return start.mode is CallMode.RESULT and not self.calls and not self._closing
+
     def _start(self, start: StartCall) -> None:
+        self._track(start, None)
+
+    def _track(self, start: StartCall, task: asyncio.Task[Any] | None) -> _ServedCall | None:
+        """Admit a call to the session, served by ``task`` (None: a task of its own).
+
+        Returns None when it is refused (its error is queued).
+        """
         call_id = start.call_id
         if call_id in self.calls:
             raise ValidationError(f"session call {call_id} started twice")
@@ -323,10 +370,11 @@ class ServedSession:
                 f"session call {call_id} is beyond the {self.window} calls this session was granted"
             )
             self._fail_call(call_id, error)
-            return
+            return None
         call = self.calls[call_id] = _ServedCall(call_id, start.mode is CallMode.CONVERSATION)
-        call.task = self._loop.create_task(self._serve_call(call, start))
+        call.task = task or self._loop.create_task(self._serve_call(call, start))
         call.task.add_done_callback(lambda _: self._call_done(call))
+        return call
 
     def _call_done(self, call: _ServedCall) -> None:
         """A call's task ended (even one cancelled before it began): answer if still owed."""
